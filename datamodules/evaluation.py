@@ -1,0 +1,43 @@
+"""What a datamodule asks the model to be evaluated on.
+
+A datamodule that offers ``eval_tasks(stage)`` returns a list of :class:`EvalTask` and serves
+one evaluation loader over an :class:`EvalSuite` of the tasks' datasets. ``ContrastiveModule``
+logs ``<name>/top1`` for "zeroshot" tasks and ``<name>/i2t_R@1``, ``<name>/t2i_R@1`` for
+"retrieval" tasks. One loader (not one per task) keeps Lightning's result table to one table.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: str  # metric prefix, e.g. "zeroshot/shapesworld_val/shape" or "retrieval/shapesworld_val"
+    kind: Literal["zeroshot", "retrieval"]
+    prompts: torch.Tensor | None = None  # zeroshot: token ids [classes, templates, L]
+
+
+class EvalSuite(Dataset):
+    """The datasets of several tasks as one; items gain "task" (position in the task list)
+    and a suite-wide "index" (unique, so DDP padding duplicates can be dropped)."""
+
+    def __init__(self, datasets: list[Dataset]) -> None:
+        self.datasets = datasets
+        self.starts = [0]
+        for dataset in datasets:
+            self.starts.append(self.starts[-1] + len(dataset))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> dict:
+        task = bisect.bisect_right(self.starts, index) - 1
+        item = dict(self.datasets[task][index - self.starts[task]])
+        item.update(task=task, index=index)
+        return item

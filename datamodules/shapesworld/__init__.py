@@ -1,0 +1,10 @@
+"""ShapesWorld: the embedded, procedural image-caption benchmark (see world.py, captions.py)."""
+
+from datamodules.shapesworld.datamodule import ShapesWorldDataModule
+from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
+from datamodules.shapesworld.world import HELD_OUT, Scene, Thing, render, sample_scene
+
+__all__ = [
+    "HELD_OUT", "TASKS", "CaptionedScenes", "Scene", "ShapesWorldDataModule", "Thing",
+    "ZeroShotScenes", "render", "sample_scene",
+]  # fmt: skip

@@ -1,0 +1,129 @@
+"""ShapesWorldDataModule: the embedded benchmark as a LightningDataModule."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.evaluation import EvalSuite, EvalTask
+from datamodules.shapesworld.captions import vocabulary
+from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
+from datamodules.tokenizer import WordTokenizer
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 in about [-2, 2] (mean 0.5, std 0.25 per channel)."""
+    return (images.float() / 255.0 - 0.5) / 0.25
+
+
+class Collate:
+    """Stacks images, normalises them once per batch, tokenises captions in one call.
+
+    Training batches are padded to their longest caption (less text-tower work); evaluation
+    batches to the full context, so that rows of different batches can be compared.
+    """
+
+    def __init__(self, tokenizer: WordTokenizer, pad_to_context: bool) -> None:
+        self.tokenizer, self.pad_to_context = tokenizer, pad_to_context
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {
+            "image": normalize(torch.stack([item["image"] for item in items])),
+            "index": torch.tensor([item["index"] for item in items]),
+        }
+        if "caption" in items[0] or "task" in items[0]:  # eval rows without a caption get ""
+            captions = [item.get("caption", "") for item in items]
+            batch["text"] = self.tokenizer(captions, pad_to_context=self.pad_to_context)
+        if "task" in items[0]:  # evaluation: rows of several tasks; -1 where a task has no label
+            batch["task"] = torch.tensor([item["task"] for item in items])
+            batch["label"] = torch.tensor([item.get("label", -1) for item in items])
+        return batch
+
+
+class ShapesWorldDataModule(pl.LightningDataModule):
+    """Procedural image-caption scenes rendered on the fly, identical on every machine.
+
+    Training scenes hold ``min_objects``..``max_objects`` objects and never a held-out
+    (color, shape) combination. Validation and test each have the zero-shot tasks shape,
+    color, color_shape_seen, color_shape_heldout, count and a caption retrieval set, drawn
+    from their own streams (never the training one).
+
+    Args:
+        seed: the world's seed; same seed, same pixels and captions.
+        image_size: side of the square images in pixels.
+        min_objects, max_objects: objects per training scene (1..9).
+        train_samples: size of the training set (an epoch).
+        val_samples, test_samples: images per evaluation task.
+        batch_size: training batch per process.
+        eval_batch_size: evaluation batch per process.
+        context_length: token length of every caption (start and end included).
+        num_workers: dataloader worker processes (0 renders in the main process).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        image_size: int = 64,
+        min_objects: int = 1,
+        max_objects: int = 3,
+        train_samples: int = 100_000,
+        val_samples: int = 500,
+        test_samples: int = 1000,
+        batch_size: int = 256,
+        eval_batch_size: int = 500,
+        context_length: int = 32,
+        num_workers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = WordTokenizer(vocabulary(), context_length)
+        self.train_set = CaptionedScenes(seed, "train", train_samples, image_size, min_objects, max_objects)
+        self._eval_sets = {
+            stage: self._eval_datasets(stage, samples) for stage, samples in (("val", val_samples), ("test", test_samples))
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+    def _eval_datasets(self, stage: str, samples: int) -> list[tuple[EvalTask, Dataset]]:
+        h = self.hparams
+        sets = []
+        for name, task in TASKS.items():
+            prompts = torch.stack([self.tokenizer(p) for p in task.prompts()])
+            dataset = ZeroShotScenes(name, h.seed, stage, samples, h.image_size)
+            sets.append((EvalTask(f"zeroshot/shapesworld_{stage}/{name}", "zeroshot", prompts), dataset))
+        retrieval = CaptionedScenes(h.seed, f"{stage}/retrieval", samples, h.image_size, 1, h.max_objects)
+        sets.append((EvalTask(f"retrieval/shapesworld_{stage}", "retrieval"), retrieval))
+        return sets
+
+    def eval_tasks(self, stage: str) -> list[EvalTask]:
+        return [task for task, _ in self._eval_sets["test" if stage == "test" else "val"]]
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,  # DDP gathers need equal local batches
+            num_workers=workers,
+            persistent_workers=train and workers > 0,
+            collate_fn=Collate(self.tokenizer, pad_to_context=not train),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        suite = EvalSuite([dataset for _, dataset in self._eval_sets["val"]])
+        return self._loader(suite, self.hparams.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        suite = EvalSuite([dataset for _, dataset in self._eval_sets["test"]])
+        return self._loader(suite, self.hparams.eval_batch_size, train=False)

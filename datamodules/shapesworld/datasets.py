@@ -1,0 +1,109 @@
+"""ShapesWorld as torch datasets: captioned scenes for training and retrieval, labelled scenes
+for zero-shot tasks. Every item is a pure function of (seed, stream, index)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.shapesworld import captions as lang
+from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
+
+
+class CaptionedScenes(Dataset):
+    """Scenes of ``min_objects``..``max_objects`` seen-combination objects with one caption.
+
+    Items: {"image": uint8 [3, H, W], "caption": str, "index": int}. The scene record of any
+    item is ``dataset.scene(index)``.
+    """
+
+    def __init__(
+        self, seed: int, stream: str, length: int, image_size: int = 64, min_objects: int = 1, max_objects: int = 3
+    ) -> None:
+        if not 1 <= min_objects <= max_objects <= 9:
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= 9, got {min_objects}, {max_objects}")
+        self.seed, self.stream, self.length, self.image_size = seed, stream, length, image_size
+        self.min_objects, self.max_objects = min_objects, max_objects
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _sample(self, index: int) -> tuple[Scene, str]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = scene_rng(self.seed, self.stream, index)
+        n = rng.randint(self.min_objects, self.max_objects)
+        scene = sample_scene(rng, self.image_size, n)
+        return scene, lang.caption(scene, rng)
+
+    def scene(self, index: int) -> Scene:
+        return self._sample(index)[0]
+
+    def __getitem__(self, index: int) -> dict:
+        scene, text = self._sample(index)
+        return {"image": render(scene, self.image_size), "caption": text, "index": index}
+
+
+@dataclass(frozen=True)
+class ZeroShotTask:
+    """A classification task: class phrases, prompt templates, and how to draw a labelled scene."""
+
+    name: str
+    classes: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    def prompts(self) -> list[list[str]]:
+        """[class][template] prompt strings."""
+        return [lang.fill(self.templates, phrase) for phrase in self.classes]
+
+
+ALL_COMBOS = tuple((c, s) for c in COLORS for s in SHAPES)
+TASKS = {
+    "shape": ZeroShotTask("shape", SHAPES, lang.OBJECT_TEMPLATES),
+    "color": ZeroShotTask("color", tuple(COLORS), lang.COLOR_TEMPLATES),
+    # Both color+shape tasks choose among all 64 combinations; they differ in the images.
+    "color_shape_seen": ZeroShotTask("color_shape_seen", tuple(f"{c} {s}" for c, s in ALL_COMBOS), lang.OBJECT_TEMPLATES),
+    "color_shape_heldout": ZeroShotTask(
+        "color_shape_heldout", tuple(f"{c} {s}" for c, s in ALL_COMBOS), lang.OBJECT_TEMPLATES
+    ),
+    "count": ZeroShotTask("count", tuple(lang.count_phrase(n) for n in (1, 2, 3)), lang.COUNT_TEMPLATES),
+}
+
+
+class ZeroShotScenes(Dataset):
+    """Labelled scenes for one task of :data:`TASKS`; {"image", "label", "index"} items.
+
+    shape / color / color_shape_seen: one object of a seen combination; color_shape_heldout:
+    one object of a held-out combination; count: 1..3 seen-combination objects.
+    """
+
+    def __init__(self, task: str, seed: int, stream: str, length: int, image_size: int = 64) -> None:
+        if task not in TASKS:
+            raise ValueError(f"unknown ShapesWorld task {task!r}; known: {', '.join(TASKS)}")
+        self.task, self.seed, self.stream, self.length = task, seed, f"{stream}/{task}", length
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, index: int) -> tuple[Scene, int]:
+        rng = scene_rng(self.seed, self.stream, index)
+        if self.task == "count":
+            n = rng.randint(1, len(TASKS["count"].classes))
+            return sample_scene(rng, self.image_size, n), n - 1
+        combos = UNSEEN if self.task == "color_shape_heldout" else SEEN
+        scene = sample_scene(rng, self.image_size, 1, combos)
+        thing = scene.objects[0]
+        label = {
+            "shape": SHAPES.index(thing.shape),
+            "color": list(COLORS).index(thing.color),
+        }.get(self.task, ALL_COMBOS.index((thing.color, thing.shape)))
+        return scene, label
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        scene, label = self.sample(index)
+        return {"image": render(scene, self.image_size), "label": label, "index": index}

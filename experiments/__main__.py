@@ -1,0 +1,47 @@
+"""``python -m experiments fit --config experiments/configs/clip.yaml [--key value ...]``.
+
+User mistakes (a bad key or value, an unknown class_path, an incompatible setting, a
+non-finite loss) end with one line on stderr and exit code 2; set CLIP_VARIANTS_TRACEBACK=1
+to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from jsonargparse import ArgumentError
+
+from variants.errors import UserError
+
+
+# Lines of jsonargparse's nested reasons that say nothing the user can act on: the alternatives
+# of Optional[...] types, the union bookkeeping, the echo of the given value.
+_NOISE = re.compile(
+    r"Expected a path but|Does not validate against any of the Union subtypes|Subtypes: |Errors:$"
+    r"|Expected a <class 'NoneType'>|Given value type: |Given value: "
+)
+
+
+def one_line(error: BaseException) -> str:
+    """The informative lines of a (possibly nested) error message, on one line."""
+    lines = [line.strip(" -") for line in str(error).splitlines()]
+    return " ".join(line for line in lines if line and not _NOISE.match(line))
+
+
+def main(args: list[str] | None = None) -> None:
+    from experiments.cli import CLI
+
+    try:
+        CLI(args=args)
+    except (UserError, ArgumentError) as error:
+        if os.environ.get("CLIP_VARIANTS_TRACEBACK"):
+            raise
+        hint = "" if isinstance(error, UserError) else " (see: python -m experiments fit --help)"
+        print(f"error: {one_line(error)}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The LightningCLI entry point: ``python -m experiments fit --config <preset>.yaml``.
+
+Every run starts from ``configs/base.yaml`` (trainer, TensorBoard logger, checkpoints), then
+applies the given ``--config`` files in order and ``--key value`` overrides. The model is always
+``ContrastiveModule``; towers, terms and the datamodule are chosen by ``class_path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from variants.module import ContrastiveModule
+
+CONFIGS = Path(__file__).parent / "configs"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class CLI(LightningCLI):
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        base = {"default_config_files": [str(CONFIGS / "base.yaml")]}
+        super().__init__(
+            ContrastiveModule,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # the module owns its AdamW + schedule
+            # Parse errors are raised, not printed with the full usage: __main__ prints one line.
+            parser_kwargs={"exit_on_error": False} | {sub: dict(base, exit_on_error=False) for sub in SUBCOMMANDS},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The text tower's vocabulary and context come from the data's tokenizer.
+        for attribute in ("vocab_size", "context_length"):
+            parser.link_arguments(
+                "data",
+                f"model.text_tower.init_args.{attribute}",
+                compute_fn=lambda data, attribute=attribute: getattr(data, attribute),
+                apply_on="instantiate",
+            )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, evaluate the final weights on the test tasks and print the table.",
+        )
+
+    def after_fit(self) -> None:
+        if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none)"
+        log_dir = self.trainer.log_dir
+        rank_zero_info(
+            f"\nrun directory: {log_dir}\n"
+            f"  checkpoint:  {checkpoint}\n"
+            f"  metrics:     {Path(log_dir) / 'metrics.json'}\n"
+            f"  TensorBoard: tensorboard --logdir {Path(log_dir).parent}"
+        )

@@ -1,0 +1,119 @@
+"""The real entry point, run as a user runs it: `python -m experiments fit --config ...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONFIGS, REPO
+from terms import free_port
+
+SMOKE = CONFIGS / "smoke.yaml"
+HELPERS = {"base.yaml", "smoke.yaml"}  # not presets: defaults and the shrink switch
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="", MASTER_PORT=str(free_port()))
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def preset_args(path: Path) -> list[str]:
+    """An overlay (no towers of its own, like demo.yaml) is applied on top of clip.yaml."""
+    config = yaml.safe_load(path.read_text()) or {}
+    overlay = "vision_tower" not in (config.get("model") or {})
+    return (["--config", str(CONFIGS / "clip.yaml")] if overlay else []) + ["--config", str(path)]
+
+
+PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in HELPERS)
+
+
+def test_every_preset_has_a_header_with_its_command() -> None:
+    for path in PRESETS + [SMOKE]:
+        lines = path.read_text().splitlines()
+        header = "\n".join(lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+        assert "python -m experiments fit" in header and f"experiments/configs/{path.name}" in header, path.name
+        assert "Should" in header, f"{path.name}: the header must say what the run should reach"
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_shrunk_fit_writes_config_events_checkpoint_and_metrics(preset: Path, tmp_path: Path) -> None:
+    result = run_cli("fit", *preset_args(preset), "--config", str(SMOKE), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "runs").glob("*/version_0")
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 4
+    for task in ("shape", "color", "color_shape_seen", "color_shape_heldout", "count"):
+        assert 0.0 <= metrics[f"zeroshot/shapesworld_test/{task}/top1"] <= 1.0
+        assert f"zeroshot/shapesworld_val/{task}/top1" in metrics
+    assert "retrieval/shapesworld_test/i2t_R@1" in metrics and "train/infonce/loss" in metrics
+    assert "checkpoint:" in result.stdout + result.stderr
+
+    # The checkpoint alone rebuilds the model (towers and terms from their saved config).
+    from variants.module import ContrastiveModule
+
+    model = ContrastiveModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        embedding = model.encode_image(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(2))
+
+
+def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
+    result = run_cli("fit", *preset_args(CONFIGS / "demo.yaml"), "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = yaml.safe_load(result.stdout)
+    assert config["trainer"]["max_steps"] == 400  # demo.yaml over clip.yaml over base.yaml
+    assert config["model"]["terms"][0]["class_path"] == "variants.objectives.InfoNCE"
+    assert config["data"]["init_args"]["batch_size"] == 128
+    assert config["trainer"]["callbacks"][0]["init_args"]["save_last"] is True
+
+
+def test_two_process_cpu_ddp_fit(tmp_path: Path) -> None:
+    result = run_cli(
+        "fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "runs").glob("*/version_0")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 4
+    assert "zeroshot/shapesworld_test/shape/top1" in metrics
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
+        (["--config", "BAD_YAML"], "does not accept option 'model.lrr'"),
+        (["--model.terms+=variants.objectives.NoSuchTerm"], "'variants.objectives.NoSuchTerm'"),
+        (["--data.init_args.batch_size", "1.5"], 'Parser key "batch_size": Expected a <class \'int\'>'),
+        (["--model.vision_tower.init_args.model_name", "resnet10x"], "unknown timm model name 'resnet10x'; did you mean resnet10t"),
+        (["--model.text_tower.init_args.embed_dim", "64"], "vision_tower embed_dim=128, text_tower embed_dim=64"),
+    ],
+    ids=["unknown-key", "unknown-key-in-yaml", "unknown-class-path", "wrong-type", "unknown-timm-model", "embed-dims"],
+)
+def test_bad_input_ends_with_one_line_naming_the_cause(args: list[str], message: str, tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  lrr: 0.1\n")
+    args = [str(bad_yaml) if a == "BAD_YAML" else a for a in args]
+    result = run_cli("fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))

@@ -1,0 +1,32 @@
+"""Evaluation metrics against naive loops."""
+
+from __future__ import annotations
+
+import torch
+
+from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
+
+
+def test_topk_accuracy_matches_naive() -> None:
+    scores, labels = torch.randn(50, 7), torch.randint(0, 7, (50,))
+    for k in (1, 3, 7, 10):
+        naive = sum(int(labels[i] in sorted(range(7), key=lambda c: -scores[i, c])[:k]) for i in range(50)) / 50
+        assert abs(float(topk_accuracy(scores, labels, k)) - naive) < 1e-6
+
+
+def test_recall_at_k_counts_a_hit_when_any_positive_is_in_the_top_k() -> None:
+    scores = torch.randn(30, 40)
+    positives = torch.rand(30, 40) < 0.08
+    for k in (1, 5, 10):
+        naive = sum(
+            any(positives[i, j] for j in sorted(range(40), key=lambda c: -scores[i, c])[:k]) for i in range(30)
+        ) / 30
+        assert abs(float(recall_at_k(scores, positives, k)) - naive) < 1e-6
+
+
+def test_class_embeddings_average_templates_and_renormalise() -> None:
+    templates = torch.nn.functional.normalize(torch.randn(3, 4, 8), dim=-1)
+    got = class_embeddings(templates)
+    expected = templates.mean(1) / templates.mean(1).norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(3))

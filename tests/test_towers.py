@@ -1,0 +1,86 @@
+"""Towers: output shapes, causal text masking, end-of-text pooling, bad model names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from variants.errors import UserError
+from variants.towers import TextTower, VisionTower
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "tokens", "width"),
+    [
+        ("resnet10t", {}, 4, 512),  # 64 px / stride 32 -> 2x2 feature map
+        ("vit_tiny_patch16_224", {"img_size": 64, "patch_size": 8}, 64, 192),  # 8x8 patches, no CLS
+    ],
+)
+def test_vision_tower_global_and_token_shapes(name: str, kwargs: dict, tokens: int, width: int) -> None:
+    tower = VisionTower(name, embed_dim=32, model_kwargs=kwargs)
+    images = torch.randn(3, 3, 64, 64)
+    embedding, none = tower(images)
+    assert embedding.shape == (3, 32) and none is None
+    torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(3))
+    embedding2, patch_tokens = tower(images, return_tokens=True)
+    assert patch_tokens.shape == (3, tokens, width) and tower.token_dim == width
+    torch.testing.assert_close(embedding, embedding2)
+
+
+def test_vit_tokens_exclude_the_class_token() -> None:
+    tower = VisionTower("vit_tiny_patch16_224", embed_dim=16, model_kwargs={"img_size": 32, "patch_size": 8}).eval()
+    images = torch.randn(2, 3, 32, 32)
+    features = tower.backbone.forward_features(images)
+    _, tokens = tower(images, return_tokens=True)
+    torch.testing.assert_close(tokens, features[:, 1:])
+
+
+def test_unknown_timm_model_suggests_close_names() -> None:
+    with pytest.raises(UserError, match=r"unknown timm model name 'resnet10x'.*did you mean.*resnet10t"):
+        VisionTower("resnet10x")
+
+
+def _text_tower(**kwargs) -> TextTower:
+    return TextTower(vocab_size=50, context_length=12, width=32, depth=2, heads=4, embed_dim=16, **kwargs).eval()
+
+
+def test_text_tower_shapes_and_mask() -> None:
+    tower = _text_tower()
+    ids = torch.tensor([[1, 7, 8, 2, 0, 0], [1, 9, 2, 0, 0, 0]])
+    embedding, tokens, mask = tower(ids, return_tokens=True)
+    assert embedding.shape == (2, 16) and tokens.shape == (2, 6, 32)
+    assert mask.tolist() == [[True] * 4 + [False] * 2, [True] * 3 + [False] * 3]
+    torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(2))
+
+
+def test_text_tower_is_causal() -> None:
+    """Changing token k leaves the features of every position before k unchanged."""
+    tower = _text_tower()
+    ids = torch.randint(3, 50, (1, 10))
+    changed = ids.clone()
+    changed[0, 6] = (ids[0, 6] + 1 - 3) % 47 + 3
+    _, before, _ = tower(ids, return_tokens=True)
+    _, after, _ = tower(changed, return_tokens=True)
+    torch.testing.assert_close(before[:, :6], after[:, :6])
+    assert not torch.allclose(before[:, 6:], after[:, 6:])
+
+
+def test_text_tower_pools_at_the_end_token_whatever_the_padding() -> None:
+    """The pooled embedding is the projected final feature at the last real token, so it is
+    the same with any amount of padding, and it does not depend on the end id's value."""
+    tower = _text_tower()
+    short = torch.tensor([[1, 30, 31, 2]])
+    padded = torch.tensor([[1, 30, 31, 2, 0, 0, 0, 0, 0]])
+    e_short, tokens, _ = tower(short, return_tokens=True)
+    e_padded, _, _ = tower(padded)
+    torch.testing.assert_close(e_short, e_padded)
+    expected = torch.nn.functional.normalize(tower.proj(tokens[:, 3]), dim=-1)
+    torch.testing.assert_close(e_short, expected)
+    # Pooling is not at argmax(ids): here the word id 31 is the largest.
+    wrong = torch.nn.functional.normalize(tower.proj(tokens[:, 2]), dim=-1)
+    assert not torch.allclose(e_short, wrong)
+
+
+def test_text_longer_than_the_context_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="context_length 12"):
+        _text_tower()(torch.ones(1, 13, dtype=torch.long))

@@ -1,0 +1,269 @@
+"""ContrastiveModule: towers -> Encoded -> weighted objective terms, trained by Lightning.
+
+The module receives built parts (the two towers and a list of terms, each with its weight)
+from the YAML through LightningCLI's ``class_path``; it knows nothing about any particular
+objective. Its public face outside training is ``encode_image`` / ``encode_text``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from variants.errors import NonFiniteLossError, UserError
+from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
+from variants.objectives.base import Term
+from variants.towers import Encoded, TextTower, VisionTower
+
+
+class ContrastiveModule(pl.LightningModule):
+    """Trains two towers with the weighted sum of objective terms.
+
+    Args:
+        vision_tower: image encoder (``variants.towers.VisionTower`` or a subclass).
+        text_tower: text encoder (``variants.towers.TextTower`` or a subclass).
+        terms: the objective, e.g. ``[InfoNCE]`` for CLIP; each term carries its weight.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW decay, applied only to weights with >= 2 dims (never to biases,
+            norm gains, temperatures) and never to what a backbone lists in ``no_weight_decay``.
+        betas, eps: AdamW's (CLIP: 0.9/0.98, 1e-6).
+        warmup_steps: linear warm-up from lr/warmup_steps to lr, then cosine decay.
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+    """
+
+    def __init__(
+        self,
+        vision_tower: VisionTower,
+        text_tower: TextTower,
+        terms: list[Term],
+        lr: float = 5e-4,
+        weight_decay: float = 0.2,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # Under LightningCLI the parts are saved as their configs (class_path + init_args), so
+        # ``ContrastiveModule.load_from_checkpoint`` rebuilds them. Built in Python they are
+        # objects, whose weights are already in the state dict: keep them out of the hparams.
+        self.remove_ignored_hparams(
+            [k for k in ("vision_tower", "text_tower", "terms") if not _is_config(self.hparams[k])]
+        )
+        _check_compatible(vision_tower, text_tower, terms)
+        self.vision_tower, self.text_tower = vision_tower, text_tower
+        self.terms = nn.ModuleDict(_unique_names(terms))
+        needs = frozenset().union(*(term.needs for term in terms))
+        self._image_tokens, self._text_tokens = "image_tokens" in needs, "text_tokens" in needs
+        self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    # ---- public face -------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, D] L2-normalised image embeddings."""
+        return self.vision_tower(images)[0]
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, D] L2-normalised text embeddings."""
+        return self.text_tower(token_ids)[0]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
+        """Everything the terms need from one batch, and nothing more."""
+        image, image_tokens = self.vision_tower(batch["image"], return_tokens=self._image_tokens)
+        text, text_tokens, mask = self.text_tower(batch["text"], return_tokens=self._text_tokens)
+        return Encoded(
+            image=image,
+            text=text,
+            image_tokens=image_tokens,
+            text_tokens=text_tokens,
+            text_mask=mask if self._text_tokens else None,
+        )
+
+    # ---- training ----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.trainer.accumulate_grad_batches > 1:
+            raise UserError(
+                "trainer.accumulate_grad_batches > 1 does not make a larger contrastive batch: "
+                "each micro-batch would only see its own negatives. Use a larger "
+                "data.batch_size or more devices instead"
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        encoded = self.encode(batch)
+        outputs = {name: term(encoded) for name, term in self.terms.items()}
+        total = sum(self.terms[name].weight * out["loss"] for name, out in outputs.items())
+        if not torch.isfinite(total):
+            self._raise_non_finite(outputs)
+        batch_size = encoded.image.shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        for name, out in outputs.items():
+            for key, value in out.items():
+                self.log(f"train/{name}/{key}", value, batch_size=batch_size)
+        with torch.no_grad():  # in-batch retrieval accuracy on this rank's rows
+            scores = encoded.image.float() @ encoded.text.float().T
+            target = torch.arange(batch_size, device=scores.device)
+            self.log("train/acc_i2t", (scores.argmax(1) == target).float().mean(), batch_size=batch_size)
+            self.log("train/acc_t2i", (scores.argmax(0) == target).float().mean(), batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        return total
+
+    def _raise_non_finite(self, outputs: dict[str, dict[str, torch.Tensor]]) -> None:
+        bad = [
+            f"'{name}' returned {out['loss'].item()} (weight {self.terms[name].weight})"
+            for name, out in outputs.items()
+            if not torch.isfinite(out["loss"])
+        ] or ["the weighted sum overflowed"]
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.global_step}: term {'; '.join(bad)}. "
+            "Lower model.lr, raise model.warmup_steps, or try trainer.precision 32-true"
+        )
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        for term in self.terms.values():
+            term.post_step()
+
+    def configure_optimizers(self):
+        decay, no_decay = _weight_decay_groups(self)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            eps=self.hparams.eps,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation: zero-shot and retrieval tasks declared by the datamodule ------------
+    def _eval_tasks(self, stage: str) -> list:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return datamodule.eval_tasks(stage) if hasattr(datamodule, "eval_tasks") else []
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_outputs = defaultdict(list)
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if "task" not in batch:
+            return  # a datamodule without eval tasks
+        outputs = self._eval_outputs
+        outputs["image"].append(self.encode_image(batch["image"]).float())
+        for key in ("task", "index", "label"):
+            outputs[key].append(batch[key])
+        if "text" in batch:
+            outputs["text"].append(self.encode_text(batch["text"]).float())
+            outputs["tokens"].append(batch["text"])
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test")
+
+    def _log_eval_metrics(self, stage: str) -> None:
+        if not self._eval_outputs:
+            return
+        outputs = self._gather_unique({k: torch.cat(v) for k, v in self._eval_outputs.items()})
+        self._eval_outputs = defaultdict(list)
+        for task_id, task in enumerate(self._eval_tasks(stage)):
+            rows = outputs["task"] == task_id
+            if not rows.any():
+                continue  # e.g. limit_val_batches stopped before this task
+            image = outputs["image"][rows]
+            if task.kind == "zeroshot":
+                prompts = task.prompts.to(self.device)
+                classes, templates = prompts.shape[:2]
+                text = self.encode_text(prompts.flatten(0, 1)).float()
+                classifier = class_embeddings(text.view(classes, templates, -1))
+                metrics = {"top1": topk_accuracy(image @ classifier.T, outputs["label"][rows], 1)}
+            else:
+                scores = image @ outputs["text"][rows].T
+                tokens = outputs["tokens"][rows]
+                positives = (tokens[:, None] == tokens[None]).all(-1)  # same caption text
+                metrics = {
+                    "i2t_R@1": recall_at_k(scores, positives, 1),
+                    "t2i_R@1": recall_at_k(scores.T, positives.T, 1),
+                }
+            for key, value in metrics.items():
+                self.log(f"{task.name}/{key}", value, sync_dist=True)
+
+    def _gather_unique(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All ranks' evaluation outputs, each sample once (samplers pad by repeating)."""
+        if self.trainer.world_size > 1:
+            outputs = {k: self.all_gather(v).flatten(0, 1) for k, v in outputs.items()}
+        first = _first_occurrences(outputs["index"])
+        return {k: v[first] for k, v in outputs.items()}
+
+
+def _first_occurrences(index: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct value of ``index``, by value."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    positions = torch.arange(index.numel(), device=index.device)
+    return torch.full_like(unique, index.numel()).scatter_reduce(0, inverse, positions, "amin")
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine to ``min_ratio``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def _weight_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split trainable parameters: decay weights with >= 2 dims, except what towers exempt."""
+    exempt = set()
+    for prefix, child in module.named_children():
+        if hasattr(child, "no_weight_decay"):
+            exempt |= {f"{prefix}.{name}" for name in child.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and name not in exempt else no_decay).append(param)
+    return decay, no_decay
+
+
+def _is_config(value: object) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, dict) for v in value)
+    return isinstance(value, dict)
+
+
+def _check_compatible(vision: nn.Module, text: nn.Module, terms: list[Term]) -> None:
+    if not terms:
+        raise UserError("model.terms is empty: list at least one objective term, e.g. InfoNCE")
+    dims = {"vision_tower": vision.embed_dim, "text_tower": text.embed_dim}
+    dims |= {f"terms[{i}] ({t.name})": t.embed_dim for i, t in enumerate(terms) if t.embed_dim}
+    if len(set(dims.values())) > 1:
+        listed = ", ".join(f"{where} embed_dim={dim}" for where, dim in dims.items())
+        raise UserError(f"incompatible embedding sizes: {listed}; set them all to one value")
+
+
+def _unique_names(terms: list[Term]) -> dict[str, Term]:
+    names: dict[str, Term] = {}
+    for term in terms:
+        name, n = term.name, 1
+        while name in names:
+            n += 1
+            name = f"{term.name}_{n}"
+        names[name] = term
+    return names

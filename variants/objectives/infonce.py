@@ -1,0 +1,62 @@
+"""CLIP's contrastive objective (Radford et al. 2021, "Learning Transferable Visual Models From
+Natural Language Supervision", arXiv 2103.00020, Figure 3).
+
+    L = 1/2 [CE(s I T^T) + CE(s T I^T)],  targets arange(N),  s = exp(t)
+
+I, T are the L2-normalised image and text embeddings of the batch; t is learned, initialised to
+log(1/0.07) and clamped after every optimizer step so that s <= 100 (paper, section 2.5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from variants.distributed import gather_with_grad, row_offset
+from variants.losses import clip_loss
+from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.towers import Encoded
+
+
+class InfoNCE(Term):
+    """Symmetric InfoNCE over global embeddings with a learnable temperature.
+
+    Args:
+        weight: weight in the total loss.
+        init_temperature: initial 1/s (0.07 in CLIP).
+        max_logit_scale: upper bound of s = exp(t) (100 in CLIP).
+        learn_temperature: learn t (True) or keep s fixed at 1/init_temperature.
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        learn_temperature: bool = True,
+    ) -> None:
+        super().__init__(weight)
+        self.max_logit_scale = max_logit_scale
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature
+        )
+
+    def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
+        with full_precision(encoded.image.device):
+            image, text = at_least_float32(encoded.image, encoded.text)
+            scale = self.logit_scale.exp()
+            loss = clip_loss(
+                image,
+                text,
+                scale,
+                all_image=gather_with_grad(image),
+                all_text=gather_with_grad(text),
+                row_offset=row_offset(image.shape[0]),
+            )
+        return {"loss": loss, "logit_scale": scale.detach()}
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))

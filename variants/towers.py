@@ -1,0 +1,181 @@
+"""The encoders: a vision tower over any timm backbone and a CLIP-style text transformer.
+
+Both return L2-normalised global embeddings of size ``embed_dim``; on request they also return
+token-level features (unprojected, at the backbone's width) for token-wise terms such as FILIP.
+What a step computes is collected in an :class:`Encoded` record and handed to every term.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from variants.errors import UserError
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What the towers produced for one batch; terms read the fields they declared in ``needs``.
+
+    image, text:   [B, D] L2-normalised global embeddings (always present).
+    image_tokens:  [B, P, Cv] patch features without prefix tokens (ViT) or the flattened final
+                   feature map (CNN); present when a term needs "image_tokens".
+    text_tokens:   [B, L, Ct] per-position features after the final LayerNorm, and
+    text_mask:     [B, L] bool, True at real tokens (start, words, end), False at padding;
+                   present when a term needs "text_tokens".
+    """
+
+    image: torch.Tensor
+    text: torch.Tensor
+    image_tokens: torch.Tensor | None = None
+    text_tokens: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+
+def _create_backbone(model_name: str, pretrained: bool, **kwargs) -> nn.Module:
+    architecture = model_name.split(".", 1)[0]  # "vit_base_patch16_224.augreg_in21k" -> arch
+    if ":" not in model_name and not timm.is_model(architecture):
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise UserError(f"unknown timm model name '{model_name}'{hint}")
+    return timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+class VisionTower(nn.Module):
+    """Any timm backbone, a linear projection to ``embed_dim``, L2 normalisation.
+
+    Args:
+        model_name: a timm model name, e.g. ``resnet10t`` or ``vit_tiny_patch16_224``.
+        embed_dim: size of the joint embedding space (must match the text tower's).
+        pretrained: load timm's pretrained weights; they must already be on local disk
+            (``model_kwargs={"pretrained_cfg_overlay": {"file": ...}}``), nothing is downloaded.
+        model_kwargs: passed to ``timm.create_model``, e.g. ``{"img_size": 64, "patch_size": 8}``.
+        channels_last: run convolutions in NHWC layout (~25% faster for a ResNet under bf16 on
+            CPU with oneDNN, and the layout tensor cores prefer); numerics are unchanged.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet10t",
+        embed_dim: int = 128,
+        pretrained: bool = False,
+        model_kwargs: dict | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embed_dim, self.channels_last = embed_dim, channels_last
+        self.backbone = _create_backbone(model_name, pretrained, **(model_kwargs or {}))
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.token_dim = self.backbone.num_features
+        # The global embedding is the backbone's own pooled output (CLS token or average pool).
+        self.proj = nn.Linear(self.token_dim, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=self.token_dim**-0.5)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this tower) that must not be weight-decayed."""
+        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{n}" for n in names}
+
+    def forward(
+        self, images: torch.Tensor, return_tokens: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images [B, 3, H, W] -> (embedding [B, D] normalised, tokens [B, P, C] or None)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        features = self.backbone.forward_features(images)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        embedding = F.normalize(self.proj(pooled), dim=-1)
+        if not return_tokens:
+            return embedding, None
+        if features.ndim == 4:  # CNN: [B, C, H, W] -> [B, H*W, C]
+            tokens = features.flatten(2).transpose(1, 2)
+        else:  # ViT: drop the class/register tokens
+            tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0) :]
+        return embedding, tokens
+
+
+class TextTower(nn.Module):
+    """CLIP's text transformer (Radford et al. 2021, section 2.4), built from timm blocks.
+
+    Token + learned positional embedding, ``depth`` pre-LayerNorm blocks with a causal mask, a
+    final LayerNorm, the features at each row's end-of-text position, a linear projection to
+    ``embed_dim``, L2 normalisation.
+
+    The end-of-text position is the last real token of each row, found from the padding mask
+    (``token_ids != pad_id``), never from ``argmax(token_ids)``: OpenAI's trick pools at the
+    wrong place when the end id is not the largest id of the vocabulary.
+
+    Args:
+        vocab_size: number of token ids (linked from the data's tokenizer by the CLI).
+        context_length: maximal sequence length (linked from the data's tokenizer).
+        width, depth, heads, mlp_ratio: transformer size.
+        embed_dim: size of the joint embedding space (must match the vision tower's).
+        pad_id: id of the padding token; padding must only follow the end token.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int = 32,
+        width: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        embed_dim: int = 128,
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if width % heads:
+            raise UserError(f"text tower width {width} is not divisible by heads {heads}")
+        self.embed_dim, self.token_dim = embed_dim, width
+        self.context_length, self.pad_id = context_length, pad_id
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)
+        )
+        self.ln_final = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+        self._init_weights(depth)
+
+    def _init_weights(self, depth: int) -> None:
+        # CLIP's initialisation (open_clip TextTransformer.init_parameters).
+        width = self.token_dim
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * depth) ** -0.5, (2 * width) ** -0.5
+        for block in self.blocks:
+            nn.init.normal_(block.attn.qkv.weight, std=attn_std)
+            nn.init.normal_(block.attn.proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
+            nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
+        nn.init.normal_(self.proj.weight, std=width**-0.5)
+
+    def forward(
+        self, token_ids: torch.Tensor, return_tokens: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """token_ids [B, L] -> (embedding [B, D] normalised, tokens [B, L, W] or None, mask [B, L])."""
+        length = token_ids.shape[1]
+        if length > self.context_length:
+            raise UserError(
+                f"text of {length} tokens exceeds the text tower's context_length "
+                f"{self.context_length}; tokenize with the same context length"
+            )
+        mask = token_ids != self.pad_id
+        x = self.token_embedding(token_ids) + self.positional_embedding[:length]
+        for block in self.blocks:
+            # Causal attention: padding follows the end token, so no position before it can
+            # see padding and no key-padding mask is needed for the pooled or token outputs.
+            x = block(x, is_causal=True)
+        x = self.ln_final(x)
+        eot = mask.sum(dim=1).clamp(min=1) - 1
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        embedding = F.normalize(self.proj(pooled), dim=-1)
+        return embedding, (x if return_tokens else None), mask
