@@ -54,7 +54,9 @@ class CLI(LightningCLI):
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none)"
-        log_dir = self.trainer.log_dir
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if log_dir is None:
+            return
         rank_zero_info(
             f"\nrun directory: {log_dir}\n"
             f"  checkpoint:  {checkpoint}\n"

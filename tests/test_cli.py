@@ -82,17 +82,15 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
 
 
 def test_two_process_cpu_ddp_fit(tmp_path: Path) -> None:
-    result = run_cli(
-        "fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE),
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        cwd=tmp_path,
-    )  # fmt: skip
+    ddp = CONFIGS / "trainer" / "ddp_cpu.yaml"
+    result = run_cli("fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), "--config", str(ddp), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "runs").glob("*/version_0")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4
     assert "zeroshot/shapesworld_test/shape/top1" in metrics
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["devices"] == 2
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,13 @@ from variants.objectives import InfoNCE, Term
 from variants.towers import Encoded, TextTower, VisionTower
 
 
-def small_module(vision: str = "resnet10t", terms: list[Term] | None = None, **kwargs) -> ContrastiveModule:
+def small_module(
+    vision: str = "resnet10t", terms: list[Term] | None = None, vocab_size: int = 40, **kwargs
+) -> ContrastiveModule:
     model_kwargs = {"img_size": 32, "patch_size": 8} if vision.startswith("vit") else {}
     return ContrastiveModule(
         VisionTower(vision, embed_dim=16, model_kwargs=model_kwargs),
-        TextTower(vocab_size=40, context_length=8, width=32, depth=2, heads=2, embed_dim=16),
+        TextTower(vocab_size=vocab_size, context_length=8, width=32, depth=2, heads=2, embed_dim=16),
         terms if terms is not None else [InfoNCE()],
         **kwargs,
     )
@@ -104,11 +106,13 @@ class NaNTerm(Term):
         return {"loss": encoded.image.sum() * float("nan")}
 
 
+def tiny_data() -> ShapesWorldDataModule:
+    return ShapesWorldDataModule(image_size=32, batch_size=4, train_samples=16, context_length=8, num_workers=0)
+
+
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) -> None:
-    module = small_module(terms=[InfoNCE(), NaNTerm(weight=0.5)])
-    datamodule = ShapesWorldDataModule(image_size=32, batch_size=4, train_samples=16, context_length=8, num_workers=0)
-    datamodule.tokenizer.tokenizer.enable_truncation(8)
-    module.text_tower.token_embedding = torch.nn.Embedding(datamodule.vocab_size, 32)
+    datamodule = tiny_data()
+    module = small_module(terms=[InfoNCE(), NaNTerm(weight=0.5)], vocab_size=datamodule.vocab_size)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, default_root_dir=tmp_path, limit_val_batches=0)
     with pytest.raises(NonFiniteLossError, match=r"at step 0: term 'nanterm' returned nan \(weight 0.5\)"):
@@ -116,9 +120,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) 
 
 
 def test_accumulating_gradients_is_refused_with_an_explanation(tmp_path) -> None:
-    datamodule = ShapesWorldDataModule(image_size=32, batch_size=4, train_samples=16, context_length=8, num_workers=0)
-    module = small_module()
-    module.text_tower.token_embedding = torch.nn.Embedding(datamodule.vocab_size, 32)
+    datamodule = tiny_data()
+    module = small_module(vocab_size=datamodule.vocab_size)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, accumulate_grad_batches=2, default_root_dir=tmp_path)
     with pytest.raises(UserError, match="accumulate_grad_batches > 1 does not make a larger contrastive batch"):
