@@ -8,6 +8,7 @@ import os
 import pkgutil
 import socket
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,9 @@ from variants.objectives.base import Term
 from variants.towers import Encoded
 
 EMBED, IMAGE_WIDTH, TEXT_WIDTH, PATCHES, LENGTH, FEATURES = 8, 12, 10, 5, 6, 16
+# What a term's attach() reads from real towers, at the toy sizes.
+TOY_VISION = SimpleNamespace(embed_dim=EMBED, token_dim=IMAGE_WIDTH, feature_dim=IMAGE_WIDTH)
+TOY_TEXT = SimpleNamespace(embed_dim=EMBED, token_dim=TEXT_WIDTH)
 
 
 def all_term_classes() -> list[type[Term]]:
@@ -36,11 +40,13 @@ def all_term_classes() -> list[type[Term]]:
     return sorted(set(found), key=lambda c: c.__name__)
 
 
-def build_term(cls: type[Term]) -> Term:
-    """A term with its defaults, told the toy sizes where its constructor asks for them."""
-    sizes = {"embed_dim": EMBED, "image_token_dim": IMAGE_WIDTH, "text_token_dim": TEXT_WIDTH}
+def build_term(cls: type[Term], **kwargs) -> Term:
+    """A term with its defaults (small widths where it has them), attached to toy towers."""
     params = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in sizes.items() if k in params})
+    small = {"hidden_dim": 32, "out_dim": 8, "token_dim": 6}
+    term = cls(**{k: v for k, v in small.items() if k in params} | kwargs)
+    term.attach(TOY_VISION, TOY_TEXT)
+    return term
 
 
 class ToyTowers(nn.Module):
@@ -52,38 +58,45 @@ class ToyTowers(nn.Module):
         self.text = nn.Linear(FEATURES, EMBED)
         self.image_tokens = nn.Linear(FEATURES, IMAGE_WIDTH)
         self.text_tokens = nn.Linear(FEATURES, TEXT_WIDTH)
+        self.views = nn.Linear(FEATURES, IMAGE_WIDTH)
 
     def forward(self, image_x: torch.Tensor, text_x: torch.Tensor, lengths: torch.Tensor) -> Encoded:
-        mask = torch.arange(LENGTH)[None] < lengths[:, None]
+        mask = torch.arange(text_x.shape[1])[None] < lengths[:, None]
+        valid = mask.to(text_x.dtype)[..., None]
+        # Two 'augmented views': different subsets of the patches through the view trunk.
+        views = torch.stack([self.views(image_x[:, :3].mean(1)), self.views(image_x[:, 2:].mean(1))], dim=1)
         return Encoded(
             image=F.normalize(self.image(image_x.mean(1)), dim=-1),
-            text=F.normalize(self.text(text_x.mean(1)), dim=-1),
+            text=F.normalize(self.text((text_x * valid).sum(1) / valid.sum(1)), dim=-1),  # padding-free
             image_tokens=self.image_tokens(image_x),
             text_tokens=self.text_tokens(text_x),
             text_mask=mask,
+            views=views,
         )
 
 
 class ToyModel(nn.Module):
-    def __init__(self, term: Term) -> None:
+    def __init__(self, terms: list[Term]) -> None:
         super().__init__()
-        self.towers, self.term = ToyTowers(), term
+        self.towers, self.terms = ToyTowers(), nn.ModuleList(terms)
 
     def forward(self, image_x: torch.Tensor, text_x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.term(self.towers(image_x, text_x, lengths))["loss"]
+        encoded = self.towers(image_x, text_x, lengths)
+        return sum(term.weight * term(encoded)["loss"] for term in self.terms)
 
 
-def toy_batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def toy_batch(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    image_x = torch.randn(n, PATCHES, FEATURES, generator=g, dtype=torch.float64)
-    text_x = torch.randn(n, LENGTH, FEATURES, generator=g, dtype=torch.float64)
+    image_x = torch.randn(n, PATCHES, FEATURES, generator=g, dtype=dtype)
+    text_x = torch.randn(n, LENGTH, FEATURES, generator=g, dtype=dtype)
     lengths = torch.randint(2, LENGTH + 1, (n,), generator=g)
+    lengths[n // 2 :] = lengths[n // 2 :].clamp(max=LENGTH - 1)  # the second half needs less padding
     return image_x, text_x, lengths
 
 
-def toy_model(cls: type[Term]) -> ToyModel:
+def toy_model(*classes: type[Term], dtype: torch.dtype = torch.float64) -> ToyModel:
     torch.manual_seed(0)
-    return ToyModel(build_term(cls)).double()
+    return ToyModel([build_term(cls) for cls in classes]).to(dtype)
 
 
 def free_port() -> int:
@@ -108,12 +121,15 @@ def _entry(rank: int, port: int, fn: Callable, args: tuple) -> None:
         dist.destroy_process_group()
 
 
-def ddp_gradients(rank: int, world: int, cls: type[Term], n_global: int, out_dir: str) -> None:
-    """One DDP step on this rank's half of the global toy batch; saves the averaged grads."""
-    model = toy_model(cls)
-    ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)  # token layers may be unused
+def ddp_gradients(rank: int, world: int, classes: tuple[type[Term], ...], n_global: int, out_dir: str) -> None:
+    """One DDP step on this rank's half of the global toy batch; saves the averaged grads.
+    Ranks get captions of different padded lengths, as batches padded to their own longest
+    caption do."""
+    model = toy_model(*classes)
+    ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)  # unused token layers
     image_x, text_x, lengths = toy_batch(n_global)
     rows = slice(rank * n_global // world, (rank + 1) * n_global // world)
-    ddp(image_x[rows], text_x[rows], lengths[rows]).backward()
+    local_text = text_x[rows, : LENGTH - rank]  # rank 1's batch is padded one position less
+    ddp(image_x[rows], local_text, lengths[rows]).backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -27,9 +27,9 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
 
 
 def preset_args(path: Path) -> list[str]:
-    """An overlay (no towers of its own, like demo.yaml) is applied on top of clip.yaml."""
+    """A preset lists its terms; an overlay without terms (demo.yaml) goes on top of clip.yaml."""
     config = yaml.safe_load(path.read_text()) or {}
-    overlay = "vision_tower" not in (config.get("model") or {})
+    overlay = "terms" not in (config.get("model") or {})
     return (["--config", str(CONFIGS / "clip.yaml")] if overlay else []) + ["--config", str(path)]
 
 
@@ -57,7 +57,10 @@ def test_shrunk_fit_writes_config_events_checkpoint_and_metrics(preset: Path, tm
     for task in ("shape", "color", "color_shape_seen", "color_shape_heldout", "count"):
         assert 0.0 <= metrics[f"zeroshot/shapesworld_test/{task}/top1"] <= 1.0
         assert f"zeroshot/shapesworld_val/{task}/top1" in metrics
-    assert "retrieval/shapesworld_test/i2t_R@1" in metrics and "train/infonce/loss" in metrics
+    assert "retrieval/shapesworld_test/i2t_R@1" in metrics and "train/loss" in metrics
+    terms = yaml.safe_load((run / "config.yaml").read_text())["model"]["terms"]
+    for term in terms:  # every term logs its loss under its own name
+        assert f"train/{term['class_path'].rsplit('.', 1)[1].lower()}/loss" in metrics
     assert "checkpoint:" in result.stdout + result.stderr
 
     # The checkpoint alone rebuilds the model (towers and terms from their saved config).

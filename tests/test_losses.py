@@ -56,3 +56,163 @@ def test_clip_loss_gradients_reach_both_modalities_and_the_scale() -> None:
     clip_loss(image, text, log_scale.exp()).backward()
     for grad in (image.grad, text.grad, log_scale.grad):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+# ---- the other objectives against loops over the formulas (float64) ------------------------
+from variants.losses import (  # noqa: E402
+    cyclic_losses,
+    filip_loss,
+    filip_similarity,
+    grad_reverse,
+    mmd2,
+    siglip_loss,
+    simclr_loss,
+)
+
+D64 = torch.float64
+
+
+def _unit(*shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, dtype=D64), dim=-1)
+
+
+def test_siglip_loss_matches_naive() -> None:
+    image, text, s, b = _unit(6, 4), _unit(6, 4), 7.0, -3.0
+    naive = 0.0
+    for i in range(6):
+        for j in range(6):
+            z = 1.0 if i == j else -1.0
+            naive -= math.log(1 / (1 + math.exp(-z * (s * float(image[i] @ text[j]) + b))))
+    torch.testing.assert_close(siglip_loss(image, text, s, b), torch.tensor(naive / 6, dtype=D64))
+
+
+def _naive_filip(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ni, p = x.shape[:2]
+    nt = y.shape[0]
+    i2t, t2i = torch.zeros(ni, nt, dtype=D64), torch.zeros(ni, nt, dtype=D64)
+    for i in range(ni):
+        for j in range(nt):
+            valid = [k for k in range(y.shape[1]) if mask[j, k]]
+            i2t[i, j] = sum(max(float(x[i, q] @ y[j, k]) for k in valid) for q in range(p)) / p
+            t2i[i, j] = sum(max(float(x[i, q] @ y[j, k]) for q in range(p)) for k in valid) / len(valid)
+    return i2t, t2i
+
+
+def _mask(lengths: list[int], length: int) -> torch.Tensor:
+    return torch.arange(length)[None] < torch.tensor(lengths)[:, None]
+
+
+def test_filip_similarity_matches_naive_and_ignores_padding() -> None:
+    x, y = _unit(4, 3, 5), _unit(5, 6, 5)
+    mask = _mask([2, 6, 3, 1, 4], 6)
+    i2t, t2i = filip_similarity(x, y, mask)
+    naive_i2t, naive_t2i = _naive_filip(x, y, mask)
+    torch.testing.assert_close(i2t, naive_i2t)
+    torch.testing.assert_close(t2i, naive_t2i)
+    assert not torch.allclose(i2t, t2i)  # one-axis max then mean, not max over both axes
+    changed = y.clone()
+    changed[~mask] = _unit(int((~mask).sum()), 5)  # new embeddings at every padded position
+    for a, b in zip(filip_similarity(x, changed, mask), (i2t, t2i)):
+        torch.testing.assert_close(a, b)
+
+
+def test_filip_chunked_equals_unchunked() -> None:
+    x, y = _unit(9, 4, 6), _unit(7, 5, 6)
+    mask = _mask([5, 2, 3, 5, 1, 4, 2], 5)
+    whole = filip_similarity(x, y, mask, chunk=9)
+    for chunk in (1, 2, 4):
+        for a, b in zip(filip_similarity(x, y, mask, chunk=chunk), whole):
+            torch.testing.assert_close(a, b)
+
+
+def test_filip_loss_matches_naive_and_its_gradient_survives_chunking() -> None:
+    x, y = _unit(5, 3, 4).requires_grad_(), _unit(5, 4, 4).requires_grad_()
+    mask = _mask([4, 2, 3, 1, 4], 4)
+    i2t, t2i = _naive_filip(x.detach(), y.detach(), mask)
+    s = 9.0
+    naive = 0.5 * (F.cross_entropy(s * i2t, torch.arange(5)) + F.cross_entropy(s * t2i.T, torch.arange(5)))
+    loss = filip_loss(x, y, mask, s, chunk=2)
+    torch.testing.assert_close(loss, naive)
+    loss.backward()
+    grads = x.grad.clone(), y.grad.clone()
+    x.grad = y.grad = None
+    filip_loss(x, y, mask, s, chunk=5).backward()
+    torch.testing.assert_close(grads[0], x.grad)
+    torch.testing.assert_close(grads[1], y.grad)
+
+
+def test_cyclic_losses_match_naive() -> None:
+    image, text = _unit(5, 3), _unit(5, 3)
+    inmodal = sum((float(image[i] @ image[j]) - float(text[i] @ text[j])) ** 2 for i in range(5) for j in range(5)) / 5
+    cross = sum((float(image[i] @ text[j]) - float(text[i] @ image[j])) ** 2 for i in range(5) for j in range(5)) / 5
+    got = cyclic_losses(image, text)
+    torch.testing.assert_close(got[0], torch.tensor(inmodal, dtype=D64))
+    torch.testing.assert_close(got[1], torch.tensor(cross, dtype=D64))
+
+
+def test_simclr_loss_matches_naive() -> None:
+    z_a, z_b, tau = torch.randn(5, 4, dtype=D64), torch.randn(5, 4, dtype=D64), 0.1
+    q_a, q_b = F.normalize(z_a, dim=-1), F.normalize(z_b, dim=-1)
+
+    def side(q: torch.Tensor, other: torch.Tensor) -> float:
+        total = 0.0
+        for i in range(5):
+            positive = math.exp(float(q[i] @ other[i]) / tau)
+            denominator = sum(math.exp(float(q[i] @ other[j]) / tau) for j in range(5))
+            denominator += sum(math.exp(float(q[i] @ q[j]) / tau) for j in range(5) if j != i)
+            total -= math.log(positive / denominator)
+        return total / 5
+
+    naive = 0.5 * (side(q_a, q_b) + side(q_b, q_a))
+    torch.testing.assert_close(simclr_loss(z_a, z_b, tau), torch.tensor(naive, dtype=D64))
+
+
+def test_mmd2_matches_naive_and_is_the_squared_gap_for_a_linear_kernel() -> None:
+    x, y, sigmas = torch.randn(4, 3, dtype=D64), torch.randn(6, 3, dtype=D64) + 1, torch.tensor([0.5, 2.0], dtype=D64)
+
+    def k(a: torch.Tensor, b: torch.Tensor) -> float:
+        return sum(math.exp(-float((a - b).square().sum()) / (2 * s**2)) for s in sigmas.tolist())
+
+    def mean_k(a: torch.Tensor, b: torch.Tensor) -> float:
+        return sum(k(u, v) for u in a for v in b) / (len(a) * len(b))
+
+    x, y = x[:4], y[:4]  # equal sizes, as image and text sets are
+    naive = mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+    torch.testing.assert_close(mmd2(x, y, sigmas), torch.tensor(naive, dtype=D64))
+    assert mmd2(x, x, sigmas) < 1e-12
+
+
+def test_grad_reverse_is_identity_forward_and_negated_scaled_backward() -> None:
+    x = torch.randn(3, 2, dtype=D64, requires_grad=True)
+    y = grad_reverse(x, 0.3)
+    torch.testing.assert_close(y, x)
+    (y * torch.arange(6, dtype=D64).view(3, 2)).sum().backward()
+    torch.testing.assert_close(x.grad, -0.3 * torch.arange(6, dtype=D64).view(3, 2))
+
+
+def test_distributed_forms_average_to_the_global_loss() -> None:
+    """Every loss's local-rows/global-columns form, averaged over equal shards, is the global
+    loss: the identity that makes DDP's gradient averaging exact."""
+    n, half = 8, 4
+    image, text = _unit(n, 5), _unit(n, 5)
+    x, y = _unit(n, 3, 5), _unit(n, 4, 5)
+    mask = _mask([4, 2, 3, 1, 4, 2, 3, 4], 4)
+    sigmas = torch.tensor([0.7, 1.4], dtype=D64)
+    shards = [slice(r * half, (r + 1) * half) for r in range(2)]
+
+    def averaged(fn) -> torch.Tensor:
+        return sum(fn(rows, rows.start) for rows in shards) / 2
+
+    cases = {
+        "siglip": (lambda r, o: siglip_loss(image[r], text[r], 5.0, -2.0, all_text=text, row_offset=o), siglip_loss(image, text, 5.0, -2.0)),
+        "filip": (
+            lambda r, o: filip_loss(x[r], y[r], mask[r], 6.0, all_image_tokens=x, all_text_tokens=y, all_text_mask=mask, row_offset=o),
+            filip_loss(x, y, mask, 6.0),
+        ),
+        "cyclic_in": (lambda r, o: cyclic_losses(image[r], text[r], all_image=image, all_text=text)[0], cyclic_losses(image, text)[0]),
+        "cyclic_cross": (lambda r, o: cyclic_losses(image[r], text[r], all_image=image, all_text=text)[1], cyclic_losses(image, text)[1]),
+        "simclr": (lambda r, o: simclr_loss(image[r], text[r], 0.1, all_z_a=image, all_z_b=text, row_offset=o), simclr_loss(image, text, 0.1)),
+        "mmd": (lambda r, o: mmd2(image[r], text[r], sigmas, all_x=image, all_y=text), mmd2(image, text, sigmas)),
+    }  # fmt: skip
+    for name, (local, global_value) in cases.items():
+        torch.testing.assert_close(averaged(local), global_value, msg=name)

@@ -11,7 +11,7 @@ import torch
 from datamodules.shapesworld import ShapesWorldDataModule
 from variants.errors import NonFiniteLossError, UserError
 from variants.module import ContrastiveModule, _weight_decay_groups, warmup_cosine
-from variants.objectives import InfoNCE, Term
+from variants.objectives import Adversarial, InfoNCE, SimCLR, Term
 from variants.towers import Encoded, TextTower, VisionTower
 
 
@@ -33,11 +33,17 @@ def test_towers_with_different_embedding_sizes_fail_at_construction() -> None:
 
 
 def test_a_term_expecting_another_embedding_size_fails_at_construction() -> None:
-    class Sized(InfoNCE):
-        embed_dim = 32
+    with pytest.raises(UserError, match=r"terms\[1\] \(adversarial\) embed_dim=32"):
+        small_module(terms=[InfoNCE(), Adversarial(embed_dim=32)])
 
-    with pytest.raises(UserError, match=r"terms\[0\] \(sized\) embed_dim=32"):
-        small_module(terms=[Sized()])
+
+def test_a_view_term_without_views_in_the_data_names_the_data_option(tmp_path) -> None:
+    datamodule = tiny_data()
+    module = small_module(terms=[InfoNCE(), SimCLR(hidden_dim=16, out_dim=8)], vocab_size=datamodule.vocab_size)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(UserError, match="set data.init_args.views"):
+        trainer.fit(module, datamodule)
 
 
 def test_no_terms_is_an_error() -> None:
@@ -141,17 +147,17 @@ def test_zero_shot_and_retrieval_metrics_from_a_perfect_model(tmp_path) -> None:
             self._batch = batch
             return super().validation_step(batch, batch_idx)
 
-        def encode_image(self, images):
+        def image_record(self, images, tokens=False):
             b = self._batch
             keys = torch.where(b["label"] >= 0, b["label"], 1000 + _row_key(b["text"]))
-            return _one_hot(keys)
+            return Encoded(image=_one_hot(keys))
 
-        def encode_text(self, ids):
+        def text_record(self, ids, tokens=False):
             if ids.shape[0] == self._batch["text"].shape[0] and torch.equal(ids, self._batch["text"]):
-                return _one_hot(1000 + _row_key(ids))
+                return Encoded(text=_one_hot(1000 + _row_key(ids)))
             for p in prompt_ids.values():  # each task builds its own classifier
                 if p.flatten(0, 1).shape == ids.shape and torch.equal(p.flatten(0, 1), ids):
-                    return _one_hot(torch.arange(p.shape[0]).repeat_interleave(p.shape[1]))
+                    return Encoded(text=_one_hot(torch.arange(p.shape[0]).repeat_interleave(p.shape[1])))
             raise AssertionError("unexpected text")
 
     module = Oracle(VisionTower("resnet10t", 16), TextTower(datamodule.vocab_size, 32, 32, 1, 2, embed_dim=16), [InfoNCE()])

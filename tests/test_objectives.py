@@ -1,5 +1,6 @@
 """Generic checks for every objective term class (new terms are picked up automatically):
-gradient flow, determinism, and DDP exactness against a single process."""
+gradient flow, determinism, bf16 autocast, and DDP exactness against a single process; then
+each term's own contract."""
 
 from __future__ import annotations
 
@@ -9,37 +10,43 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from terms import all_term_classes, build_term, ddp_gradients, run_two_processes, toy_batch, toy_model
-from variants.losses import clip_loss
-from variants.objectives import InfoNCE, Term
+from terms import (
+    TOY_TEXT,
+    TOY_VISION,
+    all_term_classes,
+    build_term,
+    ddp_gradients,
+    run_two_processes,
+    toy_batch,
+    toy_model,
+)
+from variants.errors import UserError
+from variants.losses import clip_loss, cyclic_losses, filip_similarity, mmd2, siglip_loss
+from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, Term, TokenwiseInfoNCE
+from variants.towers import Encoded
 
 TERMS = all_term_classes()
+ids = lambda c: c.__name__  # noqa: E731
 
 
-def test_terms_are_discovered() -> None:
-    assert InfoNCE in TERMS
+def test_every_term_of_the_design_is_discovered() -> None:
+    assert set(TERMS) >= {InfoNCE, Sigmoid, TokenwiseInfoNCE, Cyclic, SimCLR, MMD, Adversarial}
 
 
-@pytest.mark.parametrize("cls", TERMS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", TERMS, ids=ids)
 def test_every_parameter_gets_a_gradient(cls: type[Term]) -> None:
     model = toy_model(cls)
     loss = model(*toy_batch(6))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
+    used = set(cls.needs) or {"image", "text"}  # token and view terms read only what they need
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        used = name.startswith("term.") or name.split(".")[1] in {"image", "text"} or _needs(cls, name)
-        if used:
+        if param.requires_grad and (name.startswith("terms.") or name.split(".")[1] in used):
             assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient for {name}"
 
 
-def _needs(cls: type[Term], name: str) -> bool:
-    return name.split(".")[1] in cls.needs
-
-
-@pytest.mark.parametrize("cls", TERMS, ids=lambda c: c.__name__)
-def test_deterministic(cls: type[Term]) -> None:
+@pytest.mark.parametrize("cls", TERMS, ids=ids)
+def test_same_seed_same_loss_and_gradients(cls: type[Term]) -> None:
     first, second = toy_model(cls), toy_model(cls)
     batch = toy_batch(6)
     a, b = first(*batch), second(*batch)
@@ -50,43 +57,146 @@ def test_deterministic(cls: type[Term]) -> None:
         assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name
 
 
-@pytest.mark.parametrize("cls", TERMS, ids=lambda c: c.__name__)
-def test_ddp_gradients_equal_single_process_on_the_global_batch(cls: type[Term], tmp_path) -> None:
+@pytest.mark.parametrize("cls", TERMS, ids=ids)
+def test_bf16_autocast_keeps_the_loss_math_in_float32(cls: type[Term]) -> None:
+    model = toy_model(cls, dtype=torch.float32)
+    batch = toy_batch(8, dtype=torch.float32)
+    reference = model(*batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoded = model.towers(*batch)
+        outputs = model.terms[0](encoded)
+    assert outputs["loss"].dtype == torch.float32 and torch.isfinite(outputs["loss"])
+    torch.testing.assert_close(outputs["loss"], reference / model.terms[0].weight, rtol=0.05, atol=0.05)
+    outputs["loss"].backward()
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [(cls,) for cls in TERMS] + [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial)],
+    ids=lambda classes: "+".join(c.__name__ for c in classes),
+)
+def test_ddp_gradients_equal_single_process_on_the_global_batch(classes: tuple[type[Term], ...], tmp_path) -> None:
     """DESIGN.md's distributed rule: 2 gloo processes with local batch b give the same
-    parameter gradients as one process with batch 2b."""
+    parameter gradients as one process with batch 2b (1e-9 relative, float64)."""
     n = 8
-    single = toy_model(cls)
+    single = toy_model(*classes)
     single(*toy_batch(n)).backward()
-    run_two_processes(ddp_gradients, cls, n, str(tmp_path))
+    run_two_processes(ddp_gradients, classes, n, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     expected = {name: p.grad for name, p in single.named_parameters() if p.grad is not None}
     assert ranks[0].keys() == expected.keys()
     for name, grad in expected.items():
-        torch.testing.assert_close(ranks[0][name], ranks[1][name])
-        torch.testing.assert_close(ranks[0][name], grad, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], msg=f"ranks differ on {name}")
+        torch.testing.assert_close(ranks[0][name], grad, rtol=1e-9, atol=1e-12, msg=f"{name} differs from single")
 
 
-# ---- InfoNCE specifics ------------------------------------------------------------------
+# ---- construction errors ---------------------------------------------------------------
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
+def test_negative_or_non_finite_weight_is_refused(weight: float) -> None:
+    with pytest.raises(UserError, match="weight must be a finite number >= 0"):
+        InfoNCE(weight=weight)
+
+
+def test_token_term_with_a_tower_without_tokens_is_refused() -> None:
+    from types import SimpleNamespace
+
+    with pytest.raises(UserError, match="tokenwiseinfonce needs token embeddings but the vision tower"):
+        TokenwiseInfoNCE().attach(SimpleNamespace(embed_dim=8), TOY_TEXT)
+
+
+# ---- each term's own contract ----------------------------------------------------------
+def _encoded(n: int = 5, d: int = 8) -> Encoded:
+    return Encoded(image=F.normalize(torch.randn(n, d), dim=-1), text=F.normalize(torch.randn(n, d), dim=-1))
+
+
 def test_infonce_is_clip_loss_with_its_temperature() -> None:
-    term = InfoNCE(init_temperature=0.05)
-    image, text = (F.normalize(torch.randn(5, 8), dim=-1) for _ in range(2))
-    from variants.towers import Encoded
-
-    out = term(Encoded(image=image, text=text))
-    torch.testing.assert_close(out["loss"], clip_loss(image, text, 20.0))
+    encoded = _encoded()
+    out = InfoNCE(init_temperature=0.05)(encoded)
+    torch.testing.assert_close(out["loss"], clip_loss(encoded.image, encoded.text, 20.0))
     torch.testing.assert_close(out["logit_scale"], torch.tensor(20.0))
 
 
 def test_infonce_initial_scale_and_clamp() -> None:
     term = InfoNCE()
-    assert math.isclose(term.logit_scale.exp().item(), 1 / 0.07, rel_tol=1e-6)
+    assert math.isclose(term.logit_scale().item(), 1 / 0.07, rel_tol=1e-6)
     with torch.no_grad():
-        term.logit_scale.fill_(10.0)
+        term.logit_scale.log_scale.fill_(10.0)
     term.post_step()
-    assert math.isclose(term.logit_scale.exp().item(), 100.0, rel_tol=1e-6)
+    assert math.isclose(term.logit_scale().item(), 100.0, rel_tol=1e-6)
+    assert not InfoNCE(learn_temperature=False).logit_scale.log_scale.requires_grad
 
 
-def test_fixed_temperature_is_not_learned() -> None:
-    term = build_term(InfoNCE)
-    assert term.logit_scale.requires_grad
-    assert not InfoNCE(learn_temperature=False).logit_scale.requires_grad
+def test_sigmoid_initialisation_and_value() -> None:
+    term, encoded = Sigmoid(), _encoded()
+    assert math.isclose(term.logit_scale().item(), 10.0, rel_tol=1e-6) and term.logit_bias.item() == -10.0
+    torch.testing.assert_close(term(encoded)["loss"], siglip_loss(encoded.image, encoded.text, 10.0, -10.0))
+
+
+def test_cyclic_is_weighted_sum_of_the_two_consistencies() -> None:
+    encoded = _encoded()
+    inmodal, crossmodal = cyclic_losses(encoded.image, encoded.text)
+    out = Cyclic(inmodal_weight=0.25, crossmodal_weight=0.5)(encoded)
+    torch.testing.assert_close(out["loss"], 0.25 * inmodal + 0.5 * crossmodal)
+    assert Cyclic()(Encoded(image=encoded.image, text=encoded.image))["loss"] < 1e-10  # identical modalities
+
+
+def test_mmd_uses_median_bandwidths_unless_given() -> None:
+    encoded = _encoded(6)
+    fixed = MMD(sigmas=[0.5, 1.0])(encoded)["loss"]
+    torch.testing.assert_close(fixed, mmd2(encoded.image, encoded.text, torch.tensor([0.5, 1.0])))
+    points = torch.cat([encoded.image, encoded.text])
+    distances = torch.cdist(points, points)[~torch.eye(12, dtype=torch.bool)]
+    expected = distances.median() * torch.tensor([0.5, 1.0, 2.0])
+    torch.testing.assert_close(MMD()(encoded)["loss"], mmd2(encoded.image, encoded.text, expected))
+
+
+def test_adversarial_reverses_the_gradient_into_the_towers_and_not_into_the_discriminator() -> None:
+    """The towers must ascend the discriminator's loss: their gradient is -lambda times the
+    gradient of the same BCE without reversal, while the discriminator descends it."""
+    term = build_term(Adversarial, reversal=0.7)
+    image = F.normalize(torch.randn(6, 8), dim=-1).requires_grad_()
+    text = F.normalize(torch.randn(6, 8), dim=-1).requires_grad_()
+    term(Encoded(image=image, text=text))["loss"].backward()
+    reversed_grad, disc_grad = image.grad.clone(), [p.grad.clone() for p in term.parameters()]
+
+    image.grad = None
+    term.zero_grad()
+    logits = term.discriminator(torch.cat([image, text])).squeeze(-1)
+    labels = torch.cat([torch.ones(6), torch.zeros(6)])
+    F.binary_cross_entropy_with_logits(logits, labels).backward()
+    torch.testing.assert_close(reversed_grad, -0.7 * image.grad)
+    for reversed_p, plain_p in zip(disc_grad, [p.grad for p in term.parameters()]):
+        torch.testing.assert_close(reversed_p, plain_p)
+
+
+def test_adversarial_dann_ramp() -> None:
+    term = build_term(Adversarial, reversal=2.0, dann_ramp=True)
+    term.progress = 0.0
+    assert term.current_lambda() == 0.0
+    term.progress = 0.5
+    assert math.isclose(term.current_lambda(), 2.0 * (2 / (1 + math.exp(-5)) - 1))
+    assert build_term(Adversarial, reversal=2.0).current_lambda() == 2.0
+
+
+def test_adversarial_embed_dim_defaults_to_the_towers() -> None:
+    assert build_term(Adversarial).discriminator[0].in_features == TOY_VISION.embed_dim
+
+
+def test_filip_term_scores_with_the_tokenwise_similarity() -> None:
+    term = build_term(TokenwiseInfoNCE)
+    image_tokens, text_tokens = torch.randn(3, 5, TOY_VISION.token_dim), torch.randn(4, 6, TOY_TEXT.token_dim)
+    mask = torch.arange(6)[None] < torch.tensor([[2], [6], [3], [4]])
+    i2t, t2i = term.score(Encoded(image_tokens=image_tokens), Encoded(text_tokens=text_tokens, text_mask=mask))
+    x = F.normalize(term.image_proj(image_tokens), dim=-1)
+    y = F.normalize(term.text_proj(text_tokens), dim=-1)
+    expected = filip_similarity(x, y, mask)
+    torch.testing.assert_close(i2t, expected[0])
+    torch.testing.assert_close(t2i, expected[1])
+
+
+def test_simclr_projector_is_slips_mlp() -> None:
+    term = build_term(SimCLR, hidden_dim=64, out_dim=16)
+    layers = [type(m).__name__ for m in term.projector]
+    assert layers == ["Linear", "GlobalBatchNorm1d", "ReLU", "Linear", "GlobalBatchNorm1d", "ReLU", "Linear"]
+    assert term.projector[0].in_features == TOY_VISION.feature_dim and term.projector[-1].out_features == 16
+    assert SimCLR().hidden_dim == 4096 and SimCLR().out_dim == 256 and SimCLR().temperature == 0.1

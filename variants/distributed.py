@@ -50,3 +50,69 @@ def row_offset(local_rows: int) -> int:
     """Index of this rank's first row in the gathered global batch."""
     rank, _ = world()
     return rank * local_rows
+
+
+def gather(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``local`` from all ranks without gradient (any dtype, bool included)."""
+    _, size = world()
+    if size == 1:
+        return local
+    as_int = local.to(torch.uint8) if local.dtype == torch.bool else local
+    shards = [torch.empty_like(as_int) for _ in range(size)]
+    dist.all_gather(shards, as_int.contiguous())
+    return torch.cat(shards).to(local.dtype)
+
+
+def pad_to_common_length(local: torch.Tensor, dim: int = 1, value: float = 0) -> torch.Tensor:
+    """Pad ``local`` along ``dim`` to the largest size any rank has (batches padded to their
+    own longest caption differ in length across ranks; gathers need one shape)."""
+    _, size = world()
+    if size == 1:
+        return local
+    length = torch.tensor(local.shape[dim], device=local.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    missing = int(length) - local.shape[dim]
+    if missing == 0:
+        return local
+    pad = [0, 0] * (local.ndim - dim - 1) + [0, missing]
+    return torch.nn.functional.pad(local, pad, value=value)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = local.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)  # every rank's output depends on every rank's input
+        return grad
+
+
+class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the global batch across all ranks,
+    with their gradient: under DDP it computes exactly what one process computes on the
+    global batch. Unlike ``nn.SyncBatchNorm`` it also works on CPU (gloo); with one process it
+    is ``nn.BatchNorm1d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, size = world()
+        if size == 1 or not self.training:
+            return super().forward(x)
+        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
+        sums = _AllReduceSum.apply(torch.cat([x.sum(0), x.square().sum(0), count]))
+        width = x.shape[1]
+        n = sums[-1]
+        mean = sums[:width] / n
+        var = sums[width : 2 * width] / n - mean.square()  # biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        return y * self.weight + self.bias if self.affine else y

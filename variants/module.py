@@ -59,35 +59,58 @@ class ContrastiveModule(pl.LightningModule):
             [k for k in ("vision_tower", "text_tower", "terms") if not _is_config(self.hparams[k])]
         )
         _check_compatible(vision_tower, text_tower, terms)
+        for term in terms:  # before any optimizer exists: terms size their layers to the towers
+            term.attach(vision_tower, text_tower)
         self.vision_tower, self.text_tower = vision_tower, text_tower
         self.terms = nn.ModuleDict(_unique_names(terms))
-        needs = frozenset().union(*(term.needs for term in terms))
-        self._image_tokens, self._text_tokens = "image_tokens" in needs, "text_tokens" in needs
+        self.needs = frozenset().union(*(term.needs for term in terms))
+        # Zero-shot and retrieval score with the first term that scores pairs its own way
+        # (FILIP's token-wise similarity), else with the cosine of the global embeddings.
+        self.scorer: Term | None = next((term for term in terms if term.scores_pairs), None)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
 
     # ---- public face -------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, D] L2-normalised image embeddings."""
-        return self.vision_tower(images)[0]
+        return self.image_record(images).image
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, D] L2-normalised text embeddings."""
-        return self.text_tower(token_ids)[0]
+        return self.text_record(token_ids).text
+
+    def image_record(self, images: torch.Tensor, tokens: bool = False) -> Encoded:
+        """Image side of an :class:`Encoded`: embeddings and, if asked, patch tokens."""
+        image, image_tokens = self.vision_tower(images, return_tokens=tokens)
+        return Encoded(image=image, image_tokens=image_tokens)
+
+    def text_record(self, token_ids: torch.Tensor, tokens: bool = False) -> Encoded:
+        """Text side of an :class:`Encoded`: embeddings and, if asked, word tokens + mask."""
+        text, text_tokens, mask = self.text_tower(token_ids, return_tokens=tokens)
+        return Encoded(text=text, text_tokens=text_tokens, text_mask=mask if tokens else None)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
-        """Everything the terms need from one batch, and nothing more."""
-        image, image_tokens = self.vision_tower(batch["image"], return_tokens=self._image_tokens)
-        text, text_tokens, mask = self.text_tower(batch["text"], return_tokens=self._text_tokens)
+        """Everything the terms need from one training batch, and nothing more."""
+        images = self.image_record(batch["image"], tokens="image_tokens" in self.needs)
+        texts = self.text_record(batch["text"], tokens="text_tokens" in self.needs)
+        views = None
+        if "views" in self.needs:
+            if batch.get("views") is None:
+                raise UserError(_NO_VIEWS)
+            b = batch["views"].shape[0]
+            views = self.vision_tower.pooled(batch["views"].flatten(0, 1)).view(b, 2, -1)
         return Encoded(
-            image=image,
-            text=text,
-            image_tokens=image_tokens,
-            text_tokens=text_tokens,
-            text_mask=mask if self._text_tokens else None,
+            image=images.image,
+            text=texts.text,
+            image_tokens=images.image_tokens,
+            text_tokens=texts.text_tokens,
+            text_mask=texts.text_mask,
+            views=views,
         )
 
     # ---- training ----------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        if "views" in self.needs and not getattr(self.trainer.datamodule, "provides_views", False):
+            raise UserError(_NO_VIEWS)
         if self.trainer.accumulate_grad_batches > 1:
             raise UserError(
                 "trainer.accumulate_grad_batches > 1 does not make a larger contrastive batch: "
@@ -96,6 +119,9 @@ class ContrastiveModule(pl.LightningModule):
             )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        progress = min(1.0, self.global_step / max(1, self.trainer.estimated_stepping_batches))
+        for term in self.terms.values():
+            term.progress = progress
         encoded = self.encode(batch)
         outputs = {name: term(encoded) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * out["loss"] for name, out in outputs.items())
@@ -106,13 +132,17 @@ class ContrastiveModule(pl.LightningModule):
         for name, out in outputs.items():
             for key, value in out.items():
                 self.log(f"train/{name}/{key}", value, batch_size=batch_size)
-        with torch.no_grad():  # in-batch retrieval accuracy on this rank's rows
-            scores = encoded.image.float() @ encoded.text.float().T
-            target = torch.arange(batch_size, device=scores.device)
-            self.log("train/acc_i2t", (scores.argmax(1) == target).float().mean(), batch_size=batch_size)
-            self.log("train/acc_t2i", (scores.argmax(0) == target).float().mean(), batch_size=batch_size)
+        if self.scorer is None:  # in-batch cosine retrieval accuracy on this rank's rows
+            self._log_batch_accuracy(encoded, batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return total
+
+    @torch.no_grad()
+    def _log_batch_accuracy(self, encoded: Encoded, batch_size: int) -> None:
+        scores = encoded.image.float() @ encoded.text.float().T
+        target = torch.arange(batch_size, device=scores.device)
+        self.log("train/acc_i2t", (scores.argmax(1) == target).float().mean(), batch_size=batch_size)
+        self.log("train/acc_t2i", (scores.argmax(0) == target).float().mean(), batch_size=batch_size)
 
     def _raise_non_finite(self, outputs: dict[str, dict[str, torch.Tensor]]) -> None:
         bad = [
@@ -159,13 +189,17 @@ class ContrastiveModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if "task" not in batch:
             return  # a datamodule without eval tasks
+        needs = self.scorer.needs if self.scorer is not None else frozenset()
+        images = self.image_record(batch["image"], tokens="image_tokens" in needs)
+        texts = self.text_record(batch["text"], tokens="text_tokens" in needs)
         outputs = self._eval_outputs
-        outputs["image"].append(self.encode_image(batch["image"]).float())
+        for record in (images, texts):
+            for key, value in vars(record).items():
+                if value is not None:
+                    outputs[key].append(value if value.dtype == torch.bool else value.float())
         for key in ("task", "index", "label"):
             outputs[key].append(batch[key])
-        if "text" in batch:
-            outputs["text"].append(self.encode_text(batch["text"]).float())
-            outputs["tokens"].append(batch["text"])
+        outputs["tokens"].append(batch["text"])
 
     test_step = validation_step
 
@@ -175,32 +209,50 @@ class ContrastiveModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval_metrics("test")
 
+    def score(self, images: Encoded, texts: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image->text, text->image) scores [Ni, Nt] of the scoring term (default: cosine)."""
+        if self.scorer is None:
+            cosine = images.image @ texts.text.T
+            return cosine, cosine
+        return self.scorer.score(images, texts)
+
     def _log_eval_metrics(self, stage: str) -> None:
         if not self._eval_outputs:
             return
         outputs = self._gather_unique({k: torch.cat(v) for k, v in self._eval_outputs.items()})
         self._eval_outputs = defaultdict(list)
+        fields = ("image", "text", "image_tokens", "text_tokens", "text_mask")
         for task_id, task in enumerate(self._eval_tasks(stage)):
             rows = outputs["task"] == task_id
             if not rows.any():
                 continue  # e.g. limit_val_batches stopped before this task
-            image = outputs["image"][rows]
+            images = Encoded(image=outputs["image"][rows], image_tokens=_rows(outputs, "image_tokens", rows))
             if task.kind == "zeroshot":
-                prompts = task.prompts.to(self.device)
-                classes, templates = prompts.shape[:2]
-                text = self.encode_text(prompts.flatten(0, 1)).float()
-                classifier = class_embeddings(text.view(classes, templates, -1))
-                metrics = {"top1": topk_accuracy(image @ classifier.T, outputs["label"][rows], 1)}
+                scores = self._zeroshot_scores(images, task.prompts.to(self.device))
+                metrics = {"top1": topk_accuracy(scores, outputs["label"][rows], 1)}
             else:
-                scores = image @ outputs["text"][rows].T
+                texts = Encoded(**{k: _rows(outputs, k, rows) for k in fields if k.startswith("text")})
+                i2t, t2i = self.score(images, texts)
                 tokens = outputs["tokens"][rows]
                 positives = (tokens[:, None] == tokens[None]).all(-1)  # same caption text
                 metrics = {
-                    "i2t_R@1": recall_at_k(scores, positives, 1),
-                    "t2i_R@1": recall_at_k(scores.T, positives.T, 1),
+                    "i2t_R@1": recall_at_k(i2t, positives, 1),
+                    "t2i_R@1": recall_at_k(t2i.T, positives.T, 1),
                 }
             for key, value in metrics.items():
                 self.log(f"{task.name}/{key}", value, sync_dist=True)
+
+    def _zeroshot_scores(self, images: Encoded, prompts: torch.Tensor) -> torch.Tensor:
+        """[Ni, classes]: CLIP's prompt ensemble (mean of normalised template embeddings) for
+        cosine scoring; the mean of the template scores for a term's own scoring."""
+        classes, templates = prompts.shape[:2]
+        if self.scorer is None:
+            text = self.text_record(prompts.flatten(0, 1)).text.float()
+            classifier = class_embeddings(text.view(classes, templates, -1))
+            return images.image @ classifier.T
+        texts = self.text_record(prompts.flatten(0, 1), tokens="text_tokens" in self.scorer.needs)
+        i2t, _ = self.scorer.score(images, texts)
+        return i2t.view(-1, classes, templates).mean(-1)
 
     def _gather_unique(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """All ranks' evaluation outputs, each sample once (samplers pad by repeating)."""
@@ -208,6 +260,10 @@ class ContrastiveModule(pl.LightningModule):
             outputs = {k: self.all_gather(v).flatten(0, 1) for k, v in outputs.items()}
         first = _first_occurrences(outputs["index"])
         return {k: v[first] for k, v in outputs.items()}
+
+
+def _rows(outputs: dict[str, torch.Tensor], key: str, rows: torch.Tensor) -> torch.Tensor | None:
+    return outputs[key][rows] if key in outputs else None
 
 
 def _first_occurrences(index: torch.Tensor) -> torch.Tensor:
@@ -240,6 +296,12 @@ def _weight_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn
         if param.requires_grad:
             (decay if param.ndim >= 2 and name not in exempt else no_decay).append(param)
     return decay, no_decay
+
+
+_NO_VIEWS = (
+    "a term needs two augmented views per image (SimCLR) but the batches have none: set "
+    "data.init_args.views (e.g. class_path datamodules.augment.SSLViews) in the data config"
+)
 
 
 def _is_config(value: object) -> bool:

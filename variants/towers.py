@@ -23,19 +23,23 @@ from variants.errors import UserError
 class Encoded:
     """What the towers produced for one batch; terms read the fields they declared in ``needs``.
 
-    image, text:   [B, D] L2-normalised global embeddings (always present).
+    image, text:   [B, D] L2-normalised global embeddings (always present in training; an
+                   evaluation record may hold only one side).
     image_tokens:  [B, P, Cv] patch features without prefix tokens (ViT) or the flattened final
                    feature map (CNN); present when a term needs "image_tokens".
     text_tokens:   [B, L, Ct] per-position features after the final LayerNorm, and
     text_mask:     [B, L] bool, True at real tokens (start, words, end), False at padding;
                    present when a term needs "text_tokens".
+    views:         [B, 2, Cv] the image trunk's pooled features of two augmented views of each
+                   image (before the projection); present when a term needs "views".
     """
 
-    image: torch.Tensor
-    text: torch.Tensor
+    image: torch.Tensor | None = None
+    text: torch.Tensor | None = None
     image_tokens: torch.Tensor | None = None
     text_tokens: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    views: torch.Tensor | None = None
 
 
 def _create_backbone(model_name: str, pretrained: bool, **kwargs) -> nn.Module:
@@ -73,7 +77,8 @@ class VisionTower(nn.Module):
         self.backbone = _create_backbone(model_name, pretrained, **(model_kwargs or {}))
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        self.token_dim = self.backbone.num_features
+        # Pooled features and tokens both have the backbone's width.
+        self.feature_dim = self.token_dim = self.backbone.num_features
         # The global embedding is the backbone's own pooled output (CLS token or average pool).
         self.proj = nn.Linear(self.token_dim, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=self.token_dim**-0.5)
@@ -83,13 +88,21 @@ class VisionTower(nn.Module):
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{n}" for n in names}
 
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone.forward_features(images)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> the backbone's pooled features [B, feature_dim], unprojected
+        (SLIP's self-supervised branch reads the trunk here)."""
+        return self.backbone.forward_head(self._features(images), pre_logits=True)
+
     def forward(
         self, images: torch.Tensor, return_tokens: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images [B, 3, H, W] -> (embedding [B, D] normalised, tokens [B, P, C] or None)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        features = self.backbone.forward_features(images)
+        features = self._features(images)
         pooled = self.backbone.forward_head(features, pre_logits=True)
         embedding = F.normalize(self.proj(pooled), dim=-1)
         if not return_tokens:

@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.augment import SSLViews
 from datamodules.evaluation import EvalSuite, EvalTask
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
@@ -35,6 +36,8 @@ class Collate:
         if "caption" in items[0] or "task" in items[0]:  # eval rows without a caption get ""
             captions = [item.get("caption", "") for item in items]
             batch["text"] = self.tokenizer(captions, pad_to_context=self.pad_to_context)
+        if "views" in items[0]:
+            batch["views"] = normalize(torch.stack([item["views"] for item in items]))
         if "task" in items[0]:  # evaluation: rows of several tasks; -1 where a task has no label
             batch["task"] = torch.tensor([item["task"] for item in items])
             batch["label"] = torch.tensor([item.get("label", -1) for item in items])
@@ -59,6 +62,8 @@ class ShapesWorldDataModule(pl.LightningDataModule):
         eval_batch_size: evaluation batch per process.
         context_length: token length of every caption (start and end included).
         num_workers: dataloader worker processes (0 renders in the main process).
+        views: two augmented views per training image for self-supervised terms (SimCLR), e.g.
+            ``datamodules.augment.SSLViews``; None (default) renders no views.
     """
 
     def __init__(
@@ -74,11 +79,13 @@ class ShapesWorldDataModule(pl.LightningDataModule):
         eval_batch_size: int = 500,
         context_length: int = 32,
         num_workers: int = 1,
+        views: SSLViews | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["views"])  # an object; the CLI saves its config
         self.tokenizer = WordTokenizer(vocabulary(), context_length)
-        self.train_set = CaptionedScenes(seed, "train", train_samples, image_size, min_objects, max_objects)
+        self.train_set = CaptionedScenes(seed, "train", train_samples, image_size, min_objects, max_objects, views)
+        self.provides_views = views is not None
         self._eval_sets = {
             stage: self._eval_datasets(stage, samples) for stage, samples in (("val", val_samples), ("test", test_samples))
         }

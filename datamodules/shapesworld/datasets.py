@@ -3,11 +3,13 @@ for zero-shot tasks. Every item is a pure function of (seed, stream, index)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.augment import SSLViews
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
 
@@ -15,35 +17,45 @@ from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, r
 class CaptionedScenes(Dataset):
     """Scenes of ``min_objects``..``max_objects`` seen-combination objects with one caption.
 
-    Items: {"image": uint8 [3, H, W], "caption": str, "index": int}. The scene record of any
-    item is ``dataset.scene(index)``.
+    Items: {"image": uint8 [3, H, W], "caption": str, "index": int} and, with ``views``,
+    "views": uint8 [2, 3, H, W]. The scene record of any item is ``dataset.scene(index)``.
     """
 
     def __init__(
-        self, seed: int, stream: str, length: int, image_size: int = 64, min_objects: int = 1, max_objects: int = 3
+        self,
+        seed: int,
+        stream: str,
+        length: int,
+        image_size: int = 64,
+        min_objects: int = 1,
+        max_objects: int = 3,
+        views: SSLViews | None = None,
     ) -> None:
         if not 1 <= min_objects <= max_objects <= 9:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 9, got {min_objects}, {max_objects}")
         self.seed, self.stream, self.length, self.image_size = seed, stream, length, image_size
-        self.min_objects, self.max_objects = min_objects, max_objects
+        self.min_objects, self.max_objects, self.views = min_objects, max_objects, views
 
     def __len__(self) -> int:
         return self.length
 
-    def _sample(self, index: int) -> tuple[Scene, str]:
+    def _sample(self, index: int) -> tuple[Scene, str, random.Random]:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = scene_rng(self.seed, self.stream, index)
         n = rng.randint(self.min_objects, self.max_objects)
         scene = sample_scene(rng, self.image_size, n)
-        return scene, lang.caption(scene, rng)
+        return scene, lang.caption(scene, rng), rng
 
     def scene(self, index: int) -> Scene:
         return self._sample(index)[0]
 
     def __getitem__(self, index: int) -> dict:
-        scene, text = self._sample(index)
-        return {"image": render(scene, self.image_size), "caption": text, "index": index}
+        scene, text, rng = self._sample(index)
+        item = {"image": render(scene, self.image_size), "caption": text, "index": index}
+        if self.views is not None:
+            item["views"] = self.views(item["image"], seed=rng.getrandbits(63))
+        return item
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,16 @@
-"""Objective terms: one file per term, selected in YAML by ``class_path``."""
+"""Objective terms: one file per term, selected in YAML by ``class_path``.
 
+CLIP = [InfoNCE]; SigLIP = [Sigmoid]; FILIP = [TokenwiseInfoNCE]; CyCLIP = [InfoNCE, Cyclic];
+SLIP = [InfoNCE, SimCLR]; modality alignment = [InfoNCE, MMD] or [InfoNCE, Adversarial].
+"""
+
+from variants.objectives.adversarial import Adversarial
 from variants.objectives.base import Term
+from variants.objectives.cyclic import Cyclic
 from variants.objectives.infonce import InfoNCE
+from variants.objectives.mmd import MMD
+from variants.objectives.sigmoid import Sigmoid
+from variants.objectives.simclr import SimCLR
+from variants.objectives.tokenwise import TokenwiseInfoNCE
 
-__all__ = ["InfoNCE", "Term"]
+__all__ = ["MMD", "Adversarial", "Cyclic", "InfoNCE", "Sigmoid", "SimCLR", "Term", "TokenwiseInfoNCE"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from variants.errors import UserError
 from variants.towers import Encoded
 
 
@@ -15,9 +17,9 @@ class Term(nn.Module):
     """One weighted term of the training objective.
 
     A subclass declares in ``needs`` which optional fields of :class:`Encoded` it reads
-    ("image_tokens", "text_tokens"), owns its parameters (temperature, projector, ...), and
-    returns from ``forward`` a dict with the differentiable "loss" and any detached
-    diagnostics worth logging; the module logs them as ``train/<term name>/<key>``.
+    ("image_tokens", "text_tokens", "views"), owns its parameters (temperature, projector, ...)
+    and returns from ``forward`` a dict with the differentiable "loss" and detached diagnostics;
+    the module logs them as ``train/<term name>/<key>``.
 
     Distributed rule (DESIGN.md): under DDP ``forward`` receives this rank's rows, scores them
     against columns gathered with gradient (``variants.distributed.gather_with_grad``) and
@@ -25,26 +27,58 @@ class Term(nn.Module):
     the single-process loss on the global batch.
 
     Args:
-        weight: the term's weight in the total loss.
+        weight: the term's weight in the total loss (finite, >= 0).
     """
 
     needs: frozenset[str] = frozenset()
-    #: size of the embeddings a term's own layers expect; None if it accepts any size.
+    #: size of the embeddings the term's own layers expect; None if it accepts any size.
     embed_dim: int | None = None
+    #: training progress in [0, 1], set by the module before every step (for schedules).
+    progress: float = 0.0
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
-        self.weight = weight
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise UserError(f"{self.name}: weight must be a finite number >= 0, got {weight!r}")
+        self.weight = float(weight)
 
     @property
     def name(self) -> str:
         return type(self).__name__.lower()
+
+    def attach(self, vision_tower: nn.Module, text_tower: nn.Module) -> None:
+        """Called once by the module with the towers, before any optimizer exists: build the
+        layers whose sizes depend on them and raise UserError if the towers cannot serve."""
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def post_step(self) -> None:
         """Called after every optimizer step, e.g. to clamp a temperature."""
+
+    #: True for a term whose ``score`` evaluation should use instead of the global cosine.
+    scores_pairs: bool = False
+
+    def score(self, images: Encoded, texts: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image->text, text->image) scores, both [Ni, Nt], for zero-shot and retrieval.
+        Only read for terms with ``scores_pairs``; the default is the global cosine."""
+        cosine = images.image @ texts.text.T
+        return cosine, cosine
+
+
+def require_token_towers(term: Term, vision_tower: nn.Module, text_tower: nn.Module) -> tuple[int, int]:
+    """The token widths of both towers, or a UserError naming the tower that has none."""
+    dims = []
+    for role, tower in (("vision", vision_tower), ("text", text_tower)):
+        dim = getattr(tower, "token_dim", None)
+        if not dim:
+            raise UserError(
+                f"{term.name} needs token embeddings but the {role} tower "
+                f"{type(tower).__name__} provides none (it has no token_dim); use "
+                "variants.towers.VisionTower / TextTower or a tower that returns tokens"
+            )
+        dims.append(int(dim))
+    return dims[0], dims[1]
 
 
 @contextlib.contextmanager
@@ -62,3 +96,20 @@ def full_precision(device: torch.device) -> Iterator[None]:
 def at_least_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """bf16/fp16 -> float32; float32 and float64 unchanged."""
     return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors)
+
+
+class LearnedScale(nn.Module):
+    """A learnable logit scale s = exp(t), clamped after every step so that s <= max_scale."""
+
+    def __init__(self, init_scale: float, max_scale: float | None = 100.0, learn: bool = True) -> None:
+        super().__init__()
+        self.max_scale = max_scale
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        if self.max_scale is not None:
+            self.log_scale.clamp_(max=math.log(self.max_scale))

@@ -9,14 +9,11 @@ log(1/0.07) and clamped after every optimizer step so that s <= 100 (paper, sect
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import nn
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import clip_loss
-from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision
 from variants.towers import Encoded
 
 
@@ -38,15 +35,12 @@ class InfoNCE(Term):
         learn_temperature: bool = True,
     ) -> None:
         super().__init__(weight)
-        self.max_logit_scale = max_logit_scale
-        self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature
-        )
+        self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale, learn_temperature)
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         with full_precision(encoded.image.device):
             image, text = at_least_float32(encoded.image, encoded.text)
-            scale = self.logit_scale.exp()
+            scale = self.logit_scale()
             loss = clip_loss(
                 image,
                 text,
@@ -57,6 +51,5 @@ class InfoNCE(Term):
             )
         return {"loss": loss, "logit_scale": scale.detach()}
 
-    @torch.no_grad()
     def post_step(self) -> None:
-        self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
+        self.logit_scale.clamp_()
