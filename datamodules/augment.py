@@ -45,6 +45,6 @@ class SSLViews:
     def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor:
         """uint8 [3, H, W] -> two views, uint8 [2, 3, H, W]."""
         pipeline = self._pipeline(image.shape[-1])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only; CUDA's is untouched
+            torch.default_generator.manual_seed(seed)
             return torch.stack([pipeline(image), pipeline(image)])

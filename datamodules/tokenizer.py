@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from variants.errors import UserError
+
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
 
@@ -29,7 +31,7 @@ class WordTokenizer:
 
     def __init__(self, words: Iterable[str], context_length: int = 32) -> None:
         if context_length < 3:
-            raise ValueError(f"context_length must be >= 3 (<start> word <end>), got {context_length}")
+            raise UserError(f"context_length must be >= 3 (<start> word <end>), got {context_length}")
         vocab = {token: i for i, token in enumerate(dict.fromkeys([*SPECIALS, *words]))}
         tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
         tokenizer.add_special_tokens(list(SPECIALS))  # already in vocab: ids unchanged

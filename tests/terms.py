@@ -133,3 +133,22 @@ def ddp_gradients(rank: int, world: int, classes: tuple[type[Term], ...], n_glob
     ddp(image_x[rows], local_text, lengths[rows]).backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def ddp_batchnorm(rank: int, world: int, n_global: int, out_dir: str) -> None:
+    """GlobalBatchNorm1d on this rank's half: output, input gradient and running statistics;
+    then the same in bf16 (as under autocast), which must not fail."""
+    from variants.distributed import GlobalBatchNorm1d
+
+    torch.manual_seed(0)
+    norm = GlobalBatchNorm1d(5).double()
+    x = torch.randn(n_global, 5, dtype=torch.float64) * 3 + 1
+    rows = slice(rank * n_global // world, (rank + 1) * n_global // world)
+    local = x[rows].clone().requires_grad_()
+    y = norm(local)
+    (y * torch.arange(5, dtype=torch.float64)).sum().backward()
+    bf16 = GlobalBatchNorm1d(5)(x[rows].float().to(torch.bfloat16))
+    torch.save(
+        {"y": y.detach(), "grad": local.grad, "mean": norm.running_mean, "var": norm.running_var, "bf16": bf16.dtype},
+        os.path.join(out_dir, f"bn{rank}.pt"),
+    )

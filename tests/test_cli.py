@@ -84,9 +84,12 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
     assert config["trainer"]["callbacks"][0]["init_args"]["save_last"] is True
 
 
-def test_two_process_cpu_ddp_fit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["clip", "slip", "filip"])
+def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
+    """The DDP preset under bf16-mixed: global embeddings (CLIP), SSL views through the
+    globally normalised projector (SLIP), token gathers and frozen global heads (FILIP)."""
     ddp = CONFIGS / "trainer" / "ddp_cpu.yaml"
-    result = run_cli("fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), "--config", str(ddp), cwd=tmp_path)
+    result = run_cli("fit", *preset_args(CONFIGS / f"{preset}.yaml"), "--config", str(SMOKE), "--config", str(ddp), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "runs").glob("*/version_0")
     metrics = json.loads((run / "metrics.json").read_text())

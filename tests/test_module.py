@@ -11,7 +11,7 @@ import torch
 from datamodules.shapesworld import ShapesWorldDataModule
 from variants.errors import NonFiniteLossError, UserError
 from variants.module import ContrastiveModule, _weight_decay_groups, warmup_cosine
-from variants.objectives import Adversarial, InfoNCE, SimCLR, Term
+from variants.objectives import Adversarial, InfoNCE, SimCLR, Term, TokenwiseInfoNCE
 from variants.towers import Encoded, TextTower, VisionTower
 
 
@@ -49,6 +49,14 @@ def test_a_view_term_without_views_in_the_data_names_the_data_option(tmp_path) -
 def test_no_terms_is_an_error() -> None:
     with pytest.raises(UserError, match="model.terms is empty"):
         small_module(terms=[])
+
+
+def test_filip_alone_freezes_the_untrained_global_heads_and_scores_with_tokens() -> None:
+    module = small_module(terms=[TokenwiseInfoNCE(token_dim=8)])
+    assert module.scorer is module.terms["tokenwiseinfonce"]
+    assert not module.vision_tower.proj.weight.requires_grad and not module.text_tower.proj.weight.requires_grad
+    assert not any(key.startswith("scorer") for key in module.state_dict())  # registered once
+    assert small_module().vision_tower.proj.weight.requires_grad and small_module().scorer is None
 
 
 def test_duplicate_terms_get_distinct_names() -> None:

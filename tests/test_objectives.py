@@ -15,6 +15,7 @@ from terms import (
     TOY_VISION,
     all_term_classes,
     build_term,
+    ddp_batchnorm,
     ddp_gradients,
     run_two_processes,
     toy_batch,
@@ -90,11 +91,47 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(classes: tuple[t
         torch.testing.assert_close(ranks[0][name], grad, rtol=1e-9, atol=1e-12, msg=f"{name} differs from single")
 
 
+def test_global_batchnorm_across_two_processes_is_batchnorm_on_the_global_batch(tmp_path) -> None:
+    n = 8
+    torch.manual_seed(0)
+    reference = torch.nn.BatchNorm1d(5).double()
+    x = (torch.randn(n, 5, dtype=torch.float64) * 3 + 1).requires_grad_()
+    y = reference(x)
+    (y * torch.arange(5, dtype=torch.float64)).sum().backward()
+    run_two_processes(ddp_batchnorm, n, str(tmp_path))
+    halves = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([h["y"] for h in halves]), y.detach())
+    # d(sum of both ranks' outputs)/dx: each rank's local gradient covers the global statistics
+    torch.testing.assert_close(torch.cat([h["grad"] for h in halves]), x.grad)
+    for h in halves:
+        torch.testing.assert_close(h["mean"], reference.running_mean)
+        torch.testing.assert_close(h["var"], reference.running_var)
+        assert h["bf16"] == torch.bfloat16
+
+
 # ---- construction errors ---------------------------------------------------------------
 @pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf")])
 def test_negative_or_non_finite_weight_is_refused(weight: float) -> None:
     with pytest.raises(UserError, match="weight must be a finite number >= 0"):
         InfoNCE(weight=weight)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: InfoNCE(init_temperature=0.0), "init_temperature must be a finite number > 0"),
+        (lambda: InfoNCE(max_logit_scale=-1.0), "logit scales must be positive"),
+        (lambda: Sigmoid(init_logit_scale=0.0), "logit scales must be positive"),
+        (lambda: SimCLR(temperature=0.0), "temperature must be a finite number > 0"),
+        (lambda: MMD(sigmas=[]), "sigmas is empty"),
+        (lambda: MMD(sigmas=[1.0, -2.0]), r"sigmas\[1\] must be a finite number > 0"),
+        (lambda: TokenwiseInfoNCE(chunk_size=-3), "chunk_size must be a finite number > 0"),
+        (lambda: Adversarial(hidden_dim=0), "hidden_dim must be a finite number > 0"),
+    ],
+)
+def test_impossible_term_settings_are_refused_by_name(build, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build()
 
 
 def test_token_term_with_a_tower_without_tokens_is_refused() -> None:

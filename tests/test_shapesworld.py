@@ -12,6 +12,7 @@ from datamodules.shapesworld import HELD_OUT, CaptionedScenes, ShapesWorldDataMo
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import BACKGROUND, COLORS, Scene
 from datamodules.tokenizer import WordTokenizer
+from variants.errors import UserError
 
 N_CHECK = 3000  # samples inspected by the statistical checks
 
@@ -194,7 +195,7 @@ def test_datamodule_eval_tasks_and_batches() -> None:
 
 @pytest.mark.parametrize("bad", [(0, 3), (3, 2), (1, 10)])
 def test_bad_object_counts_are_rejected(bad: tuple[int, int]) -> None:
-    with pytest.raises(ValueError, match="min_objects"):
+    with pytest.raises(UserError, match="min_objects"):
         CaptionedScenes(0, "train", 4, min_objects=bad[0], max_objects=bad[1])
 
 

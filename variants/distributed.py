@@ -102,17 +102,18 @@ class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
         _, size = world()
         if size == 1 or not self.training:
             return super().forward(x)
-        count = torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device)
-        sums = _AllReduceSum.apply(torch.cat([x.sum(0), x.square().sum(0), count]))
-        width = x.shape[1]
-        n = sums[-1]
-        mean = sums[:width] / n
-        var = sums[width : 2 * width] / n - mean.square()  # biased, as BatchNorm normalises
+        # Statistics in float32 (bf16 autocast hands in bf16), variance in two passes.
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        n = x.shape[0] * size  # every rank holds the same number of rows
+        mean = _AllReduceSum.apply(x32.sum(0)) / n
+        var = _AllReduceSum.apply((x32 - mean).square().sum(0)) / n  # biased, as BN normalises
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * n / (n - 1), m)
-        y = (x - mean) / torch.sqrt(var + self.eps)
-        return y * self.weight + self.bias if self.affine else y
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), m)
+        y = (x32 - mean) / torch.sqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.to(x.dtype)

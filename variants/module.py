@@ -66,8 +66,18 @@ class ContrastiveModule(pl.LightningModule):
         self.needs = frozenset().union(*(term.needs for term in terms))
         # Zero-shot and retrieval score with the first term that scores pairs its own way
         # (FILIP's token-wise similarity), else with the cosine of the global embeddings.
-        self.scorer: Term | None = next((term for term in terms if term.scores_pairs), None)
+        self._scorer_name = next((name for name, term in self.terms.items() if term.scores_pairs), None)
+        if not any(term.needs_global for term in terms):
+            # No term trains the global projections (FILIP alone): freeze them, so that DDP does
+            # not wait for gradients that never come and weight decay does not shrink them.
+            for tower in (vision_tower, text_tower):
+                tower.proj.requires_grad_(False)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    @property
+    def scorer(self) -> Term | None:
+        """The term whose ``score`` evaluation uses; None for the global cosine."""
+        return None if self._scorer_name is None else self.terms[self._scorer_name]
 
     # ---- public face -------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -125,7 +135,8 @@ class ContrastiveModule(pl.LightningModule):
         encoded = self.encode(batch)
         outputs = {name: term(encoded) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * out["loss"] for name, out in outputs.items())
-        if not torch.isfinite(total):
+        # Every rank must take the same decision, or the healthy ones would wait forever.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True):
             self._raise_non_finite(outputs)
         batch_size = encoded.image.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
@@ -149,7 +160,7 @@ class ContrastiveModule(pl.LightningModule):
             f"'{name}' returned {out['loss'].item()} (weight {self.terms[name].weight})"
             for name, out in outputs.items()
             if not torch.isfinite(out["loss"])
-        ] or ["the weighted sum overflowed"]
+        ] or ["the weighted sum overflowed, or another process's loss was not finite"]
         raise NonFiniteLossError(
             f"non-finite loss at step {self.global_step}: term {'; '.join(bad)}. "
             "Lower model.lr, raise model.warmup_steps, or try trainer.precision 32-true"
@@ -171,6 +182,8 @@ class ContrastiveModule(pl.LightningModule):
             betas=tuple(self.hparams.betas),
             eps=self.hparams.eps,
         )
+        if not math.isfinite(self.trainer.estimated_stepping_batches):
+            raise UserError("the run has no end (trainer.max_steps and max_epochs are -1): set trainer.max_steps")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.augment import SSLViews
+from variants.errors import UserError
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
 
@@ -32,7 +33,7 @@ class CaptionedScenes(Dataset):
         views: SSLViews | None = None,
     ) -> None:
         if not 1 <= min_objects <= max_objects <= 9:
-            raise ValueError(f"need 1 <= min_objects <= max_objects <= 9, got {min_objects}, {max_objects}")
+            raise UserError(f"ShapesWorld needs 1 <= min_objects <= max_objects <= 9, got {min_objects}, {max_objects}")
         self.seed, self.stream, self.length, self.image_size = seed, stream, length, image_size
         self.min_objects, self.max_objects, self.views = min_objects, max_objects, views
 
@@ -93,7 +94,7 @@ class ZeroShotScenes(Dataset):
 
     def __init__(self, task: str, seed: int, stream: str, length: int, image_size: int = 64) -> None:
         if task not in TASKS:
-            raise ValueError(f"unknown ShapesWorld task {task!r}; known: {', '.join(TASKS)}")
+            raise UserError(f"unknown ShapesWorld task {task!r}; known: {', '.join(TASKS)}")
         self.task, self.seed, self.stream, self.length = task, seed, f"{stream}/{task}", length
         self.image_size = image_size
 

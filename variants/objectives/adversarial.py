@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from variants.losses import grad_reverse
-from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.objectives.base import Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
 
@@ -45,6 +45,7 @@ class Adversarial(Term):
         embed_dim: int | None = None,
     ) -> None:
         super().__init__(weight)
+        positive(self, hidden_dim=hidden_dim, reversal=reversal)
         self.hidden_dim, self.reversal, self.dann_ramp, self.embed_dim = hidden_dim, reversal, dann_ramp, embed_dim
         self.discriminator: nn.Module | None = None
 

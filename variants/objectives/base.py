@@ -31,6 +31,8 @@ class Term(nn.Module):
     """
 
     needs: frozenset[str] = frozenset()
+    #: whether the term reads the global embeddings (False for FILIP and SimCLR).
+    needs_global: bool = True
     #: size of the embeddings the term's own layers expect; None if it accepts any size.
     embed_dim: int | None = None
     #: training progress in [0, 1], set by the module before every step (for schedules).
@@ -64,6 +66,13 @@ class Term(nn.Module):
         Only read for terms with ``scores_pairs``; the default is the global cosine."""
         cosine = images.image @ texts.text.T
         return cosine, cosine
+
+
+def positive(term: Term, **values: float) -> None:
+    """Raise a UserError naming the first argument that is not a finite number > 0."""
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise UserError(f"{term.name}: {name} must be a finite number > 0, got {value!r}")
 
 
 def require_token_towers(term: Term, vision_tower: nn.Module, text_tower: nn.Module) -> tuple[int, int]:
@@ -103,6 +112,11 @@ class LearnedScale(nn.Module):
 
     def __init__(self, init_scale: float, max_scale: float | None = 100.0, learn: bool = True) -> None:
         super().__init__()
+        if not (math.isfinite(init_scale) and init_scale > 0) or (max_scale is not None and not max_scale > 0):
+            raise UserError(
+                f"logit scales must be positive: got initial scale {init_scale} (1/temperature) and "
+                f"max_logit_scale {max_scale}; use a temperature > 0"
+            )
         self.max_scale = max_scale
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)), requires_grad=learn)
 

@@ -13,7 +13,7 @@ import torch
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import clip_loss
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision
+from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
 
@@ -35,6 +35,7 @@ class InfoNCE(Term):
         learn_temperature: bool = True,
     ) -> None:
         super().__init__(weight)
+        positive(self, init_temperature=init_temperature)
         self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale, learn_temperature)
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:

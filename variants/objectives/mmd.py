@@ -15,7 +15,8 @@ import torch
 
 from variants.distributed import gather_with_grad
 from variants.losses import median_bandwidths, mmd2
-from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.errors import UserError
+from variants.objectives.base import Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
 
@@ -32,6 +33,10 @@ class MMD(Term):
         self, weight: float = 1.0, sigmas: list[float] | None = None, multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     ) -> None:
         super().__init__(weight)
+        if sigmas is not None and not sigmas:
+            raise UserError("mmd: sigmas is empty; give bandwidths or null for the median heuristic")
+        positive(self, **{f"sigmas[{i}]": s for i, s in enumerate(sigmas or [])})
+        positive(self, **{f"multipliers[{i}]": m for i, m in enumerate(multipliers)})
         self.sigmas, self.multipliers = sigmas, tuple(multipliers)
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from torch import nn
 from variants.distributed import GlobalBatchNorm1d, gather_with_grad, row_offset
 from variants.errors import UserError
 from variants.losses import simclr_loss
-from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.objectives.base import Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
 
@@ -35,9 +35,11 @@ class SimCLR(Term):
     """
 
     needs = frozenset({"views"})
+    needs_global = False
 
     def __init__(self, weight: float = 1.0, hidden_dim: int = 4096, out_dim: int = 256, temperature: float = 0.1) -> None:
         super().__init__(weight)
+        positive(self, hidden_dim=hidden_dim, out_dim=out_dim, temperature=temperature)
         self.hidden_dim, self.out_dim, self.temperature = hidden_dim, out_dim, temperature
         self.projector: nn.Module | None = None
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from variants.distributed import gather, gather_with_grad, pad_to_common_length, row_offset, world
 from variants.losses import filip_loss, filip_similarity
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, require_token_towers
+from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive, require_token_towers
 from variants.towers import Encoded
 
 
@@ -37,6 +37,7 @@ class TokenwiseInfoNCE(Term):
     """
 
     needs = frozenset({"image_tokens", "text_tokens"})
+    needs_global = False
     scores_pairs = True
 
     def __init__(
@@ -48,6 +49,7 @@ class TokenwiseInfoNCE(Term):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(weight)
+        positive(self, token_dim=token_dim, init_temperature=init_temperature, chunk_size=chunk_size or 1)
         self.token_dim, self.chunk_size = token_dim, chunk_size
         self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale)
         self.image_proj: nn.Module | None = None
