@@ -202,3 +202,49 @@ def test_bad_object_counts_are_rejected(bad: tuple[int, int]) -> None:
 def test_loaders_iterate_under_dataloader() -> None:
     loader = DataLoader(ZeroShotScenes("count", 0, "val", 10), batch_size=5)
     assert sum(len(b["label"]) for b in loader) == 10
+
+
+# ---- grounded probe suites ---------------------------------------------------------------
+def _holds(caption: str, scene: Scene) -> bool:
+    """Evaluate a probe caption (canonical words) against the scene record."""
+    things = scene.objects
+    combos = {(t.color, t.shape) for t in things}
+    if caption.startswith("there is no "):
+        return caption.removeprefix("there is no ") not in {t.shape for t in things}
+    for n in (1, 2, 3):
+        if caption == lang.count_phrase(n):
+            return len(things) == n
+    for rel, phrases in lang.RELATIONS.items():
+        match = re.fullmatch(rf"an? (\w+) (\w+) {re.escape(phrases[0])} an? (\w+) (\w+)", caption)
+        if match:
+            c1, s1, c2, s2 = match.groups()
+            return any(
+                (a.color, a.shape, b.color, b.shape) == (c1, s1, c2, s2) and rel in lang.relation(a, b)
+                for a in things for b in things if a is not b
+            )  # fmt: skip
+    match = re.fullmatch(r"a (\w+) (\w+) and a (\w+) (\w+)", caption)
+    assert match, caption
+    c1, s1, c2, s2 = match.groups()
+    return {(c1, s1), (c2, s2)} <= combos
+
+
+@pytest.mark.parametrize("kind", ["attribute_binding", "relation_order", "negation", "counting"])
+def test_probe_positives_are_true_and_negatives_false(kind: str) -> None:
+    from datamodules.shapesworld import ProbeScenes
+
+    tokenizer = WordTokenizer(lang.vocabulary(), context_length=32)
+    suite = ProbeScenes(kind, seed=0, length=300)
+    for i in range(300):
+        scene, positive, negatives = suite.sample(i)
+        assert _holds(positive, scene), (kind, positive, scene)
+        assert negatives and not any(_holds(n, scene) for n in negatives), (kind, negatives, scene)
+        assert not (tokenizer([positive, *negatives]) == tokenizer.unk_id).any()
+    item = suite[0]
+    assert item["image"].shape == (3, 64, 64) and isinstance(item["negatives"], list)
+
+
+def test_unknown_probe_is_a_named_error() -> None:
+    from datamodules.shapesworld import ProbeScenes
+
+    with pytest.raises(UserError, match="unknown ShapesWorld probe 'binding'"):
+        ProbeScenes("binding")

@@ -2,9 +2,10 @@
 
 from datamodules.shapesworld.datamodule import ShapesWorldDataModule
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
+from datamodules.shapesworld.probes import PROBES, ProbeScenes
 from datamodules.shapesworld.world import HELD_OUT, Scene, Thing, render, sample_scene
 
 __all__ = [
-    "HELD_OUT", "TASKS", "CaptionedScenes", "Scene", "ShapesWorldDataModule", "Thing",
+    "HELD_OUT", "PROBES", "TASKS", "CaptionedScenes", "ProbeScenes", "Scene", "ShapesWorldDataModule", "Thing",
     "ZeroShotScenes", "render", "sample_scene",
 ]  # fmt: skip
