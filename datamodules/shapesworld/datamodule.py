@@ -127,10 +127,12 @@ class ShapesWorldDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.hparams.batch_size, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        suite = EvalSuite([dataset for _, dataset in self._eval_sets["val"]])
+    def _eval_loader(self, stage: str) -> DataLoader:
+        suite = EvalSuite([dataset for _, dataset in self._eval_sets[stage]])
         return self._loader(suite, self.hparams.eval_batch_size, train=False)
 
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
     def test_dataloader(self) -> DataLoader:
-        suite = EvalSuite([dataset for _, dataset in self._eval_sets["test"]])
-        return self._loader(suite, self.hparams.eval_batch_size, train=False)
+        return self._eval_loader("test")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import torch
 from torch.utils.data import Dataset
 
 from datamodules.augment import SSLViews
