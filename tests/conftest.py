@@ -22,3 +22,33 @@ CONFIGS = REPO / "experiments" / "configs"
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """Train (once per session) a smoke-sized run of a preset; returns its run directory.
+
+    ``trained_run("clip", "--trainer.precision", "32-true")``: extra arguments are CLI overrides.
+    """
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("trained")
+    cache: dict[tuple[str, ...], Path] = {}
+
+    def train(preset: str, *overrides: str) -> Path:
+        key = (preset, *overrides)
+        if key not in cache:
+            cwd = root / f"run{len(cache)}"
+            cwd.mkdir()
+            args = ["fit", "--config", str(CONFIGS / f"{preset}.yaml"), "--config", str(CONFIGS / "smoke.yaml"), *overrides]
+            env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="")
+            result = subprocess.run(
+                [sys.executable, "-m", "experiments", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            (cache[key],) = (cwd / "runs").glob("*/version_0")
+        return cache[key]
+
+    train.root = root  # every run trained so far lives under it (what the notebooks read)
+    return train

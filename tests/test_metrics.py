@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
+from variants.metrics import class_embeddings, mean_per_class_recall, recall_at_k, topk_accuracy
 
 
 def test_topk_accuracy_matches_naive() -> None:
@@ -30,3 +30,17 @@ def test_class_embeddings_average_templates_and_renormalise() -> None:
     expected = templates.mean(1) / templates.mean(1).norm(dim=-1, keepdim=True)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(3))
+
+
+def test_mean_per_class_recall_matches_naive_and_skips_absent_classes() -> None:
+    scores, labels = torch.randn(60, 6), torch.randint(0, 5, (60,))  # class 5 never occurs
+    predicted = scores.argmax(1).tolist()
+    recalls = []
+    for c in set(labels.tolist()):
+        rows = [i for i in range(60) if labels[i] == c]
+        recalls.append(sum(predicted[i] == c for i in rows) / len(rows))
+    assert abs(float(mean_per_class_recall(scores, labels)) - sum(recalls) / len(recalls)) < 1e-6
+    # Unbalanced: 9 of class 0 (all right), 1 of class 1 (wrong): accuracy 0.9, balanced 0.5.
+    scores = torch.tensor([[1.0, 0.0]] * 10)
+    labels = torch.tensor([0] * 9 + [1])
+    assert float(mean_per_class_recall(scores, labels)) == 0.5

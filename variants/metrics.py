@@ -25,3 +25,14 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int = 1) -> to
     positives (``positives`` [N, M] bool) is among its k highest-scoring candidates."""
     topk = scores.topk(min(k, scores.shape[1]), dim=1).indices
     return positives.gather(1, topk).any(dim=1).float().mean()
+
+
+def mean_per_class_recall(scores: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Top-1 recall of each class that occurs in ``labels``, averaged over those classes
+    (balanced accuracy; CLIP reports it for unbalanced sets such as FGVC Aircraft)."""
+    num_classes = num_classes or scores.shape[1]
+    predicted = scores.argmax(dim=1)
+    hits = torch.zeros(num_classes, device=scores.device).index_add_(0, labels, (predicted == labels).float())
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = counts > 0
+    return (hits[present] / counts[present]).mean()

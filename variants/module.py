@@ -79,6 +79,11 @@ class ContrastiveModule(pl.LightningModule):
         """The term whose ``score`` evaluation uses; None for the global cosine."""
         return None if self._scorer_name is None else self.terms[self._scorer_name]
 
+    @property
+    def scoring_needs(self) -> frozenset[str]:
+        """What evaluation must encode: {"image_tokens", "text_tokens"} for token-wise scoring."""
+        return self.scorer.needs if self.scorer is not None else frozenset()
+
     # ---- public face -------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, D] L2-normalised image embeddings."""
@@ -202,7 +207,7 @@ class ContrastiveModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if "task" not in batch:
             return  # a datamodule without eval tasks
-        needs = self.scorer.needs if self.scorer is not None else frozenset()
+        needs = self.scoring_needs
         images = self.image_record(batch["image"], tokens="image_tokens" in needs)
         texts = self.text_record(batch["text"], tokens="text_tokens" in needs)
         outputs = self._eval_outputs
@@ -256,16 +261,21 @@ class ContrastiveModule(pl.LightningModule):
                 self.log(f"{task.name}/{key}", value, sync_dist=True)
 
     def _zeroshot_scores(self, images: Encoded, prompts: torch.Tensor) -> torch.Tensor:
-        """[Ni, classes]: CLIP's prompt ensemble (mean of normalised template embeddings) for
-        cosine scoring; the mean of the template scores for a term's own scoring."""
-        classes, templates = prompts.shape[:2]
+        templates = prompts.shape[1]
+        texts = self.text_record(prompts.flatten(0, 1), tokens="text_tokens" in self.scoring_needs)
+        return self.zeroshot_scores(images, texts, templates)
+
+    def zeroshot_scores(self, images: Encoded, prompts: Encoded, templates: int) -> torch.Tensor:
+        """[Ni, classes] zero-shot scores from the encoded prompts of every class, class-major
+        ([classes * templates] rows, as ``prompts[c][t]`` flattened). Cosine scoring uses CLIP's
+        prompt ensemble (mean of normalised template embeddings, renormalised); a term's own
+        scoring (FILIP) the mean of its template scores."""
         if self.scorer is None:
-            text = self.text_record(prompts.flatten(0, 1)).text.float()
-            classifier = class_embeddings(text.view(classes, templates, -1))
-            return images.image @ classifier.T
-        texts = self.text_record(prompts.flatten(0, 1), tokens="text_tokens" in self.scorer.needs)
-        i2t, _ = self.scorer.score(images, texts)
-        return i2t.view(-1, classes, templates).mean(-1)
+            text = prompts.text.float()
+            classifier = class_embeddings(text.view(-1, templates, text.shape[-1]))
+            return images.image.float() @ classifier.T
+        i2t, _ = self.scorer.score(images, prompts)
+        return i2t.view(i2t.shape[0], -1, templates).mean(-1)
 
     def _gather_unique(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """All ranks' evaluation outputs, each sample once (samplers pad by repeating)."""

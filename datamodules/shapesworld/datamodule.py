@@ -11,11 +11,15 @@ from datamodules.evaluation import EvalSuite, EvalTask
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
 from datamodules.tokenizer import WordTokenizer
+from datamodules.transforms import EvalImageTransform
+
+
+MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 in about [-2, 2] (mean 0.5, std 0.25 per channel)."""
-    return (images.float() / 255.0 - 0.5) / 0.25
+    return (images.float() / 255.0 - MEAN) / STD
 
 
 class Collate:
@@ -84,6 +88,8 @@ class ShapesWorldDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["views"])  # an object; the CLI saves its config
         self.tokenizer = WordTokenizer(vocabulary(), context_length)
+        # What the analysis applies to outside images (any size or mode) to match training input.
+        self.image_transform = EvalImageTransform(image_size, [MEAN] * 3, [STD] * 3)
         self.train_set = CaptionedScenes(seed, "train", train_samples, image_size, min_objects, max_objects, views)
         self.provides_views = views is not None
         self._eval_sets = {

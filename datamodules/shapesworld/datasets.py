@@ -50,6 +50,10 @@ class CaptionedScenes(Dataset):
     def scene(self, index: int) -> Scene:
         return self._sample(index)[0]
 
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``, without rendering its image."""
+        return self._sample(index)[1]
+
     def __getitem__(self, index: int) -> dict:
         scene, text, rng = self._sample(index)
         item = {"image": render(scene, self.image_size), "caption": text, "index": index}

@@ -76,3 +76,35 @@ class ProbeScenes(Dataset):
     def __getitem__(self, index: int) -> dict:
         scene, positive, negatives = self.sample(index)
         return {"image": render(scene, self.image_size), "positive": positive, "negatives": negatives, "index": index}
+
+
+def text_pairs() -> dict[str, list[tuple[str, str]]]:
+    """Caption pairs in ShapesWorld's vocabulary for the text-only linguistic probes.
+
+    synonym: the same scene in other words ("a red circle" / "a red disk"); antonym: one word
+    flipped to its opposite ("a big circle" / "a small circle", "left of" / "right of");
+    negation: a statement and its negation; different: one attribute changed to another
+    value (the reference distance a real change of meaning should exceed).
+    """
+    pairs: dict[str, list[tuple[str, str]]] = {"synonym": [], "antonym": [], "negation": [], "different": []}
+    colors, shapes = list(lang.COLOR_WORDS), list(lang.SHAPE_WORDS)
+    for i, (shape, forms) in enumerate(lang.SHAPE_WORDS.items()):
+        color = colors[i % len(colors)]
+        for synonym, _ in forms[1:]:
+            pairs["synonym"].append((lang.article(f"{color} {shape}"), lang.article(f"{color} {synonym}")))
+        pairs["antonym"].append((lang.article(f"big {color} {shape}"), lang.article(f"small {color} {shape}")))
+        pairs["negation"].append((f"there is {lang.article(shape)}", f"there is no {shape}"))
+        other = shapes[(i + 1) % len(shapes)]
+        pairs["different"].append((lang.article(f"{color} {shape}"), lang.article(f"{color} {other}")))
+    for i, (color, words) in enumerate(lang.COLOR_WORDS.items()):
+        shape = shapes[i % len(shapes)]
+        for synonym in words[1:]:
+            pairs["synonym"].append((lang.article(f"{color} {shape}"), lang.article(f"{synonym} {shape}")))
+        other = colors[(i + 1) % len(colors)]
+        pairs["different"].append((lang.article(f"{color} {shape}"), lang.article(f"{other} {shape}")))
+    for words in lang.SIZE_WORDS.values():
+        pairs["synonym"] += [(f"a {words[0]} square", f"a {word} square") for word in words[1:]]
+    for a, b in (("left", "right"), ("above", "below")):
+        first, second = lang.RELATIONS[a][0], lang.RELATIONS[b][0]
+        pairs["antonym"].append((f"a red circle {first} a blue square", f"a red circle {second} a blue square"))
+    return pairs

@@ -1,0 +1,104 @@
+"""``python -m analysis <command> --ckpt PATH [--suite ...] [--out DIR]``
+
+    embed      embeddings (+ metadata) of every suite  -> OUT/embeddings/<suite>.pt
+    zeroshot   zero-shot classification, retrieval, linear probes  -> OUT/zeroshot.json
+    geometry   PCA, modality gap and its shift, uniformity/alignment, t-SNE  -> OUT/geometry.json
+    probes     text-only pair similarities, grounded caption selection  -> OUT/probes.json
+    report     all of the above + OUT/report.md + the run's TensorBoard
+
+--ckpt takes a .ckpt file or a run directory (its newest checkpoints/last.ckpt). OUT defaults
+to <run directory>/analysis. A user mistake prints one ``error:`` line and exits with 2
+(CLIP_VARIANTS_TRACEBACK=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from variants.errors import UserError
+
+COMMANDS = ("embed", "zeroshot", "geometry", "probes", "report")
+
+
+def parser() -> argparse.ArgumentParser:
+    from analysis.suites import SPECS
+
+    main = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[1])
+    commands = main.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name in COMMANDS:
+        sub = commands.add_parser(name)
+        sub.add_argument("--ckpt", required=True, help="a .ckpt file or a run directory")
+        sub.add_argument("--out", help="output directory (default: <run dir>/analysis)")
+        if name != "probes":
+            sub.add_argument("--suite", nargs="+", default=["shapesworld"], help=f"suites: {', '.join(SPECS)}")
+        if name in ("probes", "report"):
+            sub.add_argument("--probes", nargs="+", default=["shapesworld"], help="'shapesworld' or probe JSON files")
+        sub.add_argument("--samples", type=int, default=1000, help="ShapesWorld images per task (default 1000)")
+        sub.add_argument("--templates", help="prompt templates file for imagefolder suites ('{}' = class name)")
+        sub.add_argument("--images-root", dest="images_root", help="where Karpathy-JSON / probe-file image paths start")
+        sub.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+        sub.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
+        sub.add_argument("--precision", choices=("32", "bf16"), default="32", help="bf16 autocast is faster on AMX CPUs")
+        sub.add_argument("--seed", type=int, default=0)
+        if name == "embed":
+            sub.add_argument("--tokens", action="store_true", help="also save patch and word token embeddings")
+        if name in ("zeroshot", "report"):
+            sub.add_argument("--no-linear-probe", dest="linear_probe", action="store_false")
+        if name in ("geometry", "report"):
+            sub.add_argument("--tsne-points", dest="tsne_points", type=int, default=2000)
+        if name == "report":
+            sub.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    return main
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` and run the command; returns its result dict."""
+    args = parser().parse_args(argv)
+    from analysis import commands, report
+    from analysis.checkpoint import load_checkpoint, run_directory
+    from analysis.suites import SuiteOptions, load_probe_suites, load_suites
+
+    loaded = load_checkpoint(args.ckpt)
+    out = Path(args.out) if args.out else (run_directory(loaded.path) or Path(f"analysis-{loaded.path.stem}")) / "analysis"
+    options = SuiteOptions(samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed)
+    embed = {"batch_size": args.batch_size, "num_workers": args.workers, "precision": args.precision}
+    suites = load_suites(args.suite, loaded, options) if hasattr(args, "suite") else []
+    probe_suites = load_probe_suites(args.probes, loaded, options) if hasattr(args, "probes") else []
+    print(f"{args.command}: {loaded.name} (step {loaded.global_step}) from {loaded.path}", file=sys.stderr)
+    if args.command == "embed":
+        result = commands.embed(loaded, suites, out, tokens=args.tokens, **embed)
+    elif args.command == "zeroshot":
+        result = commands.zeroshot_benchmarks(loaded, suites, out, linear_probe=args.linear_probe, **embed)["metrics"]
+    elif args.command == "geometry":
+        result = commands.geometry_analysis(loaded, suites, out, tsne_points=args.tsne_points, seed=args.seed, **embed)
+        result = result["metrics"] | {"figures": result["figures"]}
+    elif args.command == "probes":
+        result = commands.probe_analysis(loaded, probe_suites, out, **embed)["metrics"]
+    else:
+        result = report.write_report(
+            loaded, suites, probe_suites, out, tensorboard=args.tensorboard, linear_probe=args.linear_probe,
+            tsne_points=args.tsne_points, seed=args.seed, **embed,
+        )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    print(f"results in {out}", file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        run()
+    except UserError as error:
+        if os.environ.get("CLIP_VARIANTS_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Load a checkpoint for analysis: the trained module plus the tokenizer and image transform of
+the data it was trained on, rebuilt from the checkpoint alone.
+
+A suite checkpoint records the module's parts (towers, terms) and the datamodule as
+``class_path`` configs; both are rebuilt with jsonargparse, as LightningCLI built them, and the
+weights loaded strictly. Loading uses ``torch.load(weights_only=True)``: no pickled code runs.
+Classes named by the checkpoint are imported only from this suite's packages (or when the user
+imported them already), because importing a module named by a file is running its code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import instantiate_module
+from lightning.pytorch import LightningDataModule
+
+from variants.errors import UserError
+from variants.module import ContrastiveModule
+
+TRUSTED_PACKAGES = ("variants.", "datamodules.")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What the analysis needs from one checkpoint."""
+
+    model: ContrastiveModule  # in eval mode, on CPU
+    tokenizer: Callable[..., torch.Tensor]  # list of texts -> int64 ids [B, L]
+    image_transform: Callable[[Any], torch.Tensor]  # PIL image or uint8 [3, H, W] -> float [3, H, W]
+    datamodule: LightningDataModule
+    path: Path
+    name: str  # e.g. "clip/version_0": the run, for result tables
+    global_step: int
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory: the newest ``checkpoints/last.ckpt`` under it."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError(f"no checkpoints/last.ckpt under {path}: pass --ckpt a .ckpt file or a run directory")
+        return found[-1]
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild a suite checkpoint (file or run directory) for analysis."""
+    path = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated file, not a torch file, unsafe content
+        raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    for key in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters"):
+        if key not in checkpoint:
+            raise UserError(
+                f"checkpoint {path} has no '{key}': analysis needs a checkpoint written by "
+                "`python -m experiments fit` (it records the towers, terms and data it was trained with)"
+            )
+    model_config = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+    _import_trusted(_class_paths(model_config))
+    model = _instantiate(ContrastiveModule, model_config, path, "model")
+    _load_weights(model, checkpoint["state_dict"], path)
+    model.eval().requires_grad_(False)
+
+    data_config = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k != "_instantiator"}
+    _import_trusted(_class_paths(data_config))
+    datamodule = _instantiate(LightningDataModule, data_config, path, "datamodule")
+    for attribute in ("tokenizer", "image_transform"):
+        if not hasattr(datamodule, attribute):
+            raise UserError(
+                f"{type(datamodule).__name__} (from {path}) has no '{attribute}'; a datamodule used for "
+                "analysis must expose `tokenizer` and `image_transform`"
+            )
+    return LoadedCheckpoint(
+        model=model,
+        tokenizer=datamodule.tokenizer,
+        image_transform=datamodule.image_transform,
+        datamodule=datamodule,
+        path=path,
+        name=_run_name(path),
+        global_step=int(checkpoint.get("global_step", 0)),
+    )
+
+
+def _instantiate(cls: type, config: dict, path: Path, what: str) -> Any:
+    try:
+        return instantiate_module(cls, config)
+    except UserError:
+        raise
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot rebuild the {what} recorded in {path}: {message}") from None
+
+
+def _load_weights(model: torch.nn.Module, state_dict: dict, path: Path) -> None:
+    result = model.load_state_dict(state_dict, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing keys {_listed(result.missing_keys)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected keys {_listed(result.unexpected_keys)}")
+    if problems:
+        raise UserError(f"checkpoint {path} does not match the model it describes: {'; '.join(problems)}")
+
+
+def _listed(keys: list[str], limit: int = 8) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _class_paths(config: Any) -> list[str]:
+    """Every class path in a nested config (``class_path`` and Lightning's ``_class_path``)."""
+    found = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key in ("class_path", "_class_path") and isinstance(value, str):
+                found.append(value)
+            else:
+                found += _class_paths(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += _class_paths(value)
+    return found
+
+
+def _import_trusted(class_paths: list[str]) -> None:
+    for class_path in class_paths:
+        module = class_path.rpartition(".")[0]
+        if module in sys.modules:
+            continue
+        if not class_path.startswith(TRUSTED_PACKAGES):
+            raise UserError(
+                f"the checkpoint names {class_path}, outside this suite's packages; if you trust the "
+                f"checkpoint, `import {module}` before loading it (in Python), so it is not imported blindly"
+            )
+        importlib.import_module(module)
+
+
+def _run_name(path: Path) -> str:
+    """runs/<name>/version_<n>/checkpoints/x.ckpt -> "<name>/version_<n>"; else the file stem."""
+    if path.parent.name == "checkpoints" and path.parent.parent.name.startswith("version_"):
+        return f"{path.parent.parent.parent.name}/{path.parent.parent.name}"
+    return path.stem
+
+
+def run_directory(path: Path) -> Path | None:
+    """The run directory of a checkpoint written by a run (``<run>/checkpoints/x.ckpt``)."""
+    return path.parent.parent if path.parent.name == "checkpoints" else None

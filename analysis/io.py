@@ -1,0 +1,52 @@
+"""Atomic result writing: a reader (or a crashed run) never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from matplotlib.figure import Figure
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """JSON with non-finite floats written as null (strict JSON has no NaN)."""
+    text = json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+    return write_atomic(path, lambda file: file.write(text.encode()))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda file: file.write(text.encode()))
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 150) -> Path:
+    return write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=dpi))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

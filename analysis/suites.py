@@ -1,0 +1,85 @@
+"""Suite specs on the command line -> evaluation suites.
+
+    shapesworld            the run's own ShapesWorld test tasks and retrieval set (its seed)
+    digits                 scikit-learn's bundled 8x8 digits (a small real-image suite)
+    imagefolder:DIR        DIR/<class>/<image> (or DIR/train/... and DIR/test/...)
+    cifar10:DIR            the python-pickle CIFAR-10 directory (cifar-10-batches-py)
+    cifar100:DIR           the python-pickle CIFAR-100 directory (cifar-100-python)
+    coco:JSON              Karpathy-split JSON (dataset_coco.json) for retrieval
+    flickr30k:JSON         Karpathy-split JSON (dataset_flickr30k.json) for retrieval
+
+Probe specs: ``shapesworld`` (the four grounded probes) or a JSON file of probe items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.checkpoint import LoadedCheckpoint
+from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
+from datamodules.suites.cifar import cifar_suite
+from datamodules.suites.digits import digits_suite
+from datamodules.suites.imagefolder import imagefolder_suite
+from datamodules.suites.karpathy import karpathy_suite
+from datamodules.suites.probe_files import probe_file_suite
+from datamodules.suites.shapesworld import shapesworld_probes, shapesworld_suites
+from datamodules.suites.templates import read_templates
+from variants.errors import UserError
+
+SPECS = ("shapesworld", "digits", "imagefolder:DIR", "cifar10:DIR", "cifar100:DIR", "coco:JSON", "flickr30k:JSON")
+
+
+@dataclass
+class SuiteOptions:
+    samples: int = 1000  # ShapesWorld images per task; probe items per probe
+    templates: str | None = None  # a templates file for imagefolder suites
+    images_root: str | None = None  # where Karpathy-JSON and probe-file image paths start
+    seed: int = 0
+
+
+def _shapesworld_world(loaded: LoadedCheckpoint) -> dict:
+    """The run's world (seed, image size, objects) when it trained on ShapesWorld, else defaults."""
+    h = getattr(loaded.datamodule, "hparams", {})
+    return {
+        "seed": h.get("seed", 0),
+        "image_size": h.get("image_size", getattr(loaded.image_transform, "image_size", 64)),
+        "max_objects": h.get("max_objects", 3),
+    }
+
+
+def load_suites(specs: list[str], loaded: LoadedCheckpoint, options: SuiteOptions) -> list[ClassificationSuite | RetrievalSuite]:
+    suites: list[ClassificationSuite | RetrievalSuite] = []
+    for spec in specs:
+        kind, _, path = spec.partition(":")
+        needs_path = kind in ("imagefolder", "cifar10", "cifar100", "coco", "flickr30k")
+        if needs_path and not path:
+            raise UserError(f"suite {kind!r} needs a path: --suite {kind}:{'JSON' if kind in ('coco', 'flickr30k') else 'DIR'}")
+        if kind == "shapesworld":
+            world = _shapesworld_world(loaded)
+            suites += shapesworld_suites(samples=options.samples, probe_train_samples=2 * options.samples, **world)
+        elif kind == "digits":
+            suites.append(digits_suite(seed=options.seed))
+        elif kind == "imagefolder":
+            templates = read_templates(options.templates) if options.templates else None
+            suites.append(imagefolder_suite(path, templates=templates))
+        elif kind in ("cifar10", "cifar100"):
+            suites.append(cifar_suite(path, kind))
+        elif kind in ("coco", "flickr30k"):
+            suites.append(karpathy_suite(path, images_root=options.images_root, name=kind))
+        else:
+            raise UserError(f"unknown suite {spec!r}; known: {', '.join(SPECS)}")
+    return suites
+
+
+def load_probe_suites(specs: list[str], loaded: LoadedCheckpoint, options: SuiteOptions) -> list[ProbeSuite]:
+    suites: list[ProbeSuite] = []
+    for spec in specs:
+        if spec == "shapesworld":
+            world = _shapesworld_world(loaded)
+            suites += shapesworld_probes(world["seed"], world["image_size"], min(options.samples, 500))
+        elif spec.endswith(".json") or Path(spec).exists():
+            suites.append(probe_file_suite(spec, images_root=options.images_root))
+        else:
+            raise UserError(f"unknown probe suite {spec!r}; use 'shapesworld' or a probe JSON file")
+    return suites

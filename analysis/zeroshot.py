@@ -1,0 +1,154 @@
+"""Zero-shot benchmarks of one checkpoint: classification with prompt ensembles, image-text
+retrieval, and a linear probe on frozen image features.
+
+Results are records shaped like CLIP_benchmark's output ({dataset, model, pretrained, task,
+metrics}), so they can sit beside published numbers. Scoring is the checkpoint's own: cosine
+of the global embeddings, or the scoring term's (FILIP's token-wise similarity).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+
+from analysis.checkpoint import LoadedCheckpoint
+from analysis.embed import embed_images, embed_texts
+from datamodules.suites import ClassificationSuite, RetrievalSuite
+from variants.errors import UserError
+from variants.metrics import mean_per_class_recall, recall_at_k, topk_accuracy
+
+RECALL_AT = (1, 5, 10)
+PROBE_C = tuple(float(c) for c in np.logspace(-3, 3, 7))  # inverse L2 strengths tried
+
+
+def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict) -> dict:
+    """One CLIP_benchmark-style result record."""
+    return {
+        "dataset": dataset,
+        "model": loaded.name,
+        "pretrained": str(loaded.path),
+        "step": loaded.global_step,
+        "task": task,
+        "metrics": metrics,
+        "language": "en",
+    }
+
+
+def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    """acc1, acc5 (None below 5 classes: it would be trivially 1) and mean per-class recall."""
+    classes = scores.shape[1]
+    return {
+        "acc1": float(topk_accuracy(scores, labels, 1)),
+        "acc5": float(topk_accuracy(scores, labels, 5)) if classes >= 5 else None,
+        "mean_per_class_recall": float(mean_per_class_recall(scores, labels, classes)),
+    }
+
+
+@torch.inference_mode()
+def zeroshot_classification(loaded: LoadedCheckpoint, suite: ClassificationSuite, **embed_kwargs) -> dict:
+    """Classify ``suite.test`` by its prompt ensembles (CLIP section 3.1.4)."""
+    needs = loaded.model.scoring_needs
+    images = embed_images(loaded, suite.test, tokens="image_tokens" in needs, desc=suite.name, **embed_kwargs)
+    if images.labels is None:
+        raise UserError(f"suite {suite.name}: test items carry no 'label'")
+    prompts = suite.class_prompts()
+    flat = [prompt for class_prompts in prompts for prompt in class_prompts]
+    precision = embed_kwargs.get("precision", "32")
+    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} prompts")
+    scores = loaded.model.zeroshot_scores(images.encoded, texts, len(prompts[0]))
+    return record(loaded, suite.name, "zeroshot_classification", classification_metrics(scores, images.labels))
+
+
+def caption_positives(captions: list[list[str]]) -> tuple[list[str], torch.Tensor]:
+    """All captions flattened, and positives [images, texts]: text j is a positive of image i
+    when its string is one of image i's captions (identical strings score identically, so a
+    duplicate caption of another image counts as the same answer)."""
+    flat = [text for image_captions in captions for text in image_captions]
+    text_ids: dict[str, list[int]] = {}
+    for j, text in enumerate(flat):
+        text_ids.setdefault(text, []).append(j)
+    positives = torch.zeros(len(captions), len(flat), dtype=torch.bool)
+    for i, image_captions in enumerate(captions):
+        for text in image_captions:
+            positives[i, text_ids[text]] = True
+    return flat, positives
+
+
+@torch.inference_mode()
+def zeroshot_retrieval(loaded: LoadedCheckpoint, suite: RetrievalSuite, **embed_kwargs) -> dict:
+    """Recall@k both ways, CLIP-style: a query is a hit when any positive is in its top k.
+    CLIP_benchmark's names: text retrieval = image -> text, image retrieval = text -> image."""
+    if len(suite.captions) != len(suite.images):
+        raise UserError(f"suite {suite.name}: {len(suite.images)} images but {len(suite.captions)} caption lists")
+    needs = loaded.model.scoring_needs
+    images = embed_images(loaded, suite.images, tokens="image_tokens" in needs, desc=suite.name, **embed_kwargs)
+    flat, positives = caption_positives(suite.captions)
+    precision = embed_kwargs.get("precision", "32")
+    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} captions")
+    i2t, t2i = loaded.model.score(images.encoded, texts)
+    metrics = {}
+    for k in RECALL_AT:
+        metrics[f"text_retrieval_recall@{k}"] = float(recall_at_k(i2t, positives, k))
+        metrics[f"image_retrieval_recall@{k}"] = float(recall_at_k(t2i.T, positives.T, k))
+    return record(loaded, suite.name, "zeroshot_retrieval", metrics)
+
+
+def fit_linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, seed: int = 0, val_fraction: float = 0.2
+) -> tuple[LogisticRegression, dict]:
+    """Logistic regression whose L2 strength is chosen on a held-out part of the training set,
+    then refitted on all of it (CLIP appendix A.3 sweeps the same parameter)."""
+    counts = np.bincount(train_y)[np.unique(train_y)]
+    # Stratify when every class can have a member on both sides (tiny sets cannot).
+    can_stratify = counts.min() >= 2 and int(np.ceil(val_fraction * len(train_y))) >= len(counts)
+    stratify = train_y if can_stratify else None
+    fit_x, val_x, fit_y, val_y = train_test_split(
+        train_x, train_y, test_size=val_fraction, random_state=seed, stratify=stratify
+    )
+    val_accuracy = {}
+    for c in PROBE_C:
+        probe = LogisticRegression(C=c, max_iter=2000).fit(fit_x, fit_y)
+        val_accuracy[c] = float(probe.score(val_x, val_y))
+    best = max(PROBE_C, key=lambda c: (val_accuracy[c], -c))  # ties: the stronger regulariser
+    probe = LogisticRegression(C=best, max_iter=2000).fit(train_x, train_y)
+    return probe, {"C": best, "val_acc1": val_accuracy[best], "val_acc1_by_C": {str(c): a for c, a in val_accuracy.items()}}
+
+
+@torch.inference_mode()
+def linear_probe(loaded: LoadedCheckpoint, suite: ClassificationSuite, seed: int = 0, **embed_kwargs) -> dict:
+    """Linear probe on the frozen, normalised global image embeddings."""
+    if suite.train is None:
+        raise UserError(f"suite {suite.name} has no training split for a linear probe")
+    train = embed_images(loaded, suite.train, desc=f"{suite.name} train", **embed_kwargs)
+    test = embed_images(loaded, suite.test, desc=f"{suite.name} test", **embed_kwargs)
+    train_y = train.labels.numpy()
+    if len(np.unique(train_y)) < 2:
+        raise UserError(f"suite {suite.name}: the linear probe needs at least 2 classes in the training split")
+    probe, chosen = fit_linear_probe(train.encoded.image.numpy(), train_y, seed)
+    classes = len(suite.classnames)
+    scores = torch.full((len(test.labels), classes), -np.inf, dtype=torch.float64)
+    log_proba = probe.predict_log_proba(test.encoded.image.numpy())
+    scores[:, torch.as_tensor(probe.classes_)] = torch.as_tensor(log_proba, dtype=torch.float64)
+    metrics = {f"lp_{key}": value for key, value in classification_metrics(scores, test.labels).items()}
+    return record(loaded, suite.name, "linear_probe", metrics | chosen)
+
+
+def metric_names(records: list[dict]) -> dict[str, float]:
+    """Records -> the suite's stable scalar names (zeroshot/<suite>/top1, retrieval/<suite>/i2t_R@1,
+    linear_probe/<suite>/top1) for TensorBoard and tables."""
+    flat = {}
+    for rec in records:
+        m, name = rec["metrics"], rec["dataset"]
+        if rec["task"] == "zeroshot_classification":
+            flat |= {f"zeroshot/{name}/top1": m["acc1"], f"zeroshot/{name}/mean_per_class_recall": m["mean_per_class_recall"]}
+            if m["acc5"] is not None:
+                flat[f"zeroshot/{name}/top5"] = m["acc5"]
+        elif rec["task"] == "zeroshot_retrieval":
+            for k in RECALL_AT:
+                flat[f"retrieval/{name}/i2t_R@{k}"] = m[f"text_retrieval_recall@{k}"]
+                flat[f"retrieval/{name}/t2i_R@{k}"] = m[f"image_retrieval_recall@{k}"]
+        elif rec["task"] == "linear_probe":
+            flat[f"linear_probe/{name}/top1"] = m["lp_acc1"]
+    return flat

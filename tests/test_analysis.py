@@ -1,0 +1,292 @@
+"""Analysis of real (smoke-trained) checkpoints: every metric against a naive loop over the
+public encoders, the run's own test numbers reproduced, the CLI end to end, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from analysis.checkpoint import load_checkpoint
+from analysis.io import write_atomic, write_json
+from analysis.probes import selection_probe, text_pair_similarities, wilson_interval
+from analysis.zeroshot import fit_linear_probe, zeroshot_classification, zeroshot_retrieval
+from conftest import REPO
+from datamodules.shapesworld import render, sample_scene
+from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
+from datamodules.suites.shapesworld import shapesworld_suites
+from variants.errors import UserError
+
+FP32 = ("--trainer.precision", "32-true", "--data.init_args.test_samples", "24")
+
+
+class Items(Dataset):
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def scenes(n: int, seed: int = 0) -> list[torch.Tensor]:
+    rng = __import__("random").Random(seed)
+    return [render(sample_scene(rng, 64, rng.randint(1, 3)), 64) for _ in range(n)]
+
+
+def pair_score(loaded, image: torch.Tensor, text: str, direction: int = 0) -> float:
+    """The checkpoint's score of one image-text pair, through the public encoders: direction 0
+    image->text, 1 text->image (they differ for token-wise FILIP)."""
+    model, needs = loaded.model, loaded.model.scoring_needs
+    with torch.no_grad():
+        images = model.image_record(loaded.image_transform(image)[None], tokens="image_tokens" in needs)
+        texts = model.text_record(loaded.tokenizer([text]), tokens="text_tokens" in needs)
+        return float(model.score(images, texts)[direction][0, 0])
+
+
+@pytest.fixture(scope="module")
+def clip(trained_run):
+    return load_checkpoint(trained_run("clip", *FP32))
+
+
+@pytest.fixture(scope="module")
+def filip(trained_run):
+    return load_checkpoint(trained_run("filip", *FP32))
+
+
+def test_shapesworld_suites_reproduce_the_runs_own_test_numbers(clip) -> None:
+    run_metrics = json.loads((clip.path.parent.parent / "metrics.json").read_text())
+    h = clip.datamodule.hparams
+    for suite in shapesworld_suites(h.seed, h.image_size, h.max_objects, h.test_samples, probe_train_samples=8):
+        if isinstance(suite, ClassificationSuite):
+            task = suite.name.split("/")[1]
+            got = zeroshot_classification(clip, suite)["metrics"]["acc1"]
+            assert got == pytest.approx(run_metrics[f"zeroshot/shapesworld_test/{task}/top1"], abs=1e-6), task
+        else:
+            got = zeroshot_retrieval(clip, suite)["metrics"]
+            assert got["text_retrieval_recall@1"] == pytest.approx(run_metrics["retrieval/shapesworld_test/i2t_R@1"], abs=1e-6)
+            assert got["image_retrieval_recall@1"] == pytest.approx(run_metrics["retrieval/shapesworld_test/t2i_R@1"], abs=1e-6)
+
+
+@pytest.mark.parametrize("which", ["clip", "filip"])
+def test_zeroshot_classification_matches_a_naive_loop(which: str, request) -> None:
+    loaded = request.getfixturevalue(which)
+    images, labels = scenes(12), [i % 6 for i in range(12)]
+    classnames = ["circle", "square", "triangle", "star", "ring", "cross"]
+    templates = ["a {}", "a picture of a {}"]
+    suite = ClassificationSuite(
+        "toy", classnames, templates, Items([{"image": x, "label": y} for x, y in zip(images, labels)])
+    )
+    got = zeroshot_classification(loaded, suite, batch_size=5)["metrics"]
+    # Naive: per image and class, the ensemble score (cosine to the renormalised mean of the
+    # template embeddings; for a scoring term, the mean of its template scores).
+    scores = np.zeros((12, 6))
+    for i, image in enumerate(images):
+        for c, name in enumerate(classnames):
+            prompts = [t.format(name) for t in templates]
+            if loaded.model.scorer is None:
+                with torch.no_grad():
+                    text = loaded.model.encode_text(loaded.tokenizer(prompts)).mean(0)
+                    image_embedding = loaded.model.encode_image(loaded.image_transform(image)[None])[0]
+                scores[i, c] = float(image_embedding @ (text / text.norm()))
+            else:
+                scores[i, c] = np.mean([pair_score(loaded, image, p) for p in prompts])
+    ranking = np.argsort(-scores, axis=1)
+    assert got["acc1"] == pytest.approx(np.mean([ranking[i, 0] == labels[i] for i in range(12)]), abs=1e-6)
+    assert got["acc5"] == pytest.approx(np.mean([labels[i] in ranking[i, :5] for i in range(12)]), abs=1e-6)
+    per_class = [np.mean([ranking[i, 0] == c for i in range(12) if labels[i] == c]) for c in range(6)]
+    assert got["mean_per_class_recall"] == pytest.approx(np.mean(per_class), abs=1e-6)
+
+
+def test_top5_is_not_reported_below_five_classes(clip) -> None:
+    suite = ClassificationSuite("two", ["circle", "square"], ["a {}"], Items([{"image": x, "label": 0} for x in scenes(3)]))
+    metrics = zeroshot_classification(clip, suite)["metrics"]
+    assert metrics["acc5"] is None and 0 <= metrics["acc1"] <= 1
+
+
+@pytest.mark.parametrize("which", ["clip", "filip"])
+def test_retrieval_recall_with_several_captions_matches_a_naive_loop(which: str, request) -> None:
+    loaded = request.getfixturevalue(which)
+    images = scenes(7, seed=1)
+    captions = [
+        ["a red circle", "a circle"],
+        ["a blue square"],
+        ["two objects", "a picture of two objects", "a green star"],
+        ["a circle"],  # the same string as one of image 0's captions
+        ["a yellow ring"],
+        ["three objects", "a white cross"],
+        ["a small purple diamond"],
+    ]
+    suite = RetrievalSuite("toy", Items([{"image": x} for x in images]), captions)
+    got = zeroshot_retrieval(loaded, suite, batch_size=3)["metrics"]
+    texts = [t for c in captions for t in c]
+    i2t_scores = np.array([[pair_score(loaded, image, t, 0) for t in texts] for image in images])
+    t2i_scores = np.array([[pair_score(loaded, image, t, 1) for t in texts] for image in images])
+    for k in (1, 5, 10):
+        i2t = np.mean([any(texts[j] in captions[i] for j in np.argsort(-i2t_scores[i])[:k]) for i in range(7)])
+        t2i = np.mean([any(texts[j] in captions[i] for i in np.argsort(-t2i_scores[:, j])[:k]) for j in range(len(texts))])
+        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(i2t, abs=1e-6), k
+        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(t2i, abs=1e-6), k
+
+
+@pytest.mark.parametrize("which", ["clip", "filip"])
+def test_selection_probe_matches_a_naive_loop(which: str, request) -> None:
+    loaded = request.getfixturevalue(which)
+    images = scenes(9, seed=2)
+    items = [
+        {"image": x, "positive": p, "negatives": n}
+        for x, p, n in zip(
+            images,
+            ["a red circle", "two objects", "there is no star"] * 3,
+            [["a blue circle"], ["one object", "three objects"], ["there is no circle", "there is no ring", "a ring"]] * 3,
+        )
+    ]
+    got = selection_probe(loaded, ProbeSuite("toy", Items(items)), chunk=4)
+    correct = [
+        pair_score(loaded, item["image"], item["positive"]) > max(pair_score(loaded, item["image"], n) for n in item["negatives"])
+        for item in items
+    ]
+    assert got["acc"] == pytest.approx(np.mean(correct))
+    assert got["chance"] == pytest.approx(np.mean([1 / (1 + len(item["negatives"])) for item in items]))
+    assert got["n"] == 9 and got["ci95"][0] <= got["acc"] <= got["ci95"][1]
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+
+
+def test_text_pair_similarity_is_the_cosine_of_the_two_texts(clip) -> None:
+    pairs = {"synonym": [("a red circle", "a red disk"), ("a big box", "a large box")]}
+    got = text_pair_similarities(clip, pairs)["synonym"]
+    with torch.no_grad():
+        expected = [float(clip.model.encode_text(clip.tokenizer([a])) @ clip.model.encode_text(clip.tokenizer([b])).T) for a, b in pairs["synonym"]]
+    assert [s for _, _, s in got["pairs"]] == pytest.approx(expected, abs=1e-5)
+    assert got["mean"] == pytest.approx(np.mean(expected), abs=1e-5) and got["unknown_word_fraction"] == 0.0
+    english = text_pair_similarities(clip, {"synonym": [("a photo of a car", "a photo of an automobile")]})["synonym"]
+    assert english["unknown_word_fraction"] > 0  # "car", "automobile" are not ShapesWorld words
+
+
+def test_linear_probe_picks_the_regularisation_with_the_best_validation_accuracy() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 3
+    y = rng.integers(0, 4, 400)
+    x = centres[y] + rng.normal(size=(400, 16))
+    probe, chosen = fit_linear_probe(x, y, seed=0)
+    assert chosen["val_acc1"] == max(chosen["val_acc1_by_C"].values())
+    assert probe.C == chosen["C"] and probe.score(x, y) > 0.9
+
+
+# ---- the command line ----------------------------------------------------------------------
+def analysis_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="")
+    return subprocess.run(
+        [sys.executable, "-m", "analysis", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_report_writes_json_figures_markdown_and_tensorboard(trained_run, tmp_path: Path) -> None:
+    run = trained_run("clip")
+    result = analysis_cli("report", "--ckpt", str(run.parent), "--samples", "16", "--tsne-points", "40", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run / "analysis"
+    for name in ("zeroshot.json", "geometry.json", "probes.json", "report.json", "report.md"):
+        assert (out / name).is_file(), name
+    for figure in ("tsne", "pca", "gap_shift", "probes", "text_similarity"):
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
+    records = json.loads((out / "zeroshot.json").read_text())["records"]
+    assert {"dataset", "model", "task", "metrics"} <= set(records[0])
+    assert {r["task"] for r in records} == {"zeroshot_classification", "linear_probe", "zeroshot_retrieval"}
+    report = json.loads((out / "report.json").read_text())["metrics"]
+    assert "geometry/modality_gap" in report and "probes/shapesworld/negation/acc" in report
+    assert "zeroshot/shapesworld/color_shape_heldout/top1" in report
+    assert "![tsne](figures/tsne.png)" in (out / "report.md").read_text()
+    assert not list(out.rglob("*.tmp"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert "analysis/tsne" in events.Tags()["images"]
+    assert "geometry/modality_gap" in events.Tags()["scalars"]
+    assert (run / "projector_config.pbtxt").is_file()
+
+
+def test_embed_saves_embeddings_with_metadata(trained_run, tmp_path: Path) -> None:
+    run = trained_run("clip")
+    result = analysis_cli("embed", "--ckpt", str(run), "--samples", "6", "--suite", "shapesworld", "--out", str(tmp_path / "e"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(tmp_path / "e" / "embeddings" / "shapesworld-shape.pt", weights_only=True)
+    loaded = load_checkpoint(run)
+    suite = shapesworld_suites(0, 64, 3, 6)[0]
+    with torch.no_grad():
+        expected = loaded.model.encode_image(torch.stack([loaded.image_transform(suite.test[i]["image"]) for i in range(6)]))
+    torch.testing.assert_close(saved["image"], expected, atol=1e-5, rtol=1e-5)
+    assert saved["labels"].tolist() == [suite.test[i]["label"] for i in range(6)]
+    assert len(saved["texts"]) == saved["text"].shape[0] == len(saved["text_labels"])
+    retrieval = torch.load(tmp_path / "e" / "embeddings" / "shapesworld.pt", weights_only=True)
+    assert retrieval["texts"][0] == shapesworld_suites(0, 64, 3, 6)[-1].captions[0][0]
+
+
+def test_digits_suite_through_the_cli(trained_run, tmp_path: Path) -> None:
+    result = analysis_cli("zeroshot", "--ckpt", str(trained_run("clip")), "--suite", "digits", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "zeroshot.json").read_text())["metrics"]
+    assert 0 <= metrics["zeroshot/digits/top1"] <= 1 and metrics["linear_probe/digits/top1"] > 0.5  # pixels are decodable
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["zeroshot", "--ckpt", "missing.ckpt"], "checkpoint not found: missing.ckpt"),
+        (["zeroshot", "--ckpt", "corrupt.ckpt"], "cannot read checkpoint"),
+        (["zeroshot", "--ckpt", "RUN", "--suite", "imagenet"], "unknown suite 'imagenet'"),
+        (["zeroshot", "--ckpt", "RUN", "--suite", "cifar10"], "needs a path"),
+        (["zeroshot", "--ckpt", "RUN", "--suite", "imagefolder:nowhere"], "nowhere"),
+    ],
+)
+def test_bad_input_ends_with_one_line(args: list[str], message: str, trained_run, tmp_path: Path) -> None:
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint at all")
+    run = str(trained_run("clip"))
+    result = analysis_cli(*[run if a == "RUN" else a for a in args], "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_checkpoints_that_do_not_describe_themselves_are_refused(trained_run, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained_run("clip") / "checkpoints" / "last.ckpt", weights_only=True)
+    without_data = {k: v for k, v in checkpoint.items() if k != "datamodule_hyper_parameters"}
+    torch.save(without_data, tmp_path / "a.ckpt")
+    with pytest.raises(UserError, match="datamodule_hyper_parameters"):
+        load_checkpoint(tmp_path / "a.ckpt")
+    extra = dict(checkpoint, state_dict=dict(checkpoint["state_dict"], stray=torch.zeros(1)))
+    torch.save(extra, tmp_path / "b.ckpt")
+    with pytest.raises(UserError, match="unexpected keys stray"):
+        load_checkpoint(tmp_path / "b.ckpt")
+    foreign = dict(checkpoint, datamodule_hyper_parameters={"_class_path": "somewhere_else.Data"})
+    torch.save(foreign, tmp_path / "c.ckpt")
+    with pytest.raises(UserError, match="outside this suite's packages"):
+        load_checkpoint(tmp_path / "c.ckpt")
+
+
+def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path: Path) -> None:
+    def fail(file) -> None:
+        file.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(tmp_path / "x.json", fail)
+    assert list(tmp_path.iterdir()) == []
+    write_json(tmp_path / "y.json", {"a": float("nan"), "b": [1.0]})
+    assert json.loads((tmp_path / "y.json").read_text()) == {"a": None, "b": [1.0]}
