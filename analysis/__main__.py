@@ -25,6 +25,13 @@ from variants.errors import UserError
 COMMANDS = ("embed", "zeroshot", "geometry", "probes", "report")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     from analysis.suites import SPECS
 
@@ -38,10 +45,12 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--suite", nargs="+", default=["shapesworld"], help=f"suites: {', '.join(SPECS)}")
         if name in ("probes", "report"):
             sub.add_argument("--probes", nargs="+", default=["shapesworld"], help="'shapesworld' or probe JSON files")
-        sub.add_argument("--samples", type=int, default=1000, help="ShapesWorld images per task (default 1000)")
+        sub.add_argument(
+            "--samples", type=_positive, help="ShapesWorld images per task and per probe (default: the run's test_samples)"
+        )
         sub.add_argument("--templates", help="prompt templates file for imagefolder suites ('{}' = class name)")
         sub.add_argument("--images-root", dest="images_root", help="where Karpathy-JSON / probe-file image paths start")
-        sub.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+        sub.add_argument("--batch-size", dest="batch_size", type=_positive, default=256)
         sub.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
         sub.add_argument("--precision", choices=("32", "bf16"), default="32", help="bf16 autocast is faster on AMX CPUs")
         sub.add_argument("--seed", type=int, default=0)
@@ -50,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
         if name in ("zeroshot", "report"):
             sub.add_argument("--no-linear-probe", dest="linear_probe", action="store_false")
         if name in ("geometry", "report"):
-            sub.add_argument("--tsne-points", dest="tsne_points", type=int, default=2000)
+            sub.add_argument("--tsne-points", dest="tsne_points", type=_positive, default=2000)
         if name == "report":
             sub.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     return main
@@ -73,7 +82,7 @@ def run(argv: list[str] | None = None) -> dict:
     if args.command == "embed":
         result = commands.embed(loaded, suites, out, tokens=args.tokens, **embed)
     elif args.command == "zeroshot":
-        result = commands.zeroshot_benchmarks(loaded, suites, out, linear_probe=args.linear_probe, **embed)["metrics"]
+        result = commands.zeroshot_benchmarks(loaded, suites, out, args.linear_probe, args.seed, **embed)["metrics"]
     elif args.command == "geometry":
         result = commands.geometry_analysis(loaded, suites, out, tsne_points=args.tsne_points, seed=args.seed, **embed)
         result = result["metrics"] | {"figures": result["figures"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,14 @@ class LoadedCheckpoint:
     name: str  # e.g. "clip/version_0": the run, for result tables
     global_step: int
 
+    @property
+    def global_note(self) -> str | None:
+        """Why the global embeddings say little, or None: with no term training them (FILIP
+        alone) they are the frozen random projections; token-wise scoring is unaffected."""
+        if any(term.needs_global for term in self.model.terms.values()):
+            return None
+        return "no term trains the global embeddings (token-wise FILIP only): measures on them describe untrained projections"
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory: the newest ``checkpoints/last.ckpt`` under it."""
@@ -47,7 +56,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = sorted(path.rglob("checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UserError(f"no checkpoints/last.ckpt under {path}: pass --ckpt a .ckpt file or a run directory")
-        return found[-1]
+        names = sorted({str(p.parent.parent.parent) for p in found})  # runs/<name>/version_<n>/checkpoints
+        if len(names) > 1:
+            raise UserError(
+                f"{path} holds checkpoints of {len(names)} different runs ({', '.join(names[:5])}"
+                f"{', ...' if len(names) > 5 else ''}): pass one run directory or a .ckpt file"
+            )
+        return found[-1]  # the newest version of the one run
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     return path
@@ -67,6 +82,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
                 "`python -m experiments fit` (it records the towers, terms and data it was trained with)"
             )
     model_config = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+    _require_class_configs(model_config, path)
     _import_trusted(_class_paths(model_config))
     model = _instantiate(ContrastiveModule, model_config, path, "model")
     _load_weights(model, checkpoint["state_dict"], path)
@@ -92,9 +108,26 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     )
 
 
+def _require_class_configs(config: dict, path: Path) -> None:
+    """The parts must be recorded as {class_path, init_args}: a bare string would make jsonargparse
+    import whatever module it names, past the trusted-package check. The weights come from the
+    checkpoint, so a pretrained backbone is not loaded (nor looked for) again."""
+    parts = [config.get("vision_tower"), config.get("text_tower"), *(config.get("terms") or [])]
+    if not config.get("terms") or not all(isinstance(part, dict) and "class_path" in part for part in parts):
+        raise UserError(
+            f"checkpoint {path} does not record its towers and terms as class_path/init_args configs; "
+            "analysis needs a checkpoint written by `python -m experiments fit`"
+        )
+    for tower in (config["vision_tower"], config["text_tower"]):
+        if "pretrained" in (tower.get("init_args") or {}):
+            tower["init_args"] = dict(tower["init_args"], pretrained=False)
+
+
 def _instantiate(cls: type, config: dict, path: Path, what: str) -> Any:
     try:
-        return instantiate_module(cls, config)
+        with warnings.catch_warnings():  # Lightning's own call of a jsonargparse API it deprecated
+            warnings.filterwarnings("ignore", message=".*instantiate_classes.*")
+            return instantiate_module(cls, config)
     except UserError:
         raise
     except Exception as error:

@@ -23,6 +23,7 @@ from datamodules.shapesworld.probes import text_pairs
 from variants.errors import UserError
 from variants.metrics import class_embeddings
 
+MIN_GEOMETRY_POINTS = 10
 GAP_SHIFTS = tuple(float(x) for x in np.round(np.linspace(-1.0, 1.5, 11), 2))
 
 
@@ -87,7 +88,7 @@ def _save_torch(payload: dict, file) -> None:
 
 
 def zeroshot_benchmarks(
-    loaded: LoadedCheckpoint, suites: list, out: Path, linear_probe: bool = True, **embed_kwargs
+    loaded: LoadedCheckpoint, suites: list, out: Path, linear_probe: bool = True, seed: int = 0, **embed_kwargs
 ) -> dict:
     """Zero-shot classification, retrieval and linear probes -> ``out/zeroshot.json``."""
     records = []
@@ -95,7 +96,7 @@ def zeroshot_benchmarks(
         if isinstance(suite, ClassificationSuite):
             records.append(zeroshot.zeroshot_classification(loaded, suite, **embed_kwargs))
             if linear_probe and suite.train is not None:
-                records.append(zeroshot.linear_probe(loaded, suite, **embed_kwargs))
+                records.append(zeroshot.linear_probe(loaded, suite, seed=seed, **embed_kwargs))
         elif isinstance(suite, RetrievalSuite):
             records.append(zeroshot.zeroshot_retrieval(loaded, suite, **embed_kwargs))
     result = {"records": records, "metrics": zeroshot.metric_names(records)}
@@ -116,10 +117,13 @@ def geometry_analysis(
     classes = next((s for s in suites if isinstance(s, ClassificationSuite)), None)
     if paired is None and classes is None:
         raise UserError("geometry needs a retrieval or a classification suite (e.g. --suite shapesworld)")
+    for suite, data in ((paired, paired and paired.images), (classes, classes and classes.test)):
+        if suite is not None and len(data) < MIN_GEOMETRY_POINTS:  # 5-fold separability, t-SNE
+            raise UserError(f"geometry needs >= {MIN_GEOMETRY_POINTS} images per suite, {suite.name} has {len(data)}: raise --samples")
     result: dict = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step}
-    if not any(term.needs_global for term in loaded.model.terms.values()):
-        result["note"] = "no term trains the global embeddings (token-wise FILIP only): they are untrained projections"
-        warnings.warn(result["note"])
+    if loaded.global_note:
+        result["note"] = loaded.global_note
+        warnings.warn(loaded.global_note)
     figures = {}
     gap = None
     if paired is not None:
@@ -188,6 +192,7 @@ def probe_analysis(
         "model": loaded.name,
         "checkpoint": str(loaded.path),
         "step": loaded.global_step,
+        **({"text_note": loaded.global_note} if loaded.global_note else {}),
         "text": text,
         "grounded": grounded,
         "figures": {name: str(save_figure(fig, out / "figures" / f"{name}.png")) for name, fig in figures.items()},

@@ -92,7 +92,7 @@ def selection_probe(
     flat = [text for item_captions in captions for text in item_captions]
     precision = embed_kwargs.get("precision", "32")
     texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} captions")
-    correct, chance, mistakes = 0, 0.0, []
+    correct, ties, chance, mistakes = 0, 0, 0.0, []
     offsets = [0]
     for item_captions in captions:
         offsets.append(offsets[-1] + len(item_captions))
@@ -101,8 +101,9 @@ def selection_probe(
         i2t, _ = loaded.model.score(_rows(images.encoded, slice(start, stop)), _rows(texts, slice(offsets[start], offsets[stop])))
         for i in range(start, stop):
             scores = i2t[i - start, offsets[i] - offsets[start] : offsets[i + 1] - offsets[start]]
-            right = bool(scores[0] > scores[1:].max())
+            right = bool(scores[0] > scores[1:].max())  # a tie is not a choice: counted wrong
             correct += right
+            ties += bool(scores[0] == scores[1:].max())
             chance += 1 / len(scores)
             if not right and len(mistakes) < examples:
                 chosen = int(scores[1:].argmax()) + 1
@@ -114,6 +115,7 @@ def selection_probe(
         "ci95": [low, high],
         "chance": chance / n,
         "n": n,
+        "ties": ties,
         "above_chance": low > chance / n,
         "mistakes": mistakes,
     }
@@ -157,7 +159,7 @@ def selection_figure(results: dict[str, dict]) -> Figure:
     ax.set_xticks(range(len(names)), [n.split("/")[-1].replace("_", " ") for n in names], rotation=20)
     ax.set_ylim(0, 1)
     ax.set_ylabel("pick the true caption")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=8, frameon=False)
     return fig
 
 

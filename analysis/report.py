@@ -31,7 +31,8 @@ def write_report(
     **embed_kwargs,
 ) -> dict:
     """Run every analysis, write ``out/report.md`` and ``out/report.json``; returns the latter."""
-    zeroshot = zeroshot_benchmarks(loaded, suites, out, linear_probe=linear_probe, **embed_kwargs)
+    (out / "report.json").unlink(missing_ok=True)  # never left beside results of another pass
+    zeroshot = zeroshot_benchmarks(loaded, suites, out, linear_probe=linear_probe, seed=seed, **embed_kwargs)
     geometry = geometry_analysis(loaded, suites, out, tsne_points=tsne_points, seed=seed, **embed_kwargs)
     probes = probe_analysis(loaded, probe_suites, out, **embed_kwargs)
     metrics = zeroshot["metrics"] | geometry["metrics"] | probes["metrics"]
@@ -65,7 +66,7 @@ def to_tensorboard(
                 writer.add_scalar(name, value, step)
         for name, path in figures.items():
             with Image.open(path) as image:
-                array = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+                array = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
             writer.add_image(f"analysis/{name}", array, step)
         suite = next((s for s in suites if isinstance(s, ClassificationSuite)), None)
         if suite is not None and projector_points > 0:
@@ -99,6 +100,8 @@ def _pct(value: float | None) -> str:
 def markdown(loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: dict, out: Path) -> str:
     """The human summary of a report directory, figures linked relatively."""
     lines = [f"# Analysis of {loaded.name} (step {loaded.global_step})", "", f"Checkpoint: `{loaded.path}`", ""]
+    if loaded.global_note:
+        lines += [f"Note: {loaded.global_note} (the linear probe, geometry and text-only probes use them).", ""]
     records = zeroshot["records"]
     probe_by_suite = {r["dataset"]: r["metrics"] for r in records if r["task"] == "linear_probe"}
     classification = [r for r in records if r["task"] == "zeroshot_classification"]
@@ -122,8 +125,6 @@ def markdown(loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: d
         lines += ["## Geometry", "", "| measure | value |", "| --- | ---: |"]
         lines += [f"| {name.removeprefix('geometry/')} | {value:.4g} |" for name, value in geometry["metrics"].items()]
         lines.append("")
-    if "note" in geometry:
-        lines += [f"Note: {geometry['note']}.", ""]
     if probes["grounded"]:
         lines += ["## Grounded probes (pick the true caption)", "", "| probe | accuracy % | 95% CI | chance % | n |",
                   "| --- | ---: | --- | ---: | ---: |"]  # fmt: skip

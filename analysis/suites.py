@@ -32,19 +32,21 @@ SPECS = ("shapesworld", "digits", "imagefolder:DIR", "cifar10:DIR", "cifar100:DI
 
 @dataclass
 class SuiteOptions:
-    samples: int = 1000  # ShapesWorld images per task; probe items per probe
+    samples: int | None = None  # ShapesWorld images per task and items per probe (None: the run's test_samples)
     templates: str | None = None  # a templates file for imagefolder suites
     images_root: str | None = None  # where Karpathy-JSON and probe-file image paths start
     seed: int = 0
 
 
-def _shapesworld_world(loaded: LoadedCheckpoint) -> dict:
-    """The run's world (seed, image size, objects) when it trained on ShapesWorld, else defaults."""
+def _shapesworld_world(loaded: LoadedCheckpoint, samples: int | None) -> dict:
+    """The run's world (seed, image size, objects, test size) when it trained on ShapesWorld, so
+    the numbers reproduce its test table; defaults otherwise."""
     h = getattr(loaded.datamodule, "hparams", {})
     return {
         "seed": h.get("seed", 0),
         "image_size": h.get("image_size", getattr(loaded.image_transform, "image_size", 64)),
         "max_objects": h.get("max_objects", 3),
+        "samples": samples or h.get("test_samples", 1000),
     }
 
 
@@ -56,8 +58,8 @@ def load_suites(specs: list[str], loaded: LoadedCheckpoint, options: SuiteOption
         if needs_path and not path:
             raise UserError(f"suite {kind!r} needs a path: --suite {kind}:{'JSON' if kind in ('coco', 'flickr30k') else 'DIR'}")
         if kind == "shapesworld":
-            world = _shapesworld_world(loaded)
-            suites += shapesworld_suites(samples=options.samples, probe_train_samples=2 * options.samples, **world)
+            world = _shapesworld_world(loaded, options.samples)
+            suites += shapesworld_suites(probe_train_samples=2 * world["samples"], **world)
         elif kind == "digits":
             suites.append(digits_suite(seed=options.seed))
         elif kind == "imagefolder":
@@ -76,8 +78,8 @@ def load_probe_suites(specs: list[str], loaded: LoadedCheckpoint, options: Suite
     suites: list[ProbeSuite] = []
     for spec in specs:
         if spec == "shapesworld":
-            world = _shapesworld_world(loaded)
-            suites += shapesworld_probes(world["seed"], world["image_size"], min(options.samples, 500))
+            world = _shapesworld_world(loaded, options.samples)
+            suites += shapesworld_probes(world["seed"], world["image_size"], world["samples"])
         elif spec.endswith(".json") or Path(spec).exists():
             suites.append(probe_file_suite(spec, images_root=options.images_root))
         else:

@@ -8,6 +8,9 @@ of the global embeddings, or the scoring term's (FILIP's token-wise similarity).
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -37,7 +40,7 @@ def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict) -> 
 
 
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
-    """acc1, acc5 (None below 5 classes: it would be trivially 1) and mean per-class recall."""
+    """acc1, acc5 (None below 5 classes, as in CLIP_benchmark) and mean per-class recall."""
     classes = scores.shape[1]
     return {
         "acc1": float(topk_accuracy(scores, labels, 1)),
@@ -58,7 +61,28 @@ def zeroshot_classification(loaded: LoadedCheckpoint, suite: ClassificationSuite
     precision = embed_kwargs.get("precision", "32")
     texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} prompts")
     scores = loaded.model.zeroshot_scores(images.encoded, texts, len(prompts[0]))
-    return record(loaded, suite.name, "zeroshot_classification", classification_metrics(scores, images.labels))
+    result = record(loaded, suite.name, "zeroshot_classification", classification_metrics(scores, images.labels))
+    result["prompt_check"] = prompt_check(loaded, prompts)
+    if result["prompt_check"]["indistinguishable_classes"]:
+        warnings.warn(
+            f"{suite.name}: {result['prompt_check']['indistinguishable_classes']} classes have prompts that "
+            "tokenise identically to another class's (unknown words?): they can only tie"
+        )
+    return result
+
+
+def prompt_check(loaded: LoadedCheckpoint, prompts: list[list[str]]) -> dict:
+    """How many classes the tokenizer cannot tell apart (identical ids for every template), and
+    the share of unknown words when the tokenizer has an <unk> id."""
+    ids = [tuple(map(tuple, loaded.tokenizer(class_prompts).tolist())) for class_prompts in prompts]
+    counts = Counter(ids)
+    check = {"indistinguishable_classes": sum(counts[i] for i in counts if counts[i] > 1)}
+    unk_id = getattr(loaded.tokenizer, "unk_id", None)
+    if unk_id is not None:
+        flat = loaded.tokenizer([p for class_prompts in prompts for p in class_prompts])
+        words = flat > 2  # after <pad>, <start>, <end>
+        check["unknown_word_fraction"] = float((flat == unk_id).sum() / words.sum().clamp(min=1))
+    return check
 
 
 def caption_positives(captions: list[list[str]]) -> tuple[list[str], torch.Tensor]:
@@ -89,10 +113,11 @@ def zeroshot_retrieval(loaded: LoadedCheckpoint, suite: RetrievalSuite, **embed_
     texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} captions")
     i2t, t2i = loaded.model.score(images.encoded, texts)
     metrics = {}
-    for k in RECALL_AT:
-        metrics[f"text_retrieval_recall@{k}"] = float(recall_at_k(i2t, positives, k))
-        metrics[f"image_retrieval_recall@{k}"] = float(recall_at_k(t2i.T, positives.T, k))
-    return record(loaded, suite.name, "zeroshot_retrieval", metrics)
+    n_images, n_texts = positives.shape
+    for k in RECALL_AT:  # None where k reaches every candidate (trivially 1)
+        metrics[f"text_retrieval_recall@{k}"] = float(recall_at_k(i2t, positives, k)) if k < n_texts else None
+        metrics[f"image_retrieval_recall@{k}"] = float(recall_at_k(t2i.T, positives.T, k)) if k < n_images else None
+    return record(loaded, suite.name, "zeroshot_retrieval", metrics) | {"n_images": n_images, "n_texts": n_texts}
 
 
 def fit_linear_probe(
@@ -107,6 +132,8 @@ def fit_linear_probe(
     fit_x, val_x, fit_y, val_y = train_test_split(
         train_x, train_y, test_size=val_fraction, random_state=seed, stratify=stratify
     )
+    if len(np.unique(fit_y)) < 2:
+        raise UserError(f"the linear probe's {len(train_y)} training images are too few to fit 2 classes: raise --samples")
     val_accuracy = {}
     for c in PROBE_C:
         probe = LogisticRegression(C=c, max_iter=2000).fit(fit_x, fit_y)
@@ -132,7 +159,10 @@ def linear_probe(loaded: LoadedCheckpoint, suite: ClassificationSuite, seed: int
     log_proba = probe.predict_log_proba(test.encoded.image.numpy())
     scores[:, torch.as_tensor(probe.classes_)] = torch.as_tensor(log_proba, dtype=torch.float64)
     metrics = {f"lp_{key}": value for key, value in classification_metrics(scores, test.labels).items()}
-    return record(loaded, suite.name, "linear_probe", metrics | chosen)
+    result = record(loaded, suite.name, "linear_probe", metrics | chosen)
+    if loaded.global_note:
+        result["note"] = loaded.global_note
+    return result
 
 
 def metric_names(records: list[dict]) -> dict[str, float]:
@@ -147,8 +177,9 @@ def metric_names(records: list[dict]) -> dict[str, float]:
                 flat[f"zeroshot/{name}/top5"] = m["acc5"]
         elif rec["task"] == "zeroshot_retrieval":
             for k in RECALL_AT:
-                flat[f"retrieval/{name}/i2t_R@{k}"] = m[f"text_retrieval_recall@{k}"]
-                flat[f"retrieval/{name}/t2i_R@{k}"] = m[f"image_retrieval_recall@{k}"]
+                for ours, theirs in (("i2t", "text"), ("t2i", "image")):
+                    if m[f"{theirs}_retrieval_recall@{k}"] is not None:
+                        flat[f"retrieval/{name}/{ours}_R@{k}"] = m[f"{theirs}_retrieval_recall@{k}"]
         elif rec["task"] == "linear_probe":
             flat[f"linear_probe/{name}/top1"] = m["lp_acc1"]
     return flat
