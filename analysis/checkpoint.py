@@ -56,7 +56,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = sorted(path.rglob("checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UserError(f"no checkpoints/last.ckpt under {path}: pass --ckpt a .ckpt file or a run directory")
-        names = sorted({str(p.parent.parent.parent) for p in found})  # runs/<name>/version_<n>/checkpoints
+        names = sorted({str(_run_key(p)) for p in found})
         if len(names) > 1:
             raise UserError(
                 f"{path} holds checkpoints of {len(names)} different runs ({', '.join(names[:5])}"
@@ -179,9 +179,17 @@ def _import_trusted(class_paths: list[str]) -> None:
         importlib.import_module(module)
 
 
+def _run_key(checkpoint: Path) -> Path:
+    """Which run a checkpoint belongs to: the versions of runs/<name>/version_<n>/ are one run
+    (its newest version is taken); a grid's runs/<grid>/<run>/ are each their own."""
+    run = checkpoint.parent.parent
+    return run.parent if run.name.startswith("version_") else run
+
+
 def _run_name(path: Path) -> str:
-    """runs/<name>/version_<n>/checkpoints/x.ckpt -> "<name>/version_<n>"; else the file stem."""
-    if path.parent.name == "checkpoints" and path.parent.parent.name.startswith("version_"):
+    """runs/<name>/version_<n>/checkpoints/x.ckpt -> "<name>/version_<n>" (a grid's
+    runs/<grid>/<run>/checkpoints/x.ckpt -> "<grid>/<run>"); else the file stem."""
+    if path.parent.name == "checkpoints":
         return f"{path.parent.parent.parent.name}/{path.parent.parent.name}"
     return path.stem
 

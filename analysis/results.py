@@ -8,14 +8,13 @@ one row per run, and ``summarize`` gives mean, std and a 95% confidence interval
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
-from scipy import stats
 
+from variants.metrics import mean_ci
 from variants.module import ContrastiveModule
 
 
@@ -45,20 +44,6 @@ def collect_runs(root: str | Path) -> list[dict]:
             }
         )
     return rows
-
-
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict:
-    """Mean, sample std and the Student-t confidence interval of the mean (None for n < 2)."""
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "std": None, "ci95": None, "n": 0}
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "std": None, "ci95": None, "n": 1}
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n}
 
 
 def summarize(rows: list[dict], metric: str, by: str = "name") -> dict[str, dict]:

@@ -1,4 +1,5 @@
-"""``python -m experiments fit --config experiments/configs/clip.yaml [--key value ...]``.
+"""``python -m experiments fit --config experiments/configs/clip.yaml [--key value ...]``, or
+``python -m experiments grid experiments/grids/<name>.yaml`` (see experiments/grid.py).
 
 User mistakes (a bad key or value, an unknown class_path, an incompatible setting, a
 non-finite loss) end with one line on stderr and exit code 2; set CLIP_VARIANTS_TRACEBACK=1
@@ -31,9 +32,15 @@ def one_line(error: BaseException) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    from experiments.cli import CLI
-
+    args = sys.argv[1:] if args is None else args
     try:
+        if args[:1] == ["grid"]:  # an ablation grid of runs (experiments/grid.py)
+            from experiments.grid import main as grid
+
+            grid(args[1:])
+            return
+        from experiments.cli import CLI
+
         CLI(args=args)
     except (UserError, ArgumentError) as error:
         if os.environ.get("CLIP_VARIANTS_TRACEBACK"):

@@ -19,8 +19,13 @@ CONFIGS = Path(__file__).parent / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+class ParsedOnly(Exception):
+    """Raised by ``CLI(parse_only=True)`` once the arguments parsed: nothing is instantiated."""
+
+
 class CLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, parse_only: bool = False) -> None:
+        self.parse_only = parse_only
         base = {"default_config_files": [str(CONFIGS / "base.yaml")]}
         super().__init__(
             ContrastiveModule,
@@ -50,6 +55,10 @@ class CLI(LightningCLI):
             help="After fit, evaluate the final weights on the test tasks and print the table.",
         )
 
+    def before_instantiate_classes(self) -> None:
+        if self.parse_only:
+            raise ParsedOnly
+
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
@@ -63,3 +72,12 @@ class CLI(LightningCLI):
             f"  metrics:     {Path(log_dir) / 'metrics.json'}\n"
             f"  TensorBoard: tensorboard --logdir {Path(log_dir).parent}"
         )
+
+
+def validate(args: list[str]) -> None:
+    """Parse ``args`` as a run would (keys, types, class paths), building nothing; a mistake
+    raises jsonargparse's ArgumentError or a UserError."""
+    try:
+        CLI(args=args, parse_only=True)
+    except ParsedOnly:
+        return
