@@ -5,6 +5,8 @@
     geometry   PCA, modality gap and its shift, uniformity/alignment, t-SNE  -> OUT/geometry.json
     probes     text-only pair similarities, grounded caption selection  -> OUT/probes.json
     report     all of the above + OUT/report.md + the run's TensorBoard
+    compare    ``python -m analysis compare runs/<grid>``: runs' TensorBoard curves and final
+               metrics by group (seeds pooled)  -> compare.{json,md,png}
 
 --ckpt takes a .ckpt file or a run directory (its newest checkpoints/last.ckpt). OUT defaults
 to <run directory>/analysis. A user mistake prints one ``error:`` line and exits with 2
@@ -36,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     from analysis.suites import SPECS
 
     main = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[1])
-    commands = main.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    commands = main.add_subparsers(dest="command", required=True, metavar="{" + ",".join((*COMMANDS, "compare")) + "}")
     for name in COMMANDS:
         sub = commands.add_parser(name)
         sub.add_argument("--ckpt", required=True, help="a .ckpt file or a run directory")
@@ -62,12 +64,21 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--tsne-points", dest="tsne_points", type=_positive, default=2000)
         if name == "report":
             sub.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    compare = commands.add_parser("compare")
+    compare.add_argument("runs", help="a folder of runs, e.g. runs/variants")
+    compare.add_argument("--out", help="output directory (default: the folder of runs)")
     return main
 
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` and run the command; returns its result dict."""
     args = parser().parse_args(argv)
+    if args.command == "compare":
+        from analysis.compare import compare
+
+        table = compare(args.runs, args.out)
+        print((Path(args.out or args.runs) / "compare.md").read_text())
+        return table
     from analysis import commands, report
     from analysis.checkpoint import load_checkpoint, run_directory
     from analysis.suites import SuiteOptions, load_probe_suites, load_suites

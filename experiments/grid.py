@@ -16,6 +16,7 @@ config.yaml, TensorBoard events, checkpoints/last.ckpt, metrics.json, and the gr
     seeds: [0, 1, 2]                     # seed_everything; runs differing only in it are one group
     run_name: "{config}-lr{model.lr}-s{seed}"   # {key} is the value ({config}: the file's stem)
     args: ["--trainer.precision", "32-true"]    # extra arguments of every run, last
+    slurm: {partition: gpu, time_min: 120, nodes: 1, gpus_per_node: 4, cpus_per_task: 8}  # --launcher slurm
 
 Every run is validated (keys, types, class paths, unique names) before any starts. Re-running
 skips finished runs (and failed ones unless --retry-failed); one failing run never stops the
@@ -37,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,8 @@ import yaml
 from variants.errors import UserError
 from variants.metrics import mean_ci
 
-GRID_KEYS = {"name", "configs", "product", "zip", "seeds", "run_name", "args", "runs_dir"}
+GRID_KEYS = {"name", "configs", "product", "zip", "seeds", "run_name", "args", "runs_dir", "slurm"}
+SLURM_KEYS = {"partition", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism"}
 STATUS = "grid_status.json"
 LOG_TAIL_LINES = 20
 
@@ -74,6 +77,7 @@ class Grid:
     name: str
     runs: list[Run] = field(default_factory=list)
     directory: Path = Path("runs")
+    slurm: dict = field(default_factory=dict)  # the grid file's `slurm:` section
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -105,6 +109,9 @@ def load_grid(path: str | Path) -> Grid:
     for config in configs + [str(c) for c in product.get("config", []) + zipped.get("config", [])]:
         if not Path(config).is_file():
             raise UserError(f"{path}: config file not found: {config}")
+    slurm = spec.get("slurm") or {}
+    if not isinstance(slurm, dict) or set(slurm) - SLURM_KEYS:
+        raise UserError(f"{path}: 'slurm' takes {', '.join(sorted(SLURM_KEYS))}; got {slurm!r}")
     template = spec.get("run_name") or "-".join([*(f"{{{k}}}" for k in (*product, *zipped)), "s{seed}"])
     directory = Path(spec.get("runs_dir", "runs")) / name
 
@@ -130,7 +137,7 @@ def load_grid(path: str | Path) -> Grid:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(f"{path}: run_name {template!r} gives duplicate run names ({', '.join(duplicates[:5])}): add the varying keys")
-    return Grid(name, runs, directory)
+    return Grid(name, runs, directory, slurm)
 
 
 def validate(grid: Grid) -> None:
@@ -143,7 +150,10 @@ def validate(grid: Grid) -> None:
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     for run in grid.runs:
         try:
-            validate_args(run.args)
+            with warnings.catch_warnings():  # LightningCLI warns that sys.argv is not what it parses
+                warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+                warnings.filterwarnings("ignore", message=".*was deprecated.*")  # jsonargparse APIs Lightning calls
+                validate_args(run.args)
         except (ArgumentError, UserError) as error:
             raise UserError(f"grid run {run.name}: {one_line(error)}") from None
 
@@ -194,15 +204,72 @@ def _should_run(run: Run, retry_failed: bool) -> bool:
     return status != "failed" or retry_failed
 
 
-def _run_one(run: Run, threads: int) -> dict:
+def run_slurm(grid: Grid, retry_failed: bool = False) -> list[Run]:
+    """Submit the pending runs as one submitit job array and wait for it. On a SLURM cluster
+    that is an sbatch array (partition, time, nodes, GPUs per node from the grid's `slurm:`
+    section; one task per GPU, so Lightning's devices == ntasks-per-node holds); elsewhere
+    submitit's local executor runs the same jobs as local processes."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--launcher slurm needs submitit: pip install -e '.[slurm]'") from None
+    todo = [run for run in grid.runs if _should_run(run, retry_failed)]
+    print(f"grid {grid.name}: {len(grid.runs)} runs, {len(todo)} to submit, {len(grid.runs) - len(todo)} skipped", file=sys.stderr)
+    if not todo:
+        return todo
+    s = grid.slurm
+    nodes, gpus = int(s.get("nodes", 1)), int(s.get("gpus_per_node", 0))
+    executor = submitit.AutoExecutor(folder=grid.directory / ".submitit")
+    executor.update_parameters(
+        name=f"grid-{grid.name}",
+        timeout_min=int(s.get("time_min", 60)),
+        nodes=nodes,
+        tasks_per_node=max(1, gpus),  # one process per GPU
+        gpus_per_node=gpus,
+        cpus_per_task=int(s.get("cpus_per_task", os.cpu_count() or 1)),
+        **({"mem_gb": s["mem_gb"]} if "mem_gb" in s else {}),
+        **({"slurm_partition": s["partition"]} if "partition" in s else {}),
+        slurm_array_parallelism=int(s.get("array_parallelism", len(todo))),
+    )
+    devices = ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(gpus)] if gpus else []
+    for run in todo:
+        run.directory.mkdir(parents=True, exist_ok=True)
+    jobs = executor.map_array(_array_task, [run.args + devices for run in todo], [str(run.directory) for run in todo])
+    for run, job in zip(todo, jobs):
+        _write_status(run, {"status": "submitted", "job_id": job.job_id, "seconds": 0.0})
+        print(f"  {run.name}: job {job.job_id}", file=sys.stderr)
+    for run, job in zip(todo, jobs):
+        try:
+            job.result()
+        except Exception as error:  # the job itself died (timeout, node failure): record it
+            _write_status(run, {"status": "failed", "exit_code": -1, "job_id": job.job_id, "seconds": 0.0,
+                                "log_tail": str(error).splitlines()[-LOG_TAIL_LINES:]})  # fmt: skip
+        print(f"  {run.name}: {run.status()['status']}", file=sys.stderr)
+    return todo
+
+
+def _array_task(args: list[str], directory: str) -> int:
+    """What every task of an array job runs: the training as a child process (it inherits the
+    SLURM environment, so Lightning sets up DDP across the tasks); rank 0 records the status."""
+    import submitit
+
+    rank = submitit.JobEnvironment().global_rank
+    run = Run(Path(directory).name, 0, {}, args, Path(directory))
+    status = _run_one(run, threads=int(os.environ.get("SLURM_CPUS_PER_TASK", os.cpu_count() or 1)), record=rank == 0,
+                      log_name="log.txt" if rank == 0 else f"log.rank{rank}.txt")  # fmt: skip
+    return status["exit_code"]
+
+
+def _run_one(run: Run, threads: int, record: bool = True, log_name: str = "log.txt") -> dict:
     run.directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), CLIP_VARIANTS_TRACEBACK="1")
     command = [sys.executable, "-m", "experiments", *run.args]
-    _write_status(run, {"status": "running", "command": command, "seconds": 0.0})
+    if record:
+        _write_status(run, {"status": "running", "command": command, "seconds": 0.0})
     start = time.perf_counter()
-    with open(run.directory / "log.txt", "w") as log:
+    with open(run.directory / log_name, "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    lines = (run.directory / "log.txt").read_text(errors="replace").splitlines()
+    lines = (run.directory / log_name).read_text(errors="replace").splitlines()
     status = {
         "status": "finished" if code == 0 else "failed",
         "exit_code": code,
@@ -210,7 +277,8 @@ def _run_one(run: Run, threads: int) -> dict:
         "command": command,
         "log_tail": lines[-LOG_TAIL_LINES:] if code else [],
     }
-    _write_status(run, status)
+    if record:
+        _write_status(run, status)
     return status
 
 
@@ -294,7 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments grid", description=__doc__.split("\n\n")[0])
     parser.add_argument("grid", help="a grid YAML file, e.g. experiments/grids/variants.yaml")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (each gets cores / workers threads)")
-    parser.add_argument("--launcher", choices=("local",), default="local")
+    parser.add_argument(
+        "--launcher", choices=("local", "slurm"), default="local",
+        help="local processes, or a submitit job array (SLURM where sbatch exists, else submitit's local executor)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     args = parser.parse_args(argv)
@@ -304,7 +375,10 @@ def main(argv: list[str] | None = None) -> None:
         for run in grid.runs:
             print(f"{run.name} [{run.status()['status']}]: python -m experiments {shlex.join(run.args)}")
         return
-    run_local(grid, args.workers, args.retry_failed)
+    if args.launcher == "slurm":
+        run_slurm(grid, args.retry_failed)
+    else:
+        run_local(grid, args.workers, args.retry_failed)
     csv_path, md_path = results(grid)
     print(Path(md_path).read_text())
     print(f"results: {csv_path}, {md_path}", file=sys.stderr)

@@ -385,3 +385,18 @@ def test_checkpoint_directories_and_records_are_checked(trained_run, tmp_path: P
     vision = dict(hp["vision_tower"], init_args=dict(hp["vision_tower"]["init_args"], pretrained=True))
     torch.save(dict(checkpoint, hyper_parameters=dict(hp, vision_tower=vision)), tmp_path / "pretrained.ckpt")
     assert load_checkpoint(tmp_path / "pretrained.ckpt").model.vision_tower is not None
+
+
+def test_compare_reads_the_event_files_into_groups(trained_run, tmp_path: Path) -> None:
+    from analysis.compare import compare, group_of
+
+    run = trained_run("clip")
+    table = compare(trained_run.root, tmp_path)
+    group = group_of(str(run.relative_to(trained_run.root)))
+    metrics = json.loads((run / "metrics.json").read_text())
+    entry = table[group]["metrics"]["zeroshot/shapesworld_test/shape/top1"]
+    assert entry["n"] == 1 and entry["mean"] == pytest.approx(metrics["zeroshot/shapesworld_test/shape/top1"])
+    assert (tmp_path / "compare.png").stat().st_size > 5000 and "| group | n |" in (tmp_path / "compare.md").read_text()
+    assert group_of("variants/clip-s2") == "variants/clip" and group_of("clip/version_3") == "clip"
+    with pytest.raises(UserError, match="no TensorBoard event files"):
+        compare(tmp_path)

@@ -1,0 +1,112 @@
+"""Compare runs from their TensorBoard event files: ``python -m analysis compare runs/<grid>``.
+
+Reads every run under the folder with TensorBoard's own EventAccumulator, groups the runs that
+differ only in their seed (a trailing ``-s<seed>`` of the run name, or the versions of one
+``runs/<name>/``), and writes ``compare.json`` / ``compare.md`` (final value of each metric:
+mean, std and 95% CI over seeds) and ``compare.png`` (curves per group: the mean over seeds
+with a band from the lowest to the highest seed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from analysis.io import save_figure, write_json, write_text
+from variants.errors import UserError
+from variants.metrics import mean_ci
+
+CURVES = (
+    "train/loss",
+    "zeroshot/shapesworld_val/shape/top1",
+    "zeroshot/shapesworld_val/color_shape_heldout/top1",
+    "retrieval/shapesworld_val/i2t_R@1",
+)
+SEED_SUFFIX = re.compile(r"[-_]s(eed)?\d+$")
+
+
+def read_runs(root: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{run directory (relative to root): {scalar tag: [(step, value), ...]}} for every folder
+    under ``root`` holding event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"not a folder of runs: {root}")
+    runs = {}
+    for directory in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
+        events = EventAccumulator(str(directory), size_guidance={"scalars": 0}).Reload()
+        scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+        runs[str(directory.relative_to(root)) or directory.name] = scalars
+    if not runs:
+        raise UserError(f"no TensorBoard event files under {root}: pass the folder a grid or runs were written to")
+    return runs
+
+
+def group_of(run: str) -> str:
+    """"clip-s0" -> "clip"; "clip/version_3" -> "clip" (seeds and versions are one group)."""
+    run = re.sub(r"/version_\d+$", "", run)
+    return SEED_SUFFIX.sub("", run)
+
+
+def compare(root: str | Path, out: str | Path | None = None, curves: tuple[str, ...] = CURVES) -> dict:
+    """Final-metric table and curve figure of every group of runs under ``root``."""
+    root = Path(root)
+    out = Path(out) if out else root
+    runs = read_runs(root)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        groups[group_of(run)].append(run)
+    finals = sorted({tag for scalars in runs.values() for tag in scalars if tag.startswith(("zeroshot/", "retrieval/"))})
+    table = {
+        group: {
+            "runs": members,
+            "metrics": {tag: mean_ci(runs[r][tag][-1][1] for r in members if tag in runs[r]) for tag in finals},
+        }
+        for group, members in sorted(groups.items())
+    }
+    write_json(out / "compare.json", table)
+    write_text(out / "compare.md", _markdown(table, [t for t in finals if "_test/" in t] or finals))
+    save_figure(curve_figure(runs, groups, [c for c in curves if any(c in s for s in runs.values())]), out / "compare.png")
+    return table
+
+
+def curve_figure(runs: dict, groups: dict[str, list[str]], curves: list[str]) -> Figure:
+    """One panel per metric; per group the mean over its runs at each logged step, with a band
+    from the lowest to the highest run (steps every run logged)."""
+    figure = Figure(figsize=(4.2 * max(1, len(curves)), 3.4), layout="constrained")
+    for k, tag in enumerate(curves):
+        ax = figure.add_subplot(1, max(1, len(curves)), k + 1)
+        for i, (group, members) in enumerate(sorted(groups.items())):
+            series = [dict(runs[r][tag]) for r in members if tag in runs[r]]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not steps:
+                continue
+            values = np.array([[s[step] for step in steps] for s in series])
+            ax.plot(steps, values.mean(0), color=f"C{i}", label=f"{group} (n={len(series)})")
+            if len(series) > 1:
+                ax.fill_between(steps, values.min(0), values.max(0), color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("step")
+        if k == 0:
+            ax.legend(fontsize=7)
+    return figure
+
+
+def _markdown(table: dict, metrics: list[str]) -> str:
+    def cell(stats: dict) -> str:
+        if stats["mean"] is None:
+            return "-"
+        spread = f" ± {100 * (stats['ci95'][1] - stats['mean']):.1f}" if stats["ci95"] else ""
+        return f"{100 * stats['mean']:.1f}{spread}"
+
+    labels = [m.split("/", 2)[-1].replace("/top1", "") for m in metrics]
+    lines = ["Final value, mean ± 95% CI half-width over seeds (%).", "",
+             "| group | n | " + " | ".join(labels) + " |", "| --- | ---: |" + " ---: |" * len(labels)]  # fmt: skip
+    for group, entry in table.items():
+        lines.append(f"| {group} | {len(entry['runs'])} | " + " | ".join(cell(entry["metrics"][m]) for m in metrics) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+"""The grid runner: expansion, validation before any run, failure isolation, skipping, results."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CONFIGS, REPO
+from experiments.grid import load_grid, validate
+from variants.errors import UserError
+
+
+def grid_file(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"runs_dir": str(tmp_path / "runs"), **spec}))
+    return path
+
+
+def test_product_zip_and_seeds_expand_into_named_runs(tmp_path: Path) -> None:
+    grid = load_grid(
+        grid_file(
+            tmp_path,
+            configs=[str(CONFIGS / "smoke.yaml")],
+            product={"config": [str(CONFIGS / "clip.yaml"), str(CONFIGS / "siglip.yaml")], "model.lr": [0.001, 0.0005]},
+            zip={"model.warmup_steps": [1, 2], "trainer.max_steps": [3, 4]},
+            seeds=[0, 1],
+        )
+    )
+    assert len(grid.runs) == 2 * 2 * 2 * 2
+    names = [run.name for run in grid.runs]
+    assert names[0] == "clip-0.001-1-3-s0" and len(set(names)) == len(names)
+    run = next(r for r in grid.runs if r.name == "siglip-0.0005-2-4-s1")
+    assert run.seed == 1 and run.values["trainer.max_steps"] == 4 and run.values["model.warmup_steps"] == 2
+    args = run.args
+    assert args[:3] == ["fit", "--config", str(CONFIGS / "smoke.yaml")]  # the grid's configs first
+    assert args[args.index(str(CONFIGS / "siglip.yaml")) - 1] == "--config"
+    assert args[args.index("--model.lr") + 1] == "0.0005" and args[args.index("--seed_everything") + 1] == "1"
+    assert args[args.index("--trainer.logger.init_args.name") + 1] == run.name
+    assert run.directory == tmp_path / "runs" / "g" / run.name
+    assert len({r.group for r in grid.runs}) == 8  # seeds share a group
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"prodcut": {"model.lr": [1]}}, "unknown grid key(s) prodcut"),
+        ({"zip": {"model.lr": [1, 2], "trainer.max_steps": [3]}}, "equal lengths"),
+        ({"product": {"model.lr": [0.1, 0.2]}, "run_name": "same"}, "duplicate run names (same)"),
+        ({"product": {"config": ["nowhere.yaml"]}}, "config file not found: nowhere.yaml"),
+        ({"seeds": "0"}, "'seeds' is a non-empty list of integers"),
+        ({"product": {"model.lr": [0.1]}, "run_name": "{model.lrr}"}, "run_name uses {model.lrr}"),
+        ({"product": {"model.lr": []}}, "non-empty lists"),
+    ],
+)
+def test_grid_mistakes_are_named(spec: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError) as error:
+        load_grid(grid_file(tmp_path, **spec))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "product, message",
+    [
+        ({"model.lrr": [0.1]}, "grid run 0.1-s0: unrecognized arguments: --model.lrr"),
+        ({"model.lr": ["fast"]}, 'grid run fast-s0: Parser key "model.lr"'),
+    ],
+)
+def test_every_run_is_validated_before_any_starts(product: dict, message: str, tmp_path: Path) -> None:
+    grid = load_grid(grid_file(tmp_path, configs=[str(CONFIGS / "clip.yaml")], product=product))
+    with pytest.raises(UserError) as error:
+        validate(grid)
+    assert message in str(error.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def run_grid(path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="")
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", "grid", str(path), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def test_a_failing_run_is_isolated_recorded_skipped_and_retried(tmp_path: Path) -> None:
+    path = grid_file(
+        tmp_path,
+        name="g",
+        configs=[str(CONFIGS / "clip.yaml"), str(CONFIGS / "smoke.yaml")],
+        product={"model.lr": [0.001, 1.0e30]},  # the second diverges: a non-finite loss
+        seeds=[0],
+        run_name="lr{model.lr}",
+    )
+    result = run_grid(path, "--workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "runs" / "g"
+    good, bad = (json.loads((root / name / "grid_status.json").read_text()) for name in ("lr0.001", "lr1e+30"))
+    assert good["status"] == "finished" and (root / "lr0.001" / "metrics.json").is_file()
+    assert bad["status"] == "failed" and bad["exit_code"] != 0
+    assert any("non-finite loss" in line for line in bad["log_tail"]), bad["log_tail"]
+    rows = {row["run"]: row for row in csv.DictReader((root / "results.csv").open())}
+    assert rows["lr0.001"]["status"] == "finished" and rows["lr1e+30"]["status"] == "failed"
+    assert 0 <= float(rows["lr0.001"]["zeroshot/shapesworld_test/shape/top1"]) <= 1
+    markdown = (root / "results.md").read_text()
+    assert "| model.lr=0.001 | 1/1 |" in markdown and "- lr1e+30: exit" in markdown
+    # The HParams dashboard gets the finished run's hyperparameters and final metrics.
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = {v.tag for f in (root / "lr0.001").glob("events.*") for e in EventFileLoader(str(f)).Load() for v in e.summary.value}
+    assert "_hparams_/experiment" in tags and "hp/zeroshot/shapesworld_test/shape/top1" in tags
+
+    again = run_grid(path)
+    assert "2 runs, 0 to run, 2 skipped" in again.stderr
+    retried = run_grid(path, "--retry-failed")
+    assert "2 runs, 1 to run, 1 skipped" in retried.stderr and "lr1e+30: failed" in retried.stderr
+
+
+def test_dry_run_lists_the_commands_and_runs_nothing(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, configs=[str(CONFIGS / "clip.yaml")], seeds=[3, 4])
+    result = run_grid(path, "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("s3 [pending]: python -m experiments fit --config")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_committed_grids_expand_and_validate() -> None:
+    cwd = Path.cwd()
+    os.chdir(REPO)  # grid files name configs relative to the repository root
+    try:
+        for path in sorted((REPO / "experiments" / "grids").glob("*.yaml")):
+            grid = load_grid(path)
+            validate(grid)
+            assert grid.runs, path.name
+        assert len(load_grid(REPO / "experiments" / "grids" / "variants.yaml").runs) == 7 * 3
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_trainer_presets_parse_with_a_preset() -> None:
+    from experiments.cli import validate as validate_args
+
+    for path in sorted((CONFIGS / "trainer").glob("*.yaml")):
+        header = path.read_text().splitlines()[0]
+        assert header.startswith("#"), path.name
+        validate_args(["fit", "--config", str(CONFIGS / "clip.yaml"), "--config", str(path)])
+
+
+def test_slurm_launcher_runs_the_array_with_submitits_local_executor(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    path = grid_file(
+        tmp_path,
+        name="array",
+        configs=[str(CONFIGS / "clip.yaml"), str(CONFIGS / "smoke.yaml")],
+        seeds=[0, 1],
+        slurm={"time_min": 10, "cpus_per_task": 1},
+    )
+    result = run_grid(path, "--launcher", "slurm")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "runs" / "array"
+    for name in ("s0", "s1"):
+        status = json.loads((root / name / "grid_status.json").read_text())
+        assert status["status"] == "finished" and (root / name / "metrics.json").is_file()
+    assert "| all | 2/2 |" in (root / "results.md").read_text()
+    assert "2 runs, 0 to submit, 2 skipped" in run_grid(path, "--launcher", "slurm").stderr
