@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from experiments.checkpointing import readable_checkpoint
 from variants.module import ContrastiveModule
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -59,6 +60,15 @@ class CLI(LightningCLI):
         if self.parse_only:
             raise ParsedOnly
 
+    def before_fit(self) -> None:
+        # `--ckpt_path last` resumes from last.ckpt; if that file is unreadable (a crash while the
+        # disk was full, a truncated copy), fall back to the newest readable step checkpoint.
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last" and self.trainer.log_dir is not None:
+            resumable = readable_checkpoint(Path(self.trainer.log_dir) / "checkpoints")
+            if resumable is not None:
+                config["ckpt_path"] = str(resumable)
+
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
@@ -81,3 +91,4 @@ def validate(args: list[str]) -> None:
         CLI(args=args, parse_only=True)
     except ParsedOnly:
         return
+

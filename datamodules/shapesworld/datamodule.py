@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import SSLViews
+from datamodules.sampling import ResumableSampler
 from datamodules.evaluation import EvalSuite, EvalTask
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
@@ -118,12 +121,12 @@ class ShapesWorldDataModule(pl.LightningDataModule):
     def eval_tasks(self, stage: str) -> list[EvalTask]:
         return [task for task, _ in self._eval_sets["test" if stage == "test" else "val"]]
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,  # DDP gathers need equal local batches
             num_workers=workers,
             persistent_workers=train and workers > 0,
@@ -131,7 +134,18 @@ class ShapesWorldDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, train=True)
+        # The order is a pure function of (seed, epoch) and a resumed run starts at the batch its
+        # checkpoint stopped at (Lightning restores the loop's progress before asking for data).
+        trainer = self.trainer
+        world, rank, epoch, done = 1, 0, 0, 0
+        if trainer is not None:
+            world, rank, epoch = trainer.world_size, trainer.global_rank, trainer.current_epoch
+            # processed, not completed: a step checkpoint is written before its batch counts as completed
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.seed))  # seed_everything varies the order
+        sampler = ResumableSampler(self.train_set, world, rank, seed, self.hparams.batch_size, skip_batches=done)
+        sampler.set_epoch(epoch)
+        return self._loader(self.train_set, self.hparams.batch_size, train=True, sampler=sampler)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         suite = EvalSuite([dataset for _, dataset in self._eval_sets[stage]])

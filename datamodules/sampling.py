@@ -1,0 +1,31 @@
+"""A training sampler that makes a run resumable at the exact batch it was interrupted at."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled by seed and epoch, this rank's share, incomplete batches
+    dropped) whose first pass can start ``skip_batches`` batches in.
+
+    The order of every epoch is a pure function of (seed, epoch), so a run resumed from a
+    mid-epoch checkpoint sees exactly the batches the interrupted run would have seen next;
+    Lightning calls ``set_epoch`` at every epoch start, as for any DistributedSampler.
+    """
+
+    def __init__(
+        self, dataset: Sized, num_replicas: int, rank: int, seed: int, batch_size: int, skip_batches: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        batches = self.num_samples // batch_size
+        # A checkpoint taken at the very end of an epoch resumes with the next, whole epoch.
+        self.skip = skip_batches * batch_size if 0 < skip_batches < batches else 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0  # only the first pass after a resume is shortened
+        return iter(indices[skip:])
