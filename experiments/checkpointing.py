@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -31,6 +33,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` always ends as the final weights.
+
+    With ``every_n_train_steps`` Lightning's ModelCheckpoint saves no epoch-end checkpoint, and
+    at the end of training it saves last.ckpt only if it never saved one: a run of 400 steps
+    checkpointed every 250 would end with the step-250 weights in last.ckpt. This one also saves
+    last.ckpt when training ends on a step it has not saved.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def readable_checkpoint(directory: Path) -> Path | None:

@@ -21,7 +21,7 @@ TESTS = Path(__file__).parent
 def overlay(tmp_path: Path, kill_at: int | None) -> Path:
     """Smoke run of 10 steps over epochs of 6 batches, checkpoints every 4 steps."""
     callbacks = [
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        {"class_path": "experiments.checkpointing.StepCheckpoint",
          "init_args": {"every_n_train_steps": 4, "filename": "{step}", "monitor": "step", "mode": "max",
                        "save_top_k": 2, "save_last": True}},
         {"class_path": "experiments.callbacks.FinalMetrics"},
@@ -55,7 +55,11 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp_path = tmp_path_factory.mktemp("whole")
     whole = fit(tmp_path, "--config", str(overlay(tmp_path, None)))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    return tmp_path / "runs" / "clip"
+    run = tmp_path / "runs" / "clip"
+    # last.ckpt ends as the final weights (step 10), though the last periodic save was at step 8.
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert sorted(p.name for p in (run / "checkpoints").glob("step=*")) == ["step=4.ckpt", "step=8.ckpt"]
+    return run
 
 
 @pytest.mark.parametrize("corrupt_last", [False, True], ids=["last", "corrupt-last"])
