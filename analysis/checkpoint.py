@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import instantiate_module
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import instantiate_module
 
 from variants.errors import UserError
 from variants.module import ContrastiveModule

@@ -18,8 +18,8 @@ from analysis import geometry, probes, zeroshot
 from analysis.checkpoint import LoadedCheckpoint
 from analysis.embed import embed_images, embed_texts
 from analysis.io import save_figure, write_atomic, write_json
-from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.shapesworld.probes import text_pairs
+from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from variants.errors import UserError
 from variants.metrics import class_embeddings
 

@@ -71,7 +71,7 @@ def main() -> None:
 
     forward = seconds(pure_forward)
     print(f"{loaded.name}, {args.images} images of {loaded.image_transform.image_size} px, batch {args.batch_size}, precision {args.precision}")
-    print(f"| path | seconds | images/s | vs pure forward |\n| --- | ---: | ---: | ---: |")
+    print("| path | seconds | images/s | vs pure forward |\n| --- | ---: | ---: | ---: |")
     print(f"| pure forward (pre-rendered batches) | {forward:.2f} | {args.images / forward:,.0f} | 1.00x |")
     for what, data, workers in (("in-memory images", rendered, 0), ("rendering on the fly", dataset, 0), ("rendering on the fly", dataset, 1)):
         took = seconds(

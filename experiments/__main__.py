@@ -16,7 +16,6 @@ from jsonargparse import ArgumentError
 
 from variants.errors import UserError
 
-
 # Lines of jsonargparse's nested reasons that say nothing the user can act on: the alternatives
 # of Optional[...] types, the union bookkeeping, the echo of the given value.
 _NOISE = re.compile(

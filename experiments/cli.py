@@ -91,4 +91,3 @@ def validate(args: list[str]) -> None:
         CLI(args=args, parse_only=True)
     except ParsedOnly:
         return
-

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import load_checkpoint
-from analysis.io import write_atomic, write_json
 from analysis.embed import embed_texts
+from analysis.io import write_atomic, write_json
 from analysis.probes import selection_probe, text_pair_similarities, wilson_interval
 from analysis.zeroshot import fit_linear_probe, zeroshot_classification, zeroshot_retrieval
-from conftest import REPO
 from datamodules.shapesworld import render, sample_scene
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.suites.shapesworld import shapesworld_suites

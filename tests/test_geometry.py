@@ -28,9 +28,9 @@ from analysis.geometry import (
     modality_separability,
     pca_figure,
     pca_summary,
+    plot_tsne,
     shift_embeddings,
     tsne_embedding,
-    plot_tsne,
     tsne_figure,
     uniformity,
 )

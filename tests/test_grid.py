@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, REPO
+
 from experiments.grid import load_grid, validate
 from variants.errors import UserError
 

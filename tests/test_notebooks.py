@@ -8,9 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
 from conftest import REPO
+from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("*.ipynb"))
 FIGURE = {

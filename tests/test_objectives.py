@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from terms import (
     TOY_TEXT,
     TOY_VISION,
@@ -21,6 +20,7 @@ from terms import (
     toy_batch,
     toy_model,
 )
+
 from variants.errors import UserError
 from variants.losses import clip_loss, cyclic_losses, filip_similarity, mmd2, siglip_loss
 from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, Term, TokenwiseInfoNCE

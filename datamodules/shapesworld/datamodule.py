@@ -9,13 +9,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import SSLViews
-from datamodules.sampling import ResumableSampler
 from datamodules.evaluation import EvalSuite, EvalTask
+from datamodules.sampling import ResumableSampler
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
 from datamodules.tokenizer import WordTokenizer
 from datamodules.transforms import EvalImageTransform
-
 
 MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
 

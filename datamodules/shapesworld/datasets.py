@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from datamodules.augment import SSLViews
-from variants.errors import UserError
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
+from variants.errors import UserError
 
 
 class CaptionedScenes(Dataset):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from variants.distributed import gather_with_grad
-from variants.losses import median_bandwidths, mmd2
 from variants.errors import UserError
+from variants.losses import median_bandwidths, mmd2
 from variants.objectives.base import Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
