@@ -283,9 +283,7 @@ def _run_one(run: Run, threads: int, record: bool = True, log_name: str = "log.t
 
 
 def _write_status(run: Run, status: dict) -> None:
-    temporary = run.directory / f".{STATUS}.tmp"
-    temporary.write_text(json.dumps(status, indent=2) + "\n")
-    os.replace(temporary, run.directory / STATUS)
+    _write(run.directory / STATUS, json.dumps(status, indent=2) + "\n")
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -352,6 +350,7 @@ def _cell(stats: dict) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
+    """Write through a temporary file and rename: a reader never sees half a file."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
