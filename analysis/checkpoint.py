@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import instantiate_module
 
+from datamodules.tokenizer.base import with_state
 from variants.errors import UserError
 from variants.module import ContrastiveModule
 
@@ -90,6 +91,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
     data_config = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k != "_instantiator"}
     _import_trusted(_class_paths(data_config))
+    _restore_tokenizer(data_config, checkpoint)
     datamodule = _instantiate(LightningDataModule, data_config, path, "datamodule")
     for attribute in ("tokenizer", "image_transform"):
         if not hasattr(datamodule, attribute):
@@ -111,7 +113,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 def _require_class_configs(config: dict, path: Path) -> None:
     """The parts must be recorded as {class_path, init_args}: a bare string would make jsonargparse
     import whatever module it names, past the trusted-package check. The weights come from the
-    checkpoint, so a pretrained backbone is not loaded (nor looked for) again."""
+    checkpoint, so a pretrained backbone or ``init_from`` file is not loaded (nor looked for) again."""
     parts = [config.get("vision_tower"), config.get("text_tower"), *(config.get("terms") or [])]
     if not config.get("terms") or not all(isinstance(part, dict) and "class_path" in part for part in parts):
         raise UserError(
@@ -121,6 +123,19 @@ def _require_class_configs(config: dict, path: Path) -> None:
     for tower in (config["vision_tower"], config["text_tower"]):
         if "pretrained" in (tower.get("init_args") or {}):
             tower["init_args"] = dict(tower["init_args"], pretrained=False)
+    config["init_from"] = None
+
+
+def _restore_tokenizer(data_config: dict, checkpoint: dict) -> None:
+    """Give the datamodule's tokenizer config the state the datamodule saved with the checkpoint
+    (Lightning stores ``datamodule.state_dict()`` under its class name; ours hold ``{"tokenizer":
+    tokenizer.state_dict()}``), so a trained BPE is rebuilt from the checkpoint even where its file
+    is gone or was retrained since."""
+    saved = checkpoint.get(str(data_config.get("_class_path", "")).rpartition(".")[2])
+    state = saved.get("tokenizer") if isinstance(saved, dict) else None
+    config = data_config.get("tokenizer")
+    if state and isinstance(config, dict) and "class_path" in config:
+        data_config["tokenizer"] = with_state(config, state)
 
 
 def _instantiate(cls: type, config: dict, path: Path, what: str) -> Any:

@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 
 from torch.utils.data import DistributedSampler
+
+
+@dataclass(frozen=True)
+class TrainingPosition:
+    """Where a (possibly resumed) run stands when it asks for its training loader."""
+
+    world: int = 1
+    rank: int = 0
+    epoch: int = 0
+    done_batches: int = 0  # batches of this epoch already trained (a resumed run skips them)
+    step: int = 0
+    seed: int = 0
+
+
+def training_position(trainer, default_seed: int) -> TrainingPosition:
+    """The trainer's position (Lightning restores the loop's progress before asking for data);
+    the seed is seed_everything's, so that `--seed_everything` varies the order too."""
+    seed = int(os.environ.get("PL_GLOBAL_SEED", default_seed))
+    if trainer is None:
+        return TrainingPosition(seed=seed)
+    return TrainingPosition(
+        world=trainer.world_size,
+        rank=trainer.global_rank,
+        epoch=trainer.current_epoch,
+        # processed, not completed: a step checkpoint is written before its batch counts as completed
+        done_batches=trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        step=trainer.global_step,
+        seed=seed,
+    )
 
 
 class ResumableSampler(DistributedSampler):

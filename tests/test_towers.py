@@ -84,3 +84,41 @@ def test_text_tower_pools_at_the_end_token_whatever_the_padding() -> None:
 def test_text_longer_than_the_context_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="context_length 12"):
         _text_tower()(torch.ones(1, 13, dtype=torch.long))
+
+
+def test_padding_id_inside_a_text_is_not_padding() -> None:
+    """CLIP's BPE pads with 0, which is also the id of "!" inside a word: the end token is the
+    last non-padding position, and a 0 before it is an ordinary token."""
+    tower = _text_tower()
+    ids = torch.tensor([[1, 30, 0, 31, 2, 0, 0]])
+    embedding, tokens, mask = tower(ids, return_tokens=True)
+    assert mask.tolist() == [[True] * 5 + [False] * 2]
+    torch.testing.assert_close(embedding, torch.nn.functional.normalize(tower.proj(tokens[:, 4]), dim=-1))
+
+
+@pytest.mark.parametrize("pool", ["first", "mean"])
+def test_bidirectional_text_tower_sees_the_whole_text_and_ignores_padding(pool: str) -> None:
+    tower = _text_tower(causal=False, pool=pool)
+    ids = torch.tensor([[1, 30, 31, 32, 2]])
+    padded = torch.nn.functional.pad(ids, (0, 4))
+    embedding, tokens, mask = tower(ids, return_tokens=True)
+    # Padding is masked out of the keys: any amount of it leaves every real position unchanged.
+    embedding_padded, tokens_padded, _ = tower(padded, return_tokens=True)
+    torch.testing.assert_close(embedding, embedding_padded)
+    torch.testing.assert_close(tokens, tokens_padded[:, :5])
+    # Bidirectional: a change at the last word reaches the first position.
+    changed = ids.clone()
+    changed[0, 3] = 40
+    _, tokens_changed, _ = tower(changed, return_tokens=True)
+    assert not torch.allclose(tokens[:, 0], tokens_changed[:, 0])
+    pooled = tokens[:, 0] if pool == "first" else tokens[0, mask[0]].mean(dim=0, keepdim=True)
+    torch.testing.assert_close(embedding, torch.nn.functional.normalize(tower.proj(pooled), dim=-1))
+
+
+def test_text_tower_options_are_checked() -> None:
+    with pytest.raises(UserError, match="causal text tower sees only the start"):
+        _text_tower(pool="first")
+    with pytest.raises(UserError, match="unknown text pooling 'cls'"):
+        _text_tower(causal=False, pool="cls")
+    with pytest.raises(UserError, match="unknown activation 'swishy'"):
+        _text_tower(act_layer="swishy")

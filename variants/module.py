@@ -18,6 +18,7 @@ from torch import nn
 from variants.errors import NonFiniteLossError, UserError
 from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
 from variants.objectives.base import Term
+from variants.pretrained import init_towers
 from variants.towers import Encoded, TextTower, VisionTower
 
 
@@ -34,6 +35,9 @@ class ContrastiveModule(pl.LightningModule):
         betas, eps: AdamW's (CLIP: 0.9/0.98, 1e-6).
         warmup_steps: linear warm-up from lr/warmup_steps to lr, then cosine decay.
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        init_from: start from the tower weights (and learned logit scale) of a local checkpoint:
+            an OpenAI CLIP or open_clip file (``variants.pretrained``) or a suite ``.ckpt``. The
+            towers must have the checkpoint's shapes; any terms can be trained from there.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class ContrastiveModule(pl.LightningModule):
         eps: float = 1e-6,
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():
@@ -73,6 +78,8 @@ class ContrastiveModule(pl.LightningModule):
             for tower in (vision_tower, text_tower):
                 tower.proj.requires_grad_(False)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+        if init_from is not None:
+            init_towers(self, init_from)
 
     @property
     def scorer(self) -> Term | None:

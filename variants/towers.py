@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import get_act_layer
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -119,11 +122,14 @@ class TextTower(nn.Module):
 
     Token + learned positional embedding, ``depth`` pre-LayerNorm blocks with a causal mask, a
     final LayerNorm, the features at each row's end-of-text position, a linear projection to
-    ``embed_dim``, L2 normalisation.
+    ``embed_dim``, L2 normalisation. With ``causal=False`` and ``pool="first"`` or ``"mean"`` it
+    is a BERT-style bidirectional encoder (ALIGN, Jia et al. 2021): every position attends to
+    every real token, padding is masked out of the keys.
 
-    The end-of-text position is the last real token of each row, found from the padding mask
-    (``token_ids != pad_id``), never from ``argmax(token_ids)``: OpenAI's trick pools at the
-    wrong place when the end id is not the largest id of the vocabulary.
+    The end-of-text position is the last non-padding token of each row, never
+    ``argmax(token_ids)``: OpenAI's trick pools at the wrong place when the end id is not the
+    largest id of the vocabulary. Padding may only follow the end token, but the padding id may
+    also occur inside a text (CLIP's BPE pads with 0, the id of "!").
 
     Args:
         vocab_size: number of token ids (linked from the data's tokenizer by the CLI).
@@ -131,6 +137,11 @@ class TextTower(nn.Module):
         width, depth, heads, mlp_ratio: transformer size.
         embed_dim: size of the joint embedding space (must match the vision tower's).
         pad_id: id of the padding token; padding must only follow the end token.
+        act_layer: the MLP's activation, a timm name: "gelu", or "quick_gelu" for OpenAI's weights.
+        causal: causal self-attention (CLIP) or bidirectional (BERT, ALIGN).
+        pool: the global feature: "eot" (end-of-text token, CLIP), "first" (the start token,
+            BERT's [CLS]) or "mean" (mean over the real tokens).
+        norm_eps: epsilon of the blocks' LayerNorms (timm's 1e-6; OpenAI's weights use 1e-5).
     """
 
     def __init__(
@@ -143,16 +154,36 @@ class TextTower(nn.Module):
         mlp_ratio: float = 4.0,
         embed_dim: int = 128,
         pad_id: int = 0,
+        act_layer: str = "gelu",
+        causal: bool = True,
+        pool: Literal["eot", "first", "mean"] = "eot",
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if width % heads:
             raise UserError(f"text tower width {width} is not divisible by heads {heads}")
+        if pool not in ("eot", "first", "mean"):
+            raise UserError(f"unknown text pooling '{pool}'; use 'eot', 'first' or 'mean'")
+        if causal and pool != "eot":
+            raise UserError(
+                f"pool='{pool}' with a causal text tower sees only the start of the text; "
+                "use pool='eot', or causal=false for a bidirectional (BERT-style) tower"
+            )
         self.embed_dim, self.token_dim = embed_dim, width
         self.context_length, self.pad_id = context_length, pad_id
+        self.causal, self.pool = causal, pool
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)
+            Block(
+                width,
+                heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=True,
+                act_layer=_activation(act_layer),
+                norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+            )
+            for _ in range(depth)
         )
         self.ln_final = nn.LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim, bias=False)
@@ -181,14 +212,29 @@ class TextTower(nn.Module):
                 f"text of {length} tokens exceeds the text tower's context_length "
                 f"{self.context_length}; tokenize with the same context length"
             )
-        mask = token_ids != self.pad_id
+        positions = torch.arange(length, device=token_ids.device)
+        last = torch.where(token_ids != self.pad_id, positions, 0).amax(dim=1)  # the end token
+        mask = positions <= last[:, None]
         x = self.token_embedding(token_ids) + self.positional_embedding[:length]
+        # Causal: padding follows the end token, so no position up to it can see padding and no
+        # key mask is needed. Bidirectional: padding is masked out of every row's keys.
+        attn_mask = None if self.causal else mask[:, None, None, :]
         for block in self.blocks:
-            # Causal attention: padding follows the end token, so no position before it can
-            # see padding and no key-padding mask is needed for the pooled or token outputs.
-            x = block(x, is_causal=True)
+            x = block(x, attn_mask=attn_mask, is_causal=self.causal)
         x = self.ln_final(x)
-        eot = mask.sum(dim=1).clamp(min=1) - 1
-        pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+        if self.pool == "eot":
+            pooled = x[torch.arange(x.shape[0], device=x.device), last]
+        elif self.pool == "first":
+            pooled = x[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
         embedding = F.normalize(self.proj(pooled), dim=-1)
         return embedding, (x if return_tokens else None), mask
+
+
+def _activation(name: str) -> type[nn.Module]:
+    try:
+        return get_act_layer(name)
+    except (KeyError, ValueError) as error:
+        raise UserError(f"unknown activation '{name}' for the text tower; use e.g. 'gelu' or 'quick_gelu'") from error

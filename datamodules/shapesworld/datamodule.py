@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import SSLViews
 from datamodules.evaluation import EvalSuite, EvalTask
-from datamodules.sampling import ResumableSampler
+from datamodules.sampling import ResumableSampler, training_position
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
 from datamodules.tokenizer import WordTokenizer
@@ -135,15 +133,9 @@ class ShapesWorldDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # The order is a pure function of (seed, epoch) and a resumed run starts at the batch its
         # checkpoint stopped at (Lightning restores the loop's progress before asking for data).
-        trainer = self.trainer
-        world, rank, epoch, done = 1, 0, 0, 0
-        if trainer is not None:
-            world, rank, epoch = trainer.world_size, trainer.global_rank, trainer.current_epoch
-            # processed, not completed: a step checkpoint is written before its batch counts as completed
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        seed = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.seed))  # seed_everything varies the order
-        sampler = ResumableSampler(self.train_set, world, rank, seed, self.hparams.batch_size, skip_batches=done)
-        sampler.set_epoch(epoch)
+        at = training_position(self.trainer, self.hparams.seed)
+        sampler = ResumableSampler(self.train_set, at.world, at.rank, at.seed, self.hparams.batch_size, at.done_batches)
+        sampler.set_epoch(at.epoch)
         return self._loader(self.train_set, self.hparams.batch_size, train=True, sampler=sampler)
 
     def _eval_loader(self, stage: str) -> DataLoader:

@@ -1,13 +1,8 @@
-"""Tokenizers: texts -> padded int64 id tensors for the text tower.
+"""A word-level tokenizer (HF ``tokenizers``) for closed vocabularies such as ShapesWorld's.
 
-:class:`TextTokenizer` is the interface every datamodule's ``tokenizer`` follows (the CLI links its
-``vocab_size`` and ``context_length`` to the text tower; the analysis calls it on prompts).
-
-:class:`WordTokenizer`, a word-level tokenizer (HF ``tokenizers``) for closed vocabularies such as
-ShapesWorld's. Ids: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, then the words. Every text becomes
-``<start> words <end>`` padded with <pad> (to ``context_length``, or to the longest text of the
-batch); longer texts are truncated and still end with <end>, so the text tower's end-of-text
-pooling always finds it.
+Ids: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, then the words. Every text becomes ``<start> words <end>``
+padded with <pad> (to ``context_length``, or to the longest text of the batch); longer texts are
+truncated and still end with <end>, so the text tower's end-of-text pooling always finds it.
 """
 
 from __future__ import annotations
@@ -17,33 +12,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from datamodules.tokenizer.base import END, PAD, SPECIALS, START, UNK, TextTokenizer
 from variants.errors import UserError
-
-PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
-SPECIALS = (PAD, START, END, UNK)
-
-
-class TextTokenizer:
-    """Interface: ``tokenizer(texts, pad_to_context=True) -> LongTensor [B, L]``.
-
-    Every row is ``<start> ... <end>`` followed only by ``pad_id``; texts too long for
-    ``context_length`` are truncated and still end with the end token. ``unk_id`` is the id of
-    unknown words, or None when nothing is unknown (byte-level BPE).
-    """
-
-    pad_id: int = 0
-    unk_id: int | None = None
-    context_length: int
-
-    @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
-
-    def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decode(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError
 
 
 class WordTokenizer(TextTokenizer):

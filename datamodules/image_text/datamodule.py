@@ -1,0 +1,296 @@
+"""ImageTextDataModule: train and evaluate on the user's own image-caption data, on local disk."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.evaluation import EvalSuite, EvalTask
+from datamodules.image_text.rows import ImageTextRows, StreamingImageText
+from datamodules.image_text.sources import (
+    DEFAULT_COLUMNS,
+    FORMATS,
+    RowNames,
+    captioned,
+    load_segments,
+    load_stream,
+    resolve_files,
+)
+from datamodules.sampling import ResumableSampler, training_position
+from datamodules.suites.files import warn_skipped
+from datamodules.tokenizer import TextTokenizer
+from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform
+from variants.errors import UserError
+
+SKIPPED_METRIC = "data/skipped_rows"
+
+
+class Collate:
+    """Stacks the (already normalised) images and tokenises the captions in one call.
+
+    Training batches are padded to their longest caption, evaluation batches to the full
+    context so that rows of different batches compare. "skipped" (rows skipped or replaced to
+    fill this batch) is summed for the datamodule to log.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, pad_to_context: bool) -> None:
+        self.tokenizer, self.pad_to_context = tokenizer, pad_to_context
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {
+            "image": torch.stack([item["image"] for item in items]),
+            "text": self.tokenizer([item["caption"] for item in items], pad_to_context=self.pad_to_context),
+        }
+        if "index" in items[0]:
+            batch["index"] = torch.tensor([item["index"] for item in items])
+        if "task" in items[0]:  # evaluation (datamodules.evaluation): retrieval rows have no label
+            batch["task"] = torch.tensor([item["task"] for item in items])
+            batch["label"] = torch.full((len(items),), -1)
+        if "skipped" in items[0]:
+            batch["skipped"] = torch.tensor(sum(item["skipped"] for item in items))
+        return batch
+
+
+class ImageTextDataModule(pl.LightningDataModule):
+    """Image-caption pairs from local files through HF ``datasets``' local builders.
+
+    Formats (``format``), with the default ``image_column`` / ``caption_column``:
+
+    - ``imagefolder``: a folder of images with ``metadata.jsonl`` (or .csv) giving ``file_name``
+      and the caption (``image`` / ``text``); ``train_files`` names the folder.
+    - ``csv`` / ``tsv``: image paths, relative to the csv's folder, and captions (open_clip's
+      ``filepath`` / ``title``).
+    - ``parquet``: encoded image bytes, as an HF ``Image`` column or raw binary (``image`` / ``text``).
+    - ``webdataset``: tar shards, ``000001.jpg`` + ``000001.txt`` per sample (``jpg`` / ``txt``),
+      streamed for training (data larger than memory or disk cache; no exact resume, see
+      ``StreamingImageText``); evaluation shards are read into the cache.
+
+    Empty captions are dropped up front and counted; an image that fails to decode is replaced
+    in training by another row (batches stay full for DDP) and dropped from evaluation sets; counts
+    are warned per split and logged as ``data/skipped_rows``. The datasets load in ``setup``, not
+    here, so that the analysis can rebuild the tokenizer and transforms from a checkpoint on a
+    machine without the data.
+
+    Args:
+        tokenizer: captions -> ids (e.g. ``datamodules.tokenizer.CLIPTokenizer``); the CLI links
+            its ``vocab_size`` and ``context_length`` to the text tower.
+        format: one of imagefolder, csv, tsv, parquet, webdataset.
+        train_files: a path, a glob (``**`` recursive), a folder, or a list of them.
+        val_files: evaluated every ``trainer.val_check_interval`` steps as the retrieval task
+            ``retrieval/<name>_val`` (i2t/t2i R@1); None: no validation.
+        test_files: the same, as ``retrieval/<name>_test``, after fit and by ``test``.
+        image_column, caption_column: column names; None takes the format's default above.
+        name: the data's name in metric names.
+        image_size: side of the square images the vision tower sees.
+        mean, std: per-channel normalisation of pixels in [0, 1] (CLIP's by default; a pretrained
+            tower needs the statistics it was trained with).
+        crop_scale: area range of the training RandomResizedCrop (open_clip: 0.9-1.0).
+        batch_size: training batch per process (incomplete batches are dropped).
+        eval_batch_size: evaluation batch per process.
+        num_workers: DataLoader worker processes decoding images.
+        seed: training order (a run's ``seed_everything`` takes precedence, as for ShapesWorld).
+        cache_dir: where HF ``datasets`` writes its Arrow copies of csv/parquet/imagefolder
+            tables (None: HF's default, ``$HF_HOME/datasets``).
+        resampled: webdataset only: draw shards with replacement, forever (open_clip's
+            ``--dataset-resampled``), instead of passes over this rank's shards.
+        shuffle_buffer: webdataset only: rows held to shuffle the stream.
+    """
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        train_files: str | list[str],
+        format: Literal["imagefolder", "csv", "tsv", "parquet", "webdataset"] = "csv",
+        val_files: str | list[str] | None = None,
+        test_files: str | list[str] | None = None,
+        image_column: str | None = None,
+        caption_column: str | None = None,
+        name: str = "image_text",
+        image_size: int = 224,
+        mean: tuple[float, float, float] = CLIP_MEAN,
+        std: tuple[float, float, float] = CLIP_STD,
+        crop_scale: tuple[float, float] = (0.9, 1.0),
+        batch_size: int = 256,
+        eval_batch_size: int = 256,
+        num_workers: int = 4,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        resampled: bool = False,
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Under LightningCLI the tokenizer is saved as its class_path config, which the analysis
+        # rebuilds; an object (a datamodule built in Python) cannot be saved that way.
+        if not isinstance(self.hparams["tokenizer"], dict):
+            self.remove_ignored_hparams(["tokenizer"])
+        if format not in FORMATS:
+            raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        self.tokenizer = tokenizer
+        self.image_column = image_column or DEFAULT_COLUMNS[format][0]
+        self.caption_column = caption_column or DEFAULT_COLUMNS[format][1]
+        # What the analysis applies to outside images (any size or mode) to match evaluation input.
+        self.image_transform = EvalImageTransform(image_size, mean, std)
+        self.train_transform = TrainImageTransform(image_size, mean, std, scale=crop_scale)
+        self.train_set: ImageTextRows | None = None  # map-style formats
+        self._stream = None  # webdataset: HF's streaming dataset of every shard
+        self._eval_sets: dict[str, ImageTextRows] = {}
+        # Rows skipped per split and reason, e.g. {"val": {"empty captions": 1}}; training adds
+        # "unreadable images" (replacements on this process) and "streamed rows" as batches arrive.
+        self.skipped: dict[str, dict[str, int]] = {}
+        self._train_upfront = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+    # ---- loading ------------------------------------------------------------------------
+    def _source(self, split: str) -> str:
+        return f"{self.hparams.name} {split} ({self.hparams.format})"
+
+    def _files(self, split: str) -> list[Path]:
+        return resolve_files(self.hparams[f"{split}_files"], self.hparams.format, f"data {split}_files")
+
+    def _rows(self, split: str, transform: Callable[[Image.Image], torch.Tensor], verify: bool) -> ImageTextRows:
+        h, source = self.hparams, self._source(split)
+        segments = load_segments(self._files(split), h.format, self.image_column, self.caption_column, h.cache_dir)
+        empty = RowNames(self.image_column)
+        for segment in segments:
+            segment.keep = captioned(segment, self.caption_column)
+            empty.add(segment, np.setdiff1d(np.arange(len(segment.rows)), segment.keep))
+        total = sum(len(segment.rows) for segment in segments)
+        dataset = ImageTextRows(segments, self.image_column, self.caption_column, transform, source)
+        unreadable = dataset.drop_unreadable() if verify else []
+        self.skipped[split] = {"empty captions": len(empty), "unreadable images": len(unreadable)}
+        if self._rank_zero():
+            warn_skipped(source, [("empty captions", empty, total), ("unreadable images", unreadable, total)])
+        if len(dataset) == 0:
+            raise UserError(f"{source}: no row with a caption{' and a readable image' if verify else ''} in {h[f'{split}_files']}")
+        return dataset
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if stage == "fit" and self.train_set is None and self._stream is None:
+            if h.format == "webdataset":
+                self._stream = load_stream(self._files("train"), self.image_column, self.caption_column, h.cache_dir)
+                self.skipped["train"] = {"streamed rows": 0}  # the rank's stream is built in train_dataloader
+            else:
+                self.train_set = self._rows("train", self.train_transform, verify=False)
+                self._train_upfront = sum(self.skipped["train"].values())
+        for split in ("val", "test"):
+            wanted = stage in ("fit", "validate") if split == "val" else stage == "test"
+            if wanted and h[f"{split}_files"] is not None and split not in self._eval_sets:
+                self._eval_sets[split] = self._rows(split, self.image_transform, verify=True)
+
+    def eval_tasks(self, stage: str) -> list[EvalTask]:
+        split = "test" if stage == "test" else "val"
+        if self.hparams[f"{split}_files"] is None:
+            return []
+        return [EvalTask(f"retrieval/{self.hparams.name}_{split}", "retrieval")]
+
+    # ---- loaders ------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=train,  # DDP gathers need equal local batches
+            num_workers=workers,
+            persistent_workers=train and workers > 0,
+            collate_fn=Collate(self.tokenizer, pad_to_context=not train),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None and self._stream is None:
+            self.setup("fit")
+        h = self.hparams
+        at = training_position(self.trainer, h.seed)
+        if h.format == "webdataset":
+            dataset = StreamingImageText(
+                self._stream, self.image_column, self.caption_column, self.train_transform,
+                seed=(at.seed * 1_000_003 + at.step) % 2**32, rank=at.rank, world_size=at.world, resampled=h.resampled,
+                shuffle_buffer=h.shuffle_buffer, source=self._source("train"),
+            )  # fmt: skip
+            return self._loader(dataset, h.batch_size, train=True)
+        if len(self.train_set) < h.batch_size * at.world:
+            raise UserError(
+                f"{self._source('train')}: {len(self.train_set)} usable rows, fewer than one batch "
+                f"(data.batch_size {h.batch_size} x {at.world} processes)"
+            )
+        # Exact resume as for ShapesWorld: the order is a pure function of (seed, epoch), and a
+        # resumed run starts at the batch its checkpoint stopped at.
+        sampler = ResumableSampler(self.train_set, at.world, at.rank, at.seed, h.batch_size, at.done_batches)
+        sampler.set_epoch(at.epoch)
+        return self._loader(self.train_set, h.batch_size, train=True, sampler=sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        if split not in self._eval_sets:
+            return []  # no evaluation data: Lightning runs no evaluation loop
+        return self._loader(EvalSuite([self._eval_sets[split]]), self.hparams.eval_batch_size, train=False)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    # ---- skipped-row accounting -----------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Takes the batch's "skipped" count out (the model has no use for it) and, in training,
+        adds it up and logs the total every ``log_every_n_steps`` steps."""
+        skipped = batch.pop("skipped", None) if isinstance(batch, dict) else None
+        trainer = self.trainer
+        if skipped is None or trainer is None or not trainer.training:
+            return batch
+        reason = "streamed rows" if self.hparams.format == "webdataset" else "unreadable images"
+        counts = self.skipped.setdefault("train", {})
+        counts[reason] = counts.get(reason, 0) + int(skipped)
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:  # the same step on every rank
+            self._log_skipped(trainer, counts[reason])
+        return batch
+
+    def _log_skipped(self, trainer: pl.Trainer, local: int) -> None:
+        # Summed over ranks (a collective: every rank is at this step); the up-front count of
+        # empty captions is the same on every rank, so it is added once.
+        total = trainer.strategy.reduce(torch.tensor(float(local), device=trainer.strategy.root_device), reduce_op="sum")
+        value = float(total) + self._train_upfront
+        for logger in trainer.loggers:
+            logger.log_metrics({SKIPPED_METRIC: value}, step=trainer.global_step)
+        # callback_metrics is the trainer's live dict (not a copy): the FinalMetrics callback then
+        # writes the count to metrics.json with the metrics the module logged.
+        trainer.callback_metrics[SKIPPED_METRIC] = torch.tensor(value)
+
+    def teardown(self, stage: str) -> None:
+        counts = self.skipped.get("train", {})
+        replaced = counts.get("unreadable images", 0) if self.hparams.format != "webdataset" else 0
+        streamed = counts.get("streamed rows", 0)
+        if stage == "fit" and (replaced or streamed):
+            what = f"replaced {replaced} unreadable images" if replaced else f"skipped {streamed} streamed rows"
+            warnings.warn(f"{self._source('train')}: this process {what} while training (see {SKIPPED_METRIC})", stacklevel=2)
+
+    def _rank_zero(self) -> bool:
+        return self.trainer is None or self.trainer.global_rank == 0
+
+    # ---- checkpoint -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The tokenizer's state (a trained BPE's vocabulary), so a checkpoint rebuilds it when the
+        files it came from are gone; restoring it is the analysis' job."""
+        state = getattr(self.tokenizer, "state_dict", None)
+        return {"tokenizer": state() if callable(state) else {}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the data is re-read from ``train_files``, the tokenizer is rebuilt
+        from the config (and this state) before the datamodule exists."""

@@ -1,0 +1,17 @@
+"""Tokenizers: texts -> padded int64 id tensors for the text tower.
+
+:class:`TextTokenizer` is the interface every datamodule's ``tokenizer`` follows (the CLI links its
+``vocab_size`` and ``context_length`` to the text tower; the analysis calls it on prompts).
+
+- :class:`WordTokenizer`: word-level, for closed vocabularies such as ShapesWorld's.
+- :class:`CLIPTokenizer`: OpenAI CLIP's BPE, ids identical to open_clip's ``tokenize``.
+- :class:`BPETokenizer`: a BPE trained on your captions with ``python -m datamodules.tokenizer train``,
+  saved with the run's checkpoint (``state_dict``).
+"""
+
+from datamodules.tokenizer.base import TextTokenizer
+from datamodules.tokenizer.bpe import BPETokenizer
+from datamodules.tokenizer.clip import CLIPTokenizer
+from datamodules.tokenizer.word import WordTokenizer
+
+__all__ = ["BPETokenizer", "CLIPTokenizer", "TextTokenizer", "WordTokenizer"]

@@ -1,0 +1,58 @@
+"""The interface every tokenizer follows, and the special tokens of the suite's own vocabularies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIALS = (PAD, START, END, UNK)  # ids 0..3 in the suite's own vocabularies (word-level, trained BPE)
+
+
+class TextTokenizer:
+    """Interface: ``tokenizer(texts, pad_to_context=True) -> LongTensor [B, L]``.
+
+    Every row is ``<start> ... <end>`` followed only by ``pad_id``; texts too long for
+    ``context_length`` are truncated and still end with the end token. ``unk_id`` is the id of
+    unknown words, or None when nothing is unknown (byte-level BPE).
+
+    ``state_dict()`` is what a checkpoint must carry to rebuild the tokenizer when the files it
+    was built from are gone: its keys are init arguments, so ``cls(**init_args, **state)`` restores
+    it (``analysis.checkpoint`` does this before rebuilding a datamodule).
+    """
+
+    pad_id: int = 0
+    unk_id: int | None = None
+    context_length: int
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Init arguments that make the tokenizer rebuildable from a checkpoint alone; ``{}`` when its
+        init arguments (recorded with the run's config) are enough."""
+        return {}
+
+
+def with_state(config: dict, state: dict) -> dict:
+    """A tokenizer's ``{class_path, init_args}`` config with its saved ``state_dict()`` merged into the
+    init arguments: instantiating it restores the tokenizer the state was saved from."""
+    return {**config, "init_args": {**(config.get("init_args") or {}), **state}}
+
+
+def padded(rows: list[list[int]], width: int, pad_id: int) -> torch.Tensor:
+    """Rows of ids -> int64 [B, max(width, longest row)], right-padded with ``pad_id`` (filled row by
+    row in numpy: several times faster than ``torch.tensor`` on nested lists)."""
+    out = np.full((len(rows), max(width, *map(len, rows)) if rows else width), pad_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)

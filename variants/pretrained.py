@@ -1,0 +1,331 @@
+"""Import OpenAI CLIP and open_clip checkpoints (local files) into the suite's towers.
+
+The vision transformer becomes a timm CLIP-layout ViT (``vit_*_clip_*``) inside a
+:class:`~variants.towers.VisionTower`, the text transformer a :class:`~variants.towers.TextTower`
+(causal, end-of-text pooling, the same layout as OpenAI's), and the learned logit scale the
+temperature of an :class:`~variants.objectives.InfoNCE` term, so that
+
+    model = load_open_clip("ViT-B-32", "/models/ViT-B-32.pt")
+    model.encode_image(images), model.encode_text(CLIPTokenizer()(texts))
+
+give the embeddings open_clip gives (tested to 1e-5 on ViT-B-32). The architecture is read from
+the weights' shapes, as OpenAI's ``build_model`` does; the activation is the one thing the
+weights do not tell: OpenAI's models use QuickGELU (TorchScript archives and names ending in
+``-quickgelu`` select it), open_clip's own configs GELU.
+
+Files are read with ``torch.load(weights_only=True)`` (state dicts, open_clip's
+``{"state_dict": ...}`` training checkpoints), safetensors, or ``torch.jit.load`` for OpenAI's
+TorchScript archives, whose code is TorchScript, not pickled Python. Nothing is downloaded.
+
+    python -m variants.pretrained --model ViT-B-32 --checkpoint /models/ViT-B-32.pt --out runs/imported/vit-b-32.ckpt
+
+writes a suite checkpoint that every ``python -m analysis`` command reads, and that
+``ContrastiveModule(init_from=...)`` fine-tunes with any objective.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from variants.errors import UserError
+from variants.objectives import InfoNCE
+from variants.towers import TextTower, VisionTower
+
+# Entries of OpenAI's archives that are not weights (OpenAI's build_model drops them too).
+NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+_VIT_SIZES = {384: "small", 512: "medium", 768: "base", 1024: "large", 1280: "huge"}
+
+
+@dataclass(frozen=True)
+class CLIPArchitecture:
+    """The shapes of an OpenAI-layout CLIP ViT, read from its weights."""
+
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_depth: int
+    embed_dim: int
+    vocab_size: int
+    context_length: int
+    text_width: int
+    text_depth: int
+    head_width: int = 64  # OpenAI's and open_clip's attention head width
+    quick_gelu: bool = False
+
+    def vision_config(self) -> dict:
+        """The vision tower as a ``class_path`` config (what a checkpoint records)."""
+        size = _VIT_SIZES.get(self.vision_width, "base")
+        quick = "quickgelu_" if self.quick_gelu else ""
+        # The name only labels the recorded config: every shape is passed explicitly.
+        name = f"vit_{size}_patch{self.patch_size}_clip_{quick}{self.image_size}"
+        init_args = {
+            "model_name": name if _is_timm_model(name) else "vit_base_patch16_clip_224",
+            "embed_dim": self.embed_dim,
+            "model_kwargs": {
+                "img_size": self.image_size,
+                "patch_size": self.patch_size,
+                "embed_dim": self.vision_width,
+                "depth": self.vision_depth,
+                "num_heads": self.vision_width // self.head_width,
+                "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
+            },
+        }
+        return {"class_path": "variants.towers.VisionTower", "init_args": init_args}
+
+    def text_config(self) -> dict:
+        """The text tower as a ``class_path`` config: OpenAI's layout (causal, end-of-text pooling)."""
+        init_args = {
+            "vocab_size": self.vocab_size,
+            "context_length": self.context_length,
+            "width": self.text_width,
+            "depth": self.text_depth,
+            "heads": self.text_width // self.head_width,
+            "embed_dim": self.embed_dim,
+            "pad_id": 0,
+            "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
+            "norm_eps": 1e-5,
+        }
+        return {"class_path": "variants.towers.TextTower", "init_args": init_args}
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """A checkpoint file -> (flat state dict, whether it was a TorchScript archive)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), False
+    if _is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu").state_dict(), True
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # open_clip's training checkpoints
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return state, False
+
+
+def infer_architecture(state: dict[str, torch.Tensor], quick_gelu: bool = False) -> CLIPArchitecture:
+    """Shapes of an OpenAI-layout CLIP ViT from its state dict; a clear error for other layouts."""
+    if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
+        if any(key.startswith("visual.layer1.") for key in state):
+            kind = "a ModifiedResNet vision tower (RN50, RN101, ...)"
+        elif any(key.startswith(("visual.trunk.", "text.")) for key in state):
+            kind = "a timm or Hugging Face tower (open_clip's custom models)"
+        else:
+            kind = "no CLIP layout found"
+        raise UserError(
+            f"only OpenAI-layout CLIP ViTs can be imported (visual.conv1, transformer.resblocks, ...); this "
+            f"checkpoint has {kind}. For a timm vision backbone alone use VisionTower(pretrained=True, "
+            "model_kwargs={'pretrained_cfg_overlay': {'file': PATH}})"
+        )
+    patch = state["visual.conv1.weight"]
+    grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
+    return CLIPArchitecture(
+        image_size=grid * patch.shape[-1],
+        patch_size=patch.shape[-1],
+        vision_width=patch.shape[0],
+        vision_depth=_count_blocks(state, "visual.transformer.resblocks."),
+        embed_dim=state["text_projection"].shape[1],
+        vocab_size=state["token_embedding.weight"].shape[0],
+        context_length=state["positional_embedding"].shape[0],
+        text_width=state["ln_final.weight"].shape[0],
+        text_depth=_count_blocks(state, "transformer.resblocks."),
+        quick_gelu=quick_gelu,
+    )
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI/open_clip keys -> this suite's (``vision_tower.*``, ``text_tower.*``, the logit scale).
+
+    The attention's packed ``in_proj`` is timm's ``qkv`` (same [3 * width, width] order), OpenAI's
+    ``x @ proj`` matrices become ``nn.Linear`` weights (transposed).
+    """
+    block = [("ln_1", "norm1"), ("ln_2", "norm2"), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj", "attn.proj"),
+             ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        if key in NOT_WEIGHTS or key.endswith(".attn_mask"):
+            continue
+        if key.startswith("visual."):
+            name = key[len("visual.") :]
+            if name == "proj":
+                out["vision_tower.proj.weight"] = value.t()
+                continue
+            if name == "class_embedding":
+                name, value = "cls_token", value.reshape(1, 1, -1)
+            elif name == "positional_embedding":
+                name, value = "pos_embed", value.unsqueeze(0)
+            name = name.replace("conv1", "patch_embed.proj").replace("ln_pre", "norm_pre").replace("ln_post", "norm")
+            name = name.replace("transformer.resblocks.", "blocks.")
+            for old, new in block:
+                name = name.replace(old, new)
+            out[f"vision_tower.backbone.{name}"] = value
+        elif key == "text_projection":
+            out["text_tower.proj.weight"] = value.t()
+        elif key == "logit_scale":
+            out["logit_scale"] = value
+        else:
+            name = key.replace("transformer.resblocks.", "blocks.")
+            for old, new in block:
+                name = name.replace(old, new)
+            out[f"text_tower.{name}"] = value
+    return out
+
+
+def init_towers(model: torch.nn.Module, path: str | Path) -> None:
+    """Initialise ``model``'s towers (and the logit scale of its terms that learn one) from a local
+    checkpoint: an OpenAI/open_clip file or a suite ``.ckpt``. Other term state (heads,
+    discriminators) starts fresh. Mismatching towers end with the keys listed."""
+    load_weights(model, read_state_dict(path)[0], str(path))
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """:func:`init_towers` for a state dict already read (suite or OpenAI/open_clip layout)."""
+    if not any(key.startswith(("vision_tower.", "text_tower.")) for key in state):
+        infer_architecture(state)  # a clear error for layouts that cannot be imported
+        state = convert_state_dict(state)
+    problems = []
+    for prefix in ("vision_tower", "text_tower"):
+        tower = getattr(model, prefix)
+        part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        expected = tower.state_dict()
+        missing = sorted(set(expected) - set(part))
+        unexpected = sorted(set(part) - set(expected))
+        wrong = sorted(k for k in set(part) & set(expected) if part[k].shape != expected[k].shape)
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+            if keys:
+                problems.append(f"{prefix} {label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+        if not problems:
+            tower.load_state_dict(part, strict=True)
+    if problems:
+        raise UserError(f"{source} does not fit the model's towers (build them with its shapes): " + "; ".join(problems))
+    for name, term in getattr(model, "terms", {}).items():
+        scale = getattr(term, "logit_scale", None)
+        value = state.get("logit_scale", state.get(f"terms.{name}.logit_scale.log_scale"))
+        if value is not None and isinstance(getattr(scale, "log_scale", None), torch.nn.Parameter):
+            with torch.no_grad():
+                scale.log_scale.copy_(value)
+
+
+def load_open_clip(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None = None):
+    """An OpenAI CLIP or open_clip ViT checkpoint -> a ready :class:`ContrastiveModule` (eval mode).
+
+    Args:
+        model_name: open_clip's name of the architecture (``ViT-B-32``, ``ViT-B-16-quickgelu``,
+            ...); the shapes come from the weights, the name decides the activation.
+        checkpoint_path: a local file: an OpenAI TorchScript archive, a state dict, an open_clip
+            training checkpoint or a ``.safetensors`` file.
+        quick_gelu: force the activation (None: QuickGELU for OpenAI archives and ``-quickgelu`` names).
+    """
+    return _import(model_name, checkpoint_path, quick_gelu)[0]
+
+
+def suite_checkpoint(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None = None) -> dict:
+    """:func:`load_open_clip` as a suite checkpoint: weights plus the towers, the InfoNCE term and
+    the inputs (CLIP tokenizer, CLIP preprocessing) as ``class_path`` configs, so that the analysis
+    rebuilds it like a checkpoint of ``python -m experiments fit``."""
+    model, architecture, scale = _import(model_name, checkpoint_path, quick_gelu)
+    return {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": {
+            "vision_tower": architecture.vision_config(),
+            "text_tower": architecture.text_config(),
+            "terms": [_infonce_config(scale)],
+        },
+        "datamodule_hyper_parameters": {
+            "_class_path": "datamodules.inputs.ModelInputs",
+            "tokenizer": {
+                "class_path": "datamodules.tokenizer.CLIPTokenizer",
+                "init_args": {"context_length": architecture.context_length},
+            },
+            "image_size": architecture.image_size,
+        },
+        "global_step": 0,
+        "imported_from": {"model_name": model_name, "checkpoint": str(checkpoint_path)},
+    }
+
+
+def _import(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None):
+    from variants.module import ContrastiveModule  # imports this file (init_from): import here
+
+    state, torchscript = read_state_dict(checkpoint_path)
+    if quick_gelu is None:
+        quick_gelu = torchscript or "quickgelu" in model_name.lower()
+    architecture = infer_architecture(state, quick_gelu)
+    scale = float(state["logit_scale"].exp()) if "logit_scale" in state else 1 / 0.07
+    vision, text = architecture.vision_config()["init_args"], architecture.text_config()["init_args"]
+    term = _infonce_config(scale)["init_args"]
+    model = ContrastiveModule(VisionTower(**vision), TextTower(**text), [InfoNCE(**term)])
+    load_weights(model, state, str(checkpoint_path))
+    return model.eval(), architecture, scale
+
+
+def _infonce_config(scale: float) -> dict:
+    # CLIP caps the scale at 100; an imported model may sit at the cap (OpenAI's: exactly 100).
+    init_args = {"init_temperature": 1.0 / scale, "max_logit_scale": max(100.0, scale)}
+    return {"class_path": "variants.objectives.InfoNCE", "init_args": init_args}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from analysis.io import write_atomic
+
+    parser = argparse.ArgumentParser(prog="python -m variants.pretrained", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32 or ViT-B-32-quickgelu")
+    parser.add_argument("--checkpoint", required=True, help="local OpenAI/open_clip weights (.pt, .bin, .safetensors)")
+    parser.add_argument("--out", required=True, help="the suite checkpoint to write, e.g. runs/imported/vit-b-32.ckpt")
+    parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                        help="force QuickGELU on or off (default: on for OpenAI archives and -quickgelu names)")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = write_atomic(args.out, lambda f: torch.save(checkpoint, f))
+    vision = checkpoint["hyper_parameters"]["vision_tower"]["init_args"]
+    print(
+        f"wrote {out}: {vision['model_name']} {vision['model_kwargs']}, "
+        f"logit scale {1 / checkpoint['hyper_parameters']['terms'][0]['init_args']['init_temperature']:.2f}\n"
+        f"analyse it:   python -m analysis report --ckpt {out}\n"
+        f"fine-tune it: --model.init_from {out} with towers of the same shapes"
+    )
+    return 0
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for key in state if (m := pattern.match(key))})
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
