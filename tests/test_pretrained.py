@@ -181,6 +181,15 @@ def test_suite_checkpoint_is_analysed_like_a_trained_run(tmp_path):
     image_diff, text_diff = _max_differences(reference, loaded.model, 32)
     assert image_diff <= 1e-5 and text_diff <= 1e-5
     assert loaded.image_transform.image_size == 32 and loaded.image_transform.mean[0] == pytest.approx(0.48145466)
+    # Every analysis command, through the report (ShapesWorld rendered at the model's 32 px).
+    from analysis.__main__ import run as analysis
+
+    metrics = analysis(["report", "--ckpt", str(tmp_path / "imported.ckpt"), "--samples", "20", "--tsne-points", "100",
+                        "--no-linear-probe", "--no-tensorboard", "--out", str(tmp_path / "report")])  # fmt: skip
+    assert (tmp_path / "report" / "report.md").is_file()
+    metrics = metrics["metrics"]
+    assert 0.0 <= metrics["zeroshot/shapesworld/shape/top1"] <= 1.0 and "geometry/modality_gap" in metrics
+    assert "probes/shapesworld/negation/acc" in metrics
 
 
 def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):

@@ -122,3 +122,26 @@ def test_text_tower_options_are_checked() -> None:
         _text_tower(causal=False, pool="cls")
     with pytest.raises(UserError, match="unknown activation 'swishy'"):
         _text_tower(act_layer="swishy")
+
+
+def test_timm_weights_come_from_a_local_file(tmp_path) -> None:
+    """pretrained=True with timm's pretrained_cfg_overlay file: the backbone holds the file's
+    weights (its classifier dropped, num_classes=0); without a local file nothing is fetched."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet10t", num_classes=10)
+    with torch.no_grad():
+        for parameter in source.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    path = tmp_path / "resnet10t.safetensors"
+    save_file(source.state_dict(), str(path))
+    tower = VisionTower("resnet10t", pretrained=True, model_kwargs={"pretrained_cfg_overlay": {"file": str(path)}})
+    loaded = tower.backbone.state_dict()
+    expected = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    with pytest.raises(UserError, match="local disk only and no local file was given"):
+        VisionTower("resnet10t", pretrained=True)
+    with pytest.raises(UserError, match="missing.safetensors does not exist"):
+        VisionTower("resnet10t", pretrained=True, model_kwargs={"pretrained_cfg_overlay": {"file": str(tmp_path / "missing.safetensors")}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import timm
@@ -51,6 +52,14 @@ def _create_backbone(model_name: str, pretrained: bool, **kwargs) -> nn.Module:
         close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise UserError(f"unknown timm model name '{model_name}'{hint}")
+    if pretrained:  # nothing is downloaded: timm reads the weights from a local file
+        file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+        if file is None or not Path(file).is_file():
+            where = f"file {file} does not exist" if file else "no local file was given"
+            raise UserError(
+                f"pretrained weights for '{model_name}' are read from local disk only and {where}: set "
+                "model_kwargs: {pretrained_cfg_overlay: {file: /path/to/weights.safetensors}}"
+            )
     return timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
 
 
