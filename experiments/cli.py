@@ -59,6 +59,11 @@ class CLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.parse_only:
             raise ParsedOnly
+        # A resumed run takes every weight from its checkpoint: do not read (or require) the
+        # model.init_from file again.
+        config = self.config.get(self.subcommand, {}) if self.subcommand else self.config
+        if config.get("ckpt_path") and config.get("model", {}).get("init_from"):
+            config["model"]["init_from"] = None
 
     def before_fit(self) -> None:
         # `--ckpt_path last` resumes from last.ckpt; if that file is unreadable (a crash while the

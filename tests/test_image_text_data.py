@@ -23,7 +23,7 @@ from PIL import Image
 from test_cli import run_cli
 
 from datamodules.image_text import ImageTextDataModule
-from datamodules.tokenizer import WordTokenizer
+from datamodules.tokenizer import BPETokenizer, WordTokenizer
 from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform, to_rgb
 from variants.errors import UserError
 
@@ -214,15 +214,22 @@ def test_training_drops_empty_captions_and_replaces_unreadable_images(kind: str,
     assert batch["image"].shape == (7, 3, SIZE, SIZE) and batch["text"].shape[0] == 7
     captions = [dm.tokenizer.decode(ids) for ids in batch["text"].tolist()]
     assert "a broken picture" not in captions and set(captions) <= GOOD and len(set(captions)) == 6
-    # The replacement is deterministic: the same row on every epoch, rank and resume.
-    again = dm.train_set[batch["index"].tolist()[captions.index(captions[0])]]
-    assert again["caption"] == captions[0]
+    # The replacement is deterministic (the same row on every epoch, rank and resume) and counted.
+    rows = dm.train_set
+    (broken,) = [i for i in range(len(rows)) if rows.locate(i)[0].rows[rows.locate(i)[1]][dm.caption_column] == "a broken picture"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, again = rows[broken], rows[broken]
+    assert first["skipped"] == again["skipped"] == 1 and first["index"] == broken
+    assert first["caption"] == again["caption"] != "a broken picture" and torch.equal(first["image"], again["image"])
 
 
 def test_datamodule_state_and_hparams_hold_no_objects(tmp_path: Path) -> None:
     dm = datamodule(tmp_path, "csv", "unused.csv")  # nothing is read before setup
     assert dm.state_dict() == {"tokenizer": {}}
-    dm.load_state_dict(dm.state_dict())
+    dm.load_state_dict(dm.state_dict())  # resuming with the same tokenizer
+    with pytest.raises(UserError, match="not the one this checkpoint was trained with"):
+        dm.load_state_dict({"tokenizer": {"tokenizer_json": "{}"}})  # a tokenizer file retrained since
     assert "tokenizer" not in dm.hparams and dm.hparams.image_size == SIZE  # an object is not a config
     assert dm.vocab_size == 4 + len(WORDS) and dm.context_length == 8
     assert (dm.image_column, dm.caption_column) == ("filepath", "title")
@@ -307,11 +314,17 @@ def test_too_few_rows_for_one_batch_is_an_error(tmp_path: Path) -> None:
 
 # ---- the real entry point and the analysis -----------------------------------------------------
 def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
+    """A trained BPE tokenizer, the csv preset, fit; then the analysis rebuilds the datamodule and
+    the tokenizer from the checkpoint alone, after the tokenizer file is gone."""
+    from datamodules.tokenizer.bpe import train_bpe, write_tokenizer
+
     pairs = make_csv(tmp_path / "data")
+    vocabulary = write_tokenizer(train_bpe([" ".join(WORDS)] * 4, vocab_size=200, min_frequency=1), tmp_path / "tok")
+    bpe = {"class_path": "datamodules.tokenizer.BPETokenizer", "init_args": {"path": str(vocabulary), "context_length": 8}}
     overrides = {
         "data": {"init_args": {
             "train_files": str(pairs), "test_files": str(pairs),  # no val_files: an empty validation loop
-            "tokenizer": {"class_path": "datamodules.tokenizer.WordTokenizer", "init_args": {"words": WORDS, "context_length": 8}},
+            "tokenizer": bpe,
             "image_size": 32, "batch_size": 4, "eval_batch_size": 8, "num_workers": 0, "cache_dir": str(tmp_path / "hf-cache"),
         }},
         "model": {"text_tower": {"init_args": {"width": 32, "depth": 1, "heads": 2}}, "warmup_steps": 1},
@@ -336,7 +349,9 @@ def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
         assert 0.0 <= metrics[f"retrieval/image_text_test/{key}"] <= 1.0
     assert not any(key.startswith("retrieval/image_text_val") for key in metrics)
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    assert saved["datamodule_hyper_parameters"]["tokenizer"]["class_path"] == "datamodules.tokenizer.WordTokenizer"
+    assert saved["datamodule_hyper_parameters"]["tokenizer"]["class_path"] == "datamodules.tokenizer.BPETokenizer"
+    expected_ids = BPETokenizer(str(vocabulary), 8)(sorted(GOOD))
+    vocabulary.unlink()
 
     # The analysis rebuilds the datamodule (tokenizer, image transform) from the checkpoint alone.
     from analysis.__main__ import run as analysis
@@ -344,6 +359,7 @@ def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
 
     loaded = load_checkpoint(run)
     assert isinstance(loaded.datamodule, ImageTextDataModule) and loaded.image_transform.image_size == 32
+    assert torch.equal(loaded.tokenizer(sorted(GOOD)), expected_ids)  # restored from the checkpoint
     classes = tmp_path / "classes"
     for color, rgb in (("red", RED), ("blue", (0, 0, 255))):
         (classes / color).mkdir(parents=True)

@@ -5,6 +5,7 @@ open_clip (the dev extra) builds the reference models with random weights; nothi
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -35,14 +36,14 @@ def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _small_open_clip(quick_gelu: bool = True) -> torch.nn.Module:
+def _small_open_clip(quick_gelu: bool = True, width: int = 128, head_width: int = 64, text_heads: int = 2) -> torch.nn.Module:
     """An OpenAI-layout CLIP ViT, small: 32 px, patch 8, 2 + 2 layers, CLIP's 49408 vocabulary."""
     torch.manual_seed(0)
     return _perturbed(
         open_clip.CLIP(
             embed_dim=64,
-            vision_cfg={"layers": 2, "width": 128, "patch_size": 8, "image_size": 32, "head_width": 64},
-            text_cfg={"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+            vision_cfg={"layers": 2, "width": width, "patch_size": 8, "image_size": 32, "head_width": head_width},
+            text_cfg={"context_length": 77, "vocab_size": 49408, "width": 128, "heads": text_heads, "layers": 2},
             quick_gelu=quick_gelu,
         )
     )
@@ -122,6 +123,18 @@ def test_activation_is_not_guessed_from_the_weights(tmp_path):
     assert max(_max_differences(reference, forced, 32)) <= 1e-5
 
 
+def test_heads_come_from_open_clips_config_of_the_name(tmp_path):
+    # ViT-H-14's heads are 80 wide (its text tower has 16 heads): shapes cannot tell, the config
+    # of the name does. A small model with those head widths imports exactly under that name.
+    reference = _small_open_clip(quick_gelu=False, width=320, head_width=80, text_heads=16)
+    torch.save(reference.state_dict(), tmp_path / "model.pt")
+    model = load_open_clip("ViT-H-14", tmp_path / "model.pt")
+    assert model.vision_tower.backbone.blocks[0].attn.num_heads == 4 and model.text_tower.blocks[0].attn.num_heads == 16
+    assert max(_max_differences(reference, model, 32)) <= 1e-5
+    with pytest.raises(UserError, match="ViT-B-16-SigLIP uses .*timm_model_name"):
+        load_open_clip("ViT-B-16-SigLIP", tmp_path / "model.pt")
+
+
 def test_unsupported_layouts_and_bad_files_are_named(tmp_path):
     resnet = {"visual.layer1.0.conv1.weight": torch.zeros(1), "token_embedding.weight": torch.zeros(1)}
     torch.save(resnet, tmp_path / "rn50.pt")
@@ -132,6 +145,38 @@ def test_unsupported_layouts_and_bad_files_are_named(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_open_clip("ViT-B-32", tmp_path / "junk.pt")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "torn.pt", "w") as archive:  # looks like TorchScript, is not
+        archive.writestr("torn/code/__torch__.py", "x")
+        archive.writestr("torn/constants.pkl", b"")
+    with pytest.raises(UserError, match="cannot read checkpoint .*torn.pt"):
+        load_open_clip("ViT-B-32", tmp_path / "torn.pt")
+    vision_only = {k: v for k, v in _small_open_clip().state_dict().items() if k.startswith("visual.") or k == "token_embedding.weight"}
+    torch.save(vision_only, tmp_path / "vision.pt")
+    with pytest.raises(UserError, match="not a whole CLIP model: it has no text_projection"):
+        load_open_clip("ViT-small", tmp_path / "vision.pt")
+
+
+def test_init_from_sets_only_learned_softmax_temperatures(tmp_path):
+    from variants.objectives import Sigmoid
+
+    reference = _small_open_clip()
+    with torch.no_grad():
+        reference.logit_scale.fill_(math.log(150.0))  # above InfoNCE's default cap of 100
+    torch.save(reference.state_dict(), tmp_path / "model.pt")
+    architecture = infer_architecture(read_state_dict(tmp_path / "model.pt")[0], quick_gelu=True)
+    terms = [InfoNCE(), InfoNCE(init_temperature=0.5, learn_temperature=False), Sigmoid()]
+    sigmoid_before = float(terms[2].logit_scale().detach())
+    model = ContrastiveModule(
+        VisionTower(**architecture.vision_config()["init_args"]),
+        TextTower(**architecture.text_config()["init_args"]),
+        terms,
+        init_from=str(tmp_path / "model.pt"),
+    )
+    learned, fixed, sigmoid = (float(t.logit_scale().detach()) for t in model.terms.values())
+    assert learned == pytest.approx(100.0)  # CLIP's scale, clamped to the term's cap
+    assert fixed == pytest.approx(2.0) and sigmoid == pytest.approx(sigmoid_before)
 
 
 def test_init_from_lists_mismatching_keys(tmp_path):
@@ -217,10 +262,9 @@ def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
         "trainer": {"max_steps": 2, "log_every_n_steps": 1, "enable_progress_bar": False, "precision": "32-true"},
     }  # fmt: skip
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    result = run_cli(
-        "fit", "--config", str(CONFIGS / "filip.yaml"), "--config", str(CONFIGS / "data" / "image_text_csv.yaml"),
-        "--config", str(tmp_path / "overlay.yaml"), cwd=tmp_path,
-    )  # fmt: skip
+    args = ("fit", "--config", str(CONFIGS / "filip.yaml"), "--config", str(CONFIGS / "data" / "image_text_csv.yaml"),
+            "--config", str(tmp_path / "overlay.yaml"))  # fmt: skip
+    result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (checkpoint,) = (tmp_path / "runs").glob("*/version_0/checkpoints/last.ckpt")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -228,3 +272,9 @@ def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
     imported = load_open_clip("ViT-small-quickgelu", tmp_path / "model.pt").state_dict()
     towers = [k for k in imported if k.startswith(("vision_tower.", "text_tower."))]
     assert towers and all(torch.equal(saved["state_dict"][k], imported[k]) for k in towers)
+
+    # Resuming takes every weight from the run's checkpoint: the init_from file is not needed.
+    (tmp_path / "model.pt").unlink()
+    result = run_cli(*args, "--ckpt_path", "last", "--trainer.logger.init_args.version", "0", "--trainer.max_steps", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 3

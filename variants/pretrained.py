@@ -25,8 +25,11 @@ writes a suite checkpoint that every ``python -m analysis`` command reads, and t
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ import torch
 
 from variants.errors import UserError
 from variants.objectives import InfoNCE
+from variants.objectives.base import LearnedScale
 from variants.towers import TextTower, VisionTower
 
 # Entries of OpenAI's archives that are not weights (OpenAI's build_model drops them too).
@@ -55,7 +59,10 @@ class CLIPArchitecture:
     context_length: int
     text_width: int
     text_depth: int
-    head_width: int = 64  # OpenAI's and open_clip's attention head width
+    vision_heads: int
+    text_heads: int
+    vision_mlp_ratio: float = 4.0
+    text_mlp_ratio: float = 4.0
     quick_gelu: bool = False
 
     def vision_config(self) -> dict:
@@ -72,7 +79,8 @@ class CLIPArchitecture:
                 "patch_size": self.patch_size,
                 "embed_dim": self.vision_width,
                 "depth": self.vision_depth,
-                "num_heads": self.vision_width // self.head_width,
+                "num_heads": self.vision_heads,
+                "mlp_ratio": self.vision_mlp_ratio,
                 "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
             },
         }
@@ -85,7 +93,8 @@ class CLIPArchitecture:
             "context_length": self.context_length,
             "width": self.text_width,
             "depth": self.text_depth,
-            "heads": self.text_width // self.head_width,
+            "heads": self.text_heads,
+            "mlp_ratio": self.text_mlp_ratio,
             "embed_dim": self.embed_dim,
             "pad_id": 0,
             "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
@@ -99,13 +108,15 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), False
-    if _is_torchscript(path):
-        return torch.jit.load(str(path), map_location="cpu").state_dict(), True
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path)), False
+        if _is_torchscript(path):
+            with warnings.catch_warnings():  # torch.jit's deprecation notice; OpenAI's files are TorchScript
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu").state_dict(), True
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
@@ -118,8 +129,12 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     return state, False
 
 
-def infer_architecture(state: dict[str, torch.Tensor], quick_gelu: bool = False) -> CLIPArchitecture:
-    """Shapes of an OpenAI-layout CLIP ViT from its state dict; a clear error for other layouts."""
+def infer_architecture(state: dict[str, torch.Tensor], quick_gelu: bool = False, config: dict | None = None) -> CLIPArchitecture:
+    """Shapes of an OpenAI-layout CLIP ViT from its state dict; a clear error for other layouts.
+
+    The weights fix every shape but the attention heads: ``config`` (open_clip's model config,
+    see :func:`open_clip_config`) gives them; without one, heads of width 64 as in OpenAI's models.
+    """
     if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
         if any(key.startswith("visual.layer1.") for key in state):
             kind = "a ModifiedResNet vision tower (RN50, RN101, ...)"
@@ -132,20 +147,61 @@ def infer_architecture(state: dict[str, torch.Tensor], quick_gelu: bool = False)
             f"checkpoint has {kind}. For a timm vision backbone alone use VisionTower(pretrained=True, "
             "model_kwargs={'pretrained_cfg_overlay': {'file': PATH}})"
         )
+    needed = ("visual.positional_embedding", "text_projection", "positional_embedding", "ln_final.weight",
+              "visual.transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.0.mlp.c_fc.weight")  # fmt: skip
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise UserError(f"the checkpoint is not a whole CLIP model: it has no {', '.join(missing)}")
+    vision_cfg, text_cfg = (config or {}).get("vision_cfg", {}), (config or {}).get("text_cfg", {})
     patch = state["visual.conv1.weight"]
+    vision_width, text_width = patch.shape[0], state["ln_final.weight"].shape[0]
     grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
     return CLIPArchitecture(
         image_size=grid * patch.shape[-1],
         patch_size=patch.shape[-1],
-        vision_width=patch.shape[0],
+        vision_width=vision_width,
         vision_depth=_count_blocks(state, "visual.transformer.resblocks."),
         embed_dim=state["text_projection"].shape[1],
         vocab_size=state["token_embedding.weight"].shape[0],
         context_length=state["positional_embedding"].shape[0],
-        text_width=state["ln_final.weight"].shape[0],
+        text_width=text_width,
         text_depth=_count_blocks(state, "transformer.resblocks."),
+        vision_heads=vision_width // vision_cfg.get("head_width", 64),
+        text_heads=text_cfg.get("heads", text_width // 64),
+        vision_mlp_ratio=_mlp_ratio(state["visual.transformer.resblocks.0.mlp.c_fc.weight"]),
+        text_mlp_ratio=_mlp_ratio(state["transformer.resblocks.0.mlp.c_fc.weight"]),
         quick_gelu=quick_gelu,
     )
+
+
+# open_clip config entries the import reproduces; any other (layer scale, attentional pooling,
+# other pooling, HF or timm towers, ...) changes the model in ways a state dict may not show.
+_SUPPORTED = {
+    "": {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"},
+    "vision_cfg": {"image_size", "layers", "width", "head_width", "patch_size", "mlp_ratio"},
+    "text_cfg": {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"},
+}
+
+
+def open_clip_config(model_name: str) -> dict | None:
+    """open_clip's architecture config for ``model_name`` (its ``model_configs/<name>.json``, read
+    without importing open_clip), or None when open_clip is not installed or has no such name."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model_configs" / f"{model_name}.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    unsupported = sorted(
+        f"{part + '.' if part else ''}{key}"
+        for part, allowed in _SUPPORTED.items()
+        for key in (config.get(part, {}) if part else config)
+        if key not in allowed
+    )
+    if unsupported:
+        raise UserError(f"open_clip's {model_name} uses {', '.join(unsupported)}, which this import does not reproduce")
+    return config
 
 
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -187,9 +243,10 @@ def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def init_towers(model: torch.nn.Module, path: str | Path) -> None:
-    """Initialise ``model``'s towers (and the logit scale of its terms that learn one) from a local
-    checkpoint: an OpenAI/open_clip file or a suite ``.ckpt``. Other term state (heads,
-    discriminators) starts fresh. Mismatching towers end with the keys listed."""
+    """Initialise ``model``'s towers from a local checkpoint, an OpenAI/open_clip file or a suite
+    ``.ckpt``; mismatching towers end with the keys listed. Learned temperatures start from the
+    checkpoint's: a suite term's from the term of the same name, CLIP's logit scale for InfoNCE
+    terms (clamped to each term's cap). Other term state (heads, discriminators) starts fresh."""
     load_weights(model, read_state_dict(path)[0], str(path))
 
 
@@ -215,10 +272,17 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         raise UserError(f"{source} does not fit the model's towers (build them with its shapes): " + "; ".join(problems))
     for name, term in getattr(model, "terms", {}).items():
         scale = getattr(term, "logit_scale", None)
-        value = state.get("logit_scale", state.get(f"terms.{name}.logit_scale.log_scale"))
-        if value is not None and isinstance(getattr(scale, "log_scale", None), torch.nn.Parameter):
+        if not isinstance(scale, LearnedScale) or not scale.log_scale.requires_grad:
+            continue  # no temperature, or a fixed one: the user's value stands
+        # A suite checkpoint's term of the same name, else CLIP's softmax scale for softmax InfoNCE
+        # terms only (a sigmoid or token-wise term's scale means something else).
+        value = state.get(f"terms.{name}.logit_scale.log_scale")
+        if value is None and isinstance(term, InfoNCE):
+            value = state.get("logit_scale")
+        if value is not None:
             with torch.no_grad():
                 scale.log_scale.copy_(value)
+            scale.clamp_()
 
 
 def load_open_clip(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None = None):
@@ -226,7 +290,9 @@ def load_open_clip(model_name: str, checkpoint_path: str | Path, quick_gelu: boo
 
     Args:
         model_name: open_clip's name of the architecture (``ViT-B-32``, ``ViT-B-16-quickgelu``,
-            ...); the shapes come from the weights, the name decides the activation.
+            ...); the shapes come from the weights, the heads and the activation from open_clip's
+            config of that name when open_clip is installed (else heads of width 64, QuickGELU
+            for names ending in ``-quickgelu``).
         checkpoint_path: a local file: an OpenAI TorchScript archive, a state dict, an open_clip
             training checkpoint or a ``.safetensors`` file.
         quick_gelu: force the activation (None: QuickGELU for OpenAI archives and ``-quickgelu`` names).
@@ -263,9 +329,10 @@ def _import(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | Non
     from variants.module import ContrastiveModule  # imports this file (init_from): import here
 
     state, torchscript = read_state_dict(checkpoint_path)
+    config = open_clip_config(model_name)
     if quick_gelu is None:
-        quick_gelu = torchscript or "quickgelu" in model_name.lower()
-    architecture = infer_architecture(state, quick_gelu)
+        quick_gelu = torchscript or bool((config or {}).get("quick_gelu")) or "quickgelu" in model_name.lower()
+    architecture = infer_architecture(state, quick_gelu, config)
     scale = float(state["logit_scale"].exp()) if "logit_scale" in state else 1 / 0.07
     vision, text = architecture.vision_config()["init_args"], architecture.text_config()["init_args"]
     term = _infonce_config(scale)["init_args"]
@@ -307,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         f"fine-tune it: --model.init_from {out} with towers of the same shapes"
     )
     return 0
+
+
+def _mlp_ratio(fc1: torch.Tensor) -> float:
+    """The ratio whose ``int(width * ratio)`` (timm's hidden size) is exactly fc1's output size."""
+    hidden, width = fc1.shape
+    ratio = hidden / width
+    return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
 
 
 def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:

@@ -292,5 +292,13 @@ class ImageTextDataModule(pl.LightningDataModule):
         return {"tokenizer": state() if callable(state) else {}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to restore: the data is re-read from ``train_files``, the tokenizer is rebuilt
-        from the config (and this state) before the datamodule exists."""
+        """On resume: the data is re-read from ``train_files``; the tokenizer, built from the config
+        before the checkpoint is read, must be the one the run started with (a tokenizer file
+        retrained since would silently change every id the model learned)."""
+        saved = state_dict.get("tokenizer") or {}
+        if saved and saved != self.state_dict()["tokenizer"]:
+            raise UserError(
+                f"the tokenizer is not the one this checkpoint was trained with ({type(self.tokenizer).__name__} "
+                "from the config differs from the state saved in the checkpoint): restore its file, or "
+                "start a new run"
+            )

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
+
+from variants.errors import UserError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)  # ids 0..3 in the suite's own vocabularies (word-level, trained BPE)
@@ -56,3 +59,34 @@ def padded(rows: list[list[int]], width: int, pad_id: int) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return torch.from_numpy(out)
+
+
+def check_context_length(context_length: int) -> None:
+    if context_length < 3:
+        raise UserError(f"context_length must be >= 3 (<start> token <end>), got {context_length}")
+
+
+class HFTokenizer(TextTokenizer):
+    """A TextTokenizer over an HF ``tokenizers.Tokenizer`` (``self.tokenizer``) that already adds
+    the start and end tokens, truncates to ``context_length`` and pads to the longest row."""
+
+    tokenizer: Tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
+        """A text or a list of texts -> int64 ids [B, context_length].
+
+        With ``pad_to_context=False`` rows are padded only to the longest text of the call
+        (training batches: the text tower then skips columns that are padding everywhere).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids = torch.tensor([e.ids for e in self.tokenizer.encode_batch(texts)], dtype=torch.long)
+        if pad_to_context and ids.shape[1] < self.context_length:
+            ids = torch.nn.functional.pad(ids, (0, self.context_length - ids.shape[1]), value=self.pad_id)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -20,16 +20,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from datamodules.tokenizer.base import END, PAD, SPECIALS, START, UNK, TextTokenizer
+from datamodules.tokenizer.base import END, PAD, SPECIALS, START, UNK, HFTokenizer, check_context_length
 from variants.errors import UserError
 
 CAPTION_FORMATS = (".txt", ".jsonl", ".json", ".csv", ".tsv")
 
 
-class BPETokenizer(TextTokenizer):
+class BPETokenizer(HFTokenizer):
     """Maps texts to [B, context_length] id tensors with a BPE trained by the ``train`` command.
 
     Args:
@@ -42,8 +41,7 @@ class BPETokenizer(TextTokenizer):
     pad_id = 0
 
     def __init__(self, path: str, context_length: int = 77, tokenizer_json: str | None = None) -> None:
-        if context_length < 3:
-            raise UserError(f"context_length must be >= 3 (<start> token <end>), got {context_length}")
+        check_context_length(context_length)
         if tokenizer_json is None:
             if not Path(path).is_file():
                 raise UserError(
@@ -66,22 +64,6 @@ class BPETokenizer(TextTokenizer):
 
     def __reduce__(self) -> tuple:
         return type(self), (self.path, self.context_length, self.tokenizer_json)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
-    def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
-        """A text or a list of texts -> int64 ids [B, context_length] (or [B, longest row of the call]
-        with ``pad_to_context=False``)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        ids = torch.tensor([e.ids for e in self.tokenizer.encode_batch(texts)], dtype=torch.long)
-        if pad_to_context and ids.shape[1] < self.context_length:
-            ids = torch.nn.functional.pad(ids, (0, self.context_length - ids.shape[1]), value=self.pad_id)
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def state_dict(self) -> dict:
         """The tokenizer file's content: the checkpoint then restores it without the file."""

@@ -26,7 +26,7 @@ import ftfy
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
-from datamodules.tokenizer.base import TextTokenizer, padded
+from datamodules.tokenizer.base import TextTokenizer, check_context_length, padded
 from variants.errors import UserError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -73,8 +73,7 @@ class CLIPTokenizer(TextTokenizer):
     pad_id = 0
 
     def __init__(self, context_length: int = 77, bpe_path: str | None = None) -> None:
-        if context_length < 3:
-            raise UserError(f"context_length must be >= 3 (<start> token <end>), got {context_length}")
+        check_context_length(context_length)
         path = Path(bpe_path) if bpe_path else default_vocab()
         if path is None or not path.is_file():
             where = f"bpe_path {bpe_path} does not exist" if bpe_path else "open-clip-torch is not installed"

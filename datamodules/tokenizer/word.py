@@ -7,16 +7,14 @@ truncated and still end with <end>, so the text tower's end-of-text pooling alwa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from datamodules.tokenizer.base import END, PAD, SPECIALS, START, UNK, TextTokenizer
-from variants.errors import UserError
+from datamodules.tokenizer.base import END, PAD, SPECIALS, START, UNK, HFTokenizer, check_context_length
 
 
-class WordTokenizer(TextTokenizer):
+class WordTokenizer(HFTokenizer):
     """Maps texts to [B, context_length] id tensors; unknown words map to <unk>.
 
     Args:
@@ -27,8 +25,7 @@ class WordTokenizer(TextTokenizer):
     pad_id = 0
 
     def __init__(self, words: Iterable[str], context_length: int = 32) -> None:
-        if context_length < 3:
-            raise UserError(f"context_length must be >= 3 (<start> word <end>), got {context_length}")
+        check_context_length(context_length)
         vocab = {token: i for i, token in enumerate(dict.fromkeys([*SPECIALS, *words]))}
         tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
         tokenizer.add_special_tokens(list(SPECIALS))  # already in vocab: ids unchanged
@@ -41,23 +38,3 @@ class WordTokenizer(TextTokenizer):
         tokenizer.enable_padding(pad_id=self.pad_id, pad_token=PAD)  # to the longest in the call
         self.tokenizer, self.context_length = tokenizer, context_length
         self.unk_id = vocab[UNK]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
-    def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
-        """A text or a list of texts -> int64 ids [B, context_length].
-
-        With ``pad_to_context=False`` rows are padded only to the longest text of the call
-        (training batches: the text tower then skips columns that are padding everywhere).
-        """
-        if isinstance(texts, str):
-            texts = [texts]
-        ids = torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)
-        if pad_to_context and ids.shape[1] < self.context_length:
-            ids = torch.nn.functional.pad(ids, (0, self.context_length - ids.shape[1]), value=self.pad_id)
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
