@@ -9,7 +9,6 @@ with a band from the lowest to the highest seed).
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from analysis.io import save_figure, write_json, write_text
+from analysis.results import group_of
 from variants.errors import UserError
 from variants.metrics import mean_ci
 
@@ -26,7 +26,6 @@ CURVES = (
     "zeroshot/shapesworld_val/color_shape_heldout/top1",
     "retrieval/shapesworld_val/i2t_R@1",
 )
-SEED_SUFFIX = re.compile(r"[-_]s(eed)?\d+$")
 
 
 def read_runs(root: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -45,12 +44,6 @@ def read_runs(root: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]
     if not runs:
         raise UserError(f"no TensorBoard event files under {root}: pass the folder a grid or runs were written to")
     return runs
-
-
-def group_of(run: str) -> str:
-    """"clip-s0" -> "clip"; "clip/version_3" -> "clip" (seeds and versions are one group)."""
-    run = re.sub(r"/version_\d+$", "", run)
-    return SEED_SUFFIX.sub("", run)
 
 
 def compare(root: str | Path, out: str | Path | None = None, curves: tuple[str, ...] = CURVES) -> dict:

@@ -8,6 +8,7 @@ one row per run, and ``summarize`` gives mean, std and a 95% confidence interval
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,10 +17,19 @@ import yaml
 from variants.metrics import mean_ci
 from variants.module import ContrastiveModule
 
+SEED_SUFFIX = re.compile(r"[-_]s(eed)?\d+$")
+
+
+def group_of(run: str) -> str:
+    """"clip-s0" -> "clip"; "clip/version_3" -> "clip" (seeds and versions are one group)."""
+    run = re.sub(r"/version_\d+$", "", run)
+    return SEED_SUFFIX.sub("", run)
+
 
 def collect_runs(root: str | Path) -> list[dict]:
     """One row per run under ``root`` with a metrics.json: {"run", "name", "seed", "path",
-    "checkpoint", "config", "metrics"}; analysis metrics (report.json) are merged in."""
+    "checkpoint", "config", "metrics"}; analysis metrics (report.json) are merged in. "name" is
+    the variant: the logger's name without a seed suffix, so a grid's seeds form one group."""
     rows = []
     for metrics_path in sorted(Path(root).rglob("metrics.json")):
         run = metrics_path.parent
@@ -34,7 +44,7 @@ def collect_runs(root: str | Path) -> list[dict]:
         rows.append(
             {
                 "run": str(run.relative_to(root)) if run != Path(root) else run.name,
-                "name": logger.get("name", run.parent.name),
+                "name": group_of(logger.get("name", run.parent.name)),
                 "seed": config.get("seed_everything"),
                 "path": str(run),
                 "checkpoint": str(checkpoint) if checkpoint.is_file() else None,

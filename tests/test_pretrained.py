@@ -62,19 +62,22 @@ def _logit_scale(model: ContrastiveModule) -> float:
     return float(next(iter(model.terms.values())).logit_scale().detach())
 
 
-def test_vit_b32_import_gives_open_clips_embeddings(tmp_path):
-    """OpenAI's architecture (ViT-B-32 with QuickGELU): imported by load_open_clip, and built from
-    the fine-tuning preset's towers with model.init_from; both give open_clip's embeddings."""
-    reference = _perturbed(open_clip.create_model("ViT-B-32-quickgelu"))
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu"])
+def test_vit_b32_import_gives_open_clips_embeddings(tmp_path, name):
+    """open_clip's ViT-B-32 (GELU) and OpenAI's architecture (QuickGELU): imported by load_open_clip,
+    and (OpenAI's) built from the fine-tuning preset's towers with model.init_from; all give
+    open_clip's embeddings."""
+    reference = _perturbed(open_clip.create_model(name))
     path = tmp_path / "vit-b-32.pt"
     torch.save(reference.state_dict(), path)
-    model = load_open_clip("ViT-B-32-quickgelu", path)
+    model = load_open_clip(name, path)
     image_diff, text_diff = _max_differences(reference, model, 224)
     assert image_diff <= 1e-5 and text_diff <= 1e-5, (image_diff, text_diff)
     assert _logit_scale(model) == pytest.approx(float(reference.logit_scale.exp()), rel=1e-6)
     assert model.vision_tower.backbone.patch_embed.proj.weight.shape == (768, 3, 32, 32)
     del model
-
+    if name != "ViT-B-32-quickgelu":
+        return
     preset = yaml.safe_load((CONFIGS / "pretrained" / "openai_vit_b32.yaml").read_text())["model"]
     vision = VisionTower(**preset["vision_tower"]["init_args"])
     text = TextTower(vocab_size=49408, context_length=77, **preset["text_tower"]["init_args"])
