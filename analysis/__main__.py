@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
-from variants.errors import UserError
+from variants.errors import exit_on_user_error
 
 COMMANDS = ("embed", "zeroshot", "geometry", "probes", "report")
 
@@ -111,13 +110,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 def main() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    try:
-        run()
-    except UserError as error:
-        if os.environ.get("CLIP_VARIANTS_TRACEBACK"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(run)
 
 
 if __name__ == "__main__":

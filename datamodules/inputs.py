@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 
-from datamodules.tokenizer import TextTokenizer
+from datamodules.tokenizer import TextTokenizer, TokenizerLinks
 from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform
 
 
-class ModelInputs(pl.LightningDataModule):
+class ModelInputs(TokenizerLinks, pl.LightningDataModule):
     """The tokenizer and evaluation image transform of a model, and nothing to train on.
 
     Args:
@@ -34,11 +34,3 @@ class ModelInputs(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
         self.image_transform = EvalImageTransform(image_size, mean, std)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.tokenizer.context_length

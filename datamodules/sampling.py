@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,19 @@ class ResumableSampler(DistributedSampler):
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0  # only the first pass after a resume is shortened
         return iter(indices[skip:])
+
+
+def contrastive_loader(
+    dataset: Dataset, batch_size: int, train: bool, num_workers: int, collate_fn, sampler: Sampler | None = None
+) -> DataLoader:
+    """A DataLoader for contrastive training or evaluation: training drops the last incomplete
+    batch (DDP gathers need equal local batches) and keeps its workers between epochs."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=num_workers,
+        persistent_workers=train and num_workers > 0,
+        collate_fn=collate_fn,
+    )

@@ -8,10 +8,13 @@ temperature of an :class:`~variants.objectives.InfoNCE` term, so that
     model = load_open_clip("ViT-B-32", "/models/ViT-B-32.pt")
     model.encode_image(images), model.encode_text(CLIPTokenizer()(texts))
 
-give the embeddings open_clip gives (tested to 1e-5 on ViT-B-32). The architecture is read from
-the weights' shapes, as OpenAI's ``build_model`` does; the activation is the one thing the
-weights do not tell: OpenAI's models use QuickGELU (TorchScript archives and names ending in
-``-quickgelu`` select it), open_clip's own configs GELU.
+give the embeddings open_clip gives (tested to 1e-5 on ViT-B-32). The shapes are read from the
+weights, as OpenAI's ``build_model`` does. What the weights do not tell comes from the name:
+the activation (OpenAI's models use QuickGELU, selected by TorchScript archives and open_clip's
+``-quickgelu`` names; open_clip's own configs GELU) and the attention heads (64 wide, except in
+ViT-H/g/bigG, whose open_clip configs are read when open_clip is installed). A text holding a
+literal "<end_of_text>" is pooled at its last end token here, at its first in open_clip (argmax):
+the only input on which the embeddings differ.
 
 Files are read with ``torch.load(weights_only=True)`` (state dicts, open_clip's
 ``{"state_dict": ...}`` training checkpoints), safetensors, or ``torch.jit.load`` for OpenAI's
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from variants.errors import UserError
+from variants.errors import UserError, exit_on_user_error
 from variants.objectives import InfoNCE
 from variants.objectives.base import LearnedScale
 from variants.towers import TextTower, VisionTower
@@ -347,9 +350,8 @@ def _infonce_config(scale: float) -> dict:
     return {"class_path": "variants.objectives.InfoNCE", "init_args": init_args}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     import argparse
-    import sys
 
     from analysis.io import write_atomic
 
@@ -360,11 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                         help="force QuickGELU on or off (default: on for OpenAI archives and -quickgelu names)")  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
     out = write_atomic(args.out, lambda f: torch.save(checkpoint, f))
     vision = checkpoint["hyper_parameters"]["vision_tower"]["init_args"]
     print(
@@ -373,7 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         f"analyse it:   python -m analysis report --ckpt {out}\n"
         f"fine-tune it: --model.init_from {out} with towers of the same shapes"
     )
-    return 0
 
 
 def _mlp_ratio(fc1: torch.Tensor) -> float:
@@ -402,4 +399,4 @@ def _is_timm_model(name: str) -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_on_user_error(main)

@@ -24,9 +24,9 @@ from datamodules.image_text.sources import (
     load_stream,
     resolve_files,
 )
-from datamodules.sampling import ResumableSampler, training_position
+from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
 from datamodules.suites.files import warn_skipped
-from datamodules.tokenizer import TextTokenizer
+from datamodules.tokenizer import TextTokenizer, TokenizerLinks
 from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform
 from variants.errors import UserError
 
@@ -59,7 +59,7 @@ class Collate:
         return batch
 
 
-class ImageTextDataModule(pl.LightningDataModule):
+class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     """Image-caption pairs from local files through HF ``datasets``' local builders.
 
     Formats (``format``), with the default ``image_column`` / ``caption_column``:
@@ -148,14 +148,6 @@ class ImageTextDataModule(pl.LightningDataModule):
         self.skipped: dict[str, dict[str, int]] = {}
         self._train_upfront = 0
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.tokenizer.context_length
-
     # ---- loading ------------------------------------------------------------------------
     def _source(self, split: str) -> str:
         return f"{self.hparams.name} {split} ({self.hparams.format})"
@@ -202,16 +194,8 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     # ---- loaders ------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=train,  # DDP gathers need equal local batches
-            num_workers=workers,
-            persistent_workers=train and workers > 0,
-            collate_fn=Collate(self.tokenizer, pad_to_context=not train),
-        )
+        collate = Collate(self.tokenizer, pad_to_context=not train)
+        return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None and self._stream is None:

@@ -8,10 +8,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.augment import SSLViews
 from datamodules.evaluation import EvalSuite, EvalTask
-from datamodules.sampling import ResumableSampler, training_position
+from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
-from datamodules.tokenizer import WordTokenizer
+from datamodules.tokenizer import TokenizerLinks, WordTokenizer
 from datamodules.transforms import EvalImageTransform
 
 MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
@@ -48,7 +48,7 @@ class Collate:
         return batch
 
 
-class ShapesWorldDataModule(pl.LightningDataModule):
+class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
     """Procedural image-caption scenes rendered on the fly, identical on every machine.
 
     Training scenes hold ``min_objects``..``max_objects`` objects and never a held-out
@@ -96,14 +96,6 @@ class ShapesWorldDataModule(pl.LightningDataModule):
             stage: self._eval_datasets(stage, samples) for stage, samples in (("val", val_samples), ("test", test_samples))
         }
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.tokenizer.context_length
-
     def _eval_datasets(self, stage: str, samples: int) -> list[tuple[EvalTask, Dataset]]:
         h = self.hparams
         sets = []
@@ -119,16 +111,8 @@ class ShapesWorldDataModule(pl.LightningDataModule):
         return [task for task, _ in self._eval_sets["test" if stage == "test" else "val"]]
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=train,  # DDP gathers need equal local batches
-            num_workers=workers,
-            persistent_workers=train and workers > 0,
-            collate_fn=Collate(self.tokenizer, pad_to_context=not train),
-        )
+        collate = Collate(self.tokenizer, pad_to_context=not train)
+        return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
 
     def train_dataloader(self) -> DataLoader:
         # The order is a pure function of (seed, epoch) and a resumed run starts at the batch its

@@ -9,9 +9,9 @@
   saved with the run's checkpoint (``state_dict``).
 """
 
-from datamodules.tokenizer.base import TextTokenizer
+from datamodules.tokenizer.base import TextTokenizer, TokenizerLinks
 from datamodules.tokenizer.bpe import BPETokenizer
 from datamodules.tokenizer.clip import CLIPTokenizer
 from datamodules.tokenizer.word import WordTokenizer
 
-__all__ = ["BPETokenizer", "CLIPTokenizer", "TextTokenizer", "WordTokenizer"]
+__all__ = ["BPETokenizer", "CLIPTokenizer", "TextTokenizer", "TokenizerLinks", "WordTokenizer"]

@@ -11,11 +11,10 @@ the checkpoint carries its content. A user mistake prints one ``error:`` line an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from itertools import islice
 
-from variants.errors import UserError
+from variants.errors import UserError, exit_on_user_error
 
 SUMMARY_SAMPLE = 10_000  # captions encoded for the tokens-per-caption summary
 
@@ -69,13 +68,7 @@ def train(argv: list[str] | None = None) -> dict:
 
 
 def main() -> None:
-    try:
-        train()
-    except UserError as error:
-        if os.environ.get("CLIP_VARIANTS_TRACEBACK"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(train)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,18 @@ class HFTokenizer(TextTokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+class TokenizerLinks:
+    """For datamodules: ``vocab_size`` and ``context_length`` of ``self.tokenizer``, which the CLI
+    links to the text tower's arguments."""
+
+    tokenizer: TextTokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
