@@ -352,8 +352,7 @@ def _infonce_config(scale: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-
-    from analysis.io import write_atomic
+    import os
 
     parser = argparse.ArgumentParser(prog="python -m variants.pretrained", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32 or ViT-B-32-quickgelu")
@@ -363,7 +362,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="force QuickGELU on or off (default: on for OpenAI archives and -quickgelu names)")  # fmt: skip
     args = parser.parse_args(argv)
     checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
-    out = write_atomic(args.out, lambda f: torch.save(checkpoint, f))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp")  # whole or not at all: a reader never sees half a file
+    torch.save(checkpoint, temporary)
+    os.replace(temporary, out)
     vision = checkpoint["hyper_parameters"]["vision_tower"]["init_args"]
     print(
         f"wrote {out}: {vision['model_name']} {vision['model_kwargs']}, "
