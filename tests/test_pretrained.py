@@ -16,7 +16,7 @@ import yaml
 from variants.errors import UserError
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE, TokenwiseInfoNCE
-from variants.pretrained import infer_architecture, load_open_clip, read_state_dict, suite_checkpoint
+from variants.pretrained import infer_architecture, load_open_clip, main, read_state_dict
 from variants.towers import TextTower, VisionTower
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -221,8 +221,8 @@ def test_suite_checkpoint_is_analysed_like_a_trained_run(tmp_path):
 
     reference = _small_open_clip()
     torch.save(reference.state_dict(), tmp_path / "model.pt")
-    checkpoint = suite_checkpoint("ViT-small-quickgelu", tmp_path / "model.pt")
-    torch.save(checkpoint, tmp_path / "imported.ckpt")
+    main(["--model", "ViT-small-quickgelu", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "imported.ckpt")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imported.ckpt", "model.pt"]  # no temporary left
     loaded = load_checkpoint(tmp_path / "imported.ckpt")
     assert type(loaded.tokenizer).__name__ == "CLIPTokenizer"
     assert torch.equal(loaded.tokenizer(TEXTS), open_clip.tokenize(TEXTS))
