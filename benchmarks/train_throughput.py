@@ -1,6 +1,8 @@
 """Training throughput: the suite's CLIP step against open_clip's on the same architecture and batch.
 
-    .venv/bin/python benchmarks/train_throughput.py [--configs tiny vit_s16] [--steps 5] [--warmup 3] [--rounds 2]
+    .venv/bin/python benchmarks/train_throughput.py [--configs tiny vit_s16] [--precisions fp32 bf16]
+        [--steps 5] [--warmup 5] [--rounds 2] [--attention auto|fused|explicit] [--no-fused-optimizer]
+        [--no-reuse-memory]
 
 (open_clip comes with the dev extra, or `pip install open-clip-torch`.) In one process, for each
 config and precision, the two implementations run alternately (``--rounds`` times each, after
@@ -8,8 +10,12 @@ config and precision, the two implementations run alternately (``--rounds`` time
 
 - the suite: ``ContrastiveModule`` (timm ViT + CLIP text tower + InfoNCE) trained by a Lightning
   ``Trainer`` exactly as ``python -m experiments fit`` runs it (AdamW, schedule, logging every 10
-  steps), precision ``32-true`` or ``bf16-mixed``; a step is the wall time between consecutive
-  batch ends, so the loop's own overhead counts;
+  steps, the speed levers of the base config), precision ``32-true`` or ``bf16-mixed``; a step
+  is the wall time between consecutive batch ends, so the loop's own overhead counts. The
+  levers can be switched off one by one to see what each adds: the attention kernel (towers'
+  ``attention``), AdamW's fused kernel (``fused_optimizer``) and the ``ReuseFreedMemory``
+  callback (the allocator setting holds only while the suite fits; open_clip's phases run with
+  glibc's defaults, as its own training script would);
 - open_clip: ``open_clip.CLIP`` with the same shapes, ``ClipLoss``, AdamW, its training loop's
   step (fp32, or bf16 autocast as ``--precision amp_bf16``).
 
@@ -23,6 +29,9 @@ precision over open_clip's best, on the config that gives the smallest ratio.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -71,6 +80,10 @@ def _timed(fn) -> float:
 
 
 def _reset_peak_rss() -> None:
+    # Return what earlier phases freed first, or the peak would start at their leftovers.
+    gc.collect()
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM (Linux >= 4.0)
         f.write("5")
 
@@ -91,7 +104,16 @@ def synthetic_batch(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 # ---- the suite -------------------------------------------------------------------------------
-def suite_model(c: dict):
+@dataclass(frozen=True)
+class SuiteLevers:
+    """The suite's speed levers, all on by default as in experiments/configs/base.yaml."""
+
+    attention: str = "auto"  # VisionTower/TextTower(attention=...)
+    fused_optimizer: bool = True  # ContrastiveModule(fused_optimizer=...)
+    reuse_memory: bool = True  # the experiments.memory.ReuseFreedMemory callback
+
+
+def suite_model(c: dict, levers: SuiteLevers = SuiteLevers()):
     from variants.module import ContrastiveModule
     from variants.objectives import InfoNCE
     from variants.towers import TextTower, VisionTower
@@ -101,10 +123,11 @@ def suite_model(c: dict):
         embed_dim=c["embed_dim"],
         model_kwargs={"img_size": c["image_size"], "patch_size": c["patch"], "embed_dim": c["width"],
                       "depth": c["depth"], "num_heads": c["width"] // HEAD_WIDTH},
+        attention=levers.attention,
     )  # fmt: skip
     text = TextTower(VOCAB, c["text_context"], c["text_width"], c["text_depth"], c["text_width"] // HEAD_WIDTH,
-                     embed_dim=c["embed_dim"], norm_eps=1e-5)  # fmt: skip
-    return ContrastiveModule(vision, text, [InfoNCE()], warmup_steps=10)
+                     embed_dim=c["embed_dim"], norm_eps=1e-5, attention=levers.attention)  # fmt: skip
+    return ContrastiveModule(vision, text, [InfoNCE()], warmup_steps=10, fused_optimizer=levers.fused_optimizer)
 
 
 class _StepTimes:
@@ -123,18 +146,21 @@ class _StepTimes:
         self.callback, self.times, self.last, self.seen = Callback(), [], None, 0
 
 
-def run_suite(c: dict, precision: str, steps: int, warmup: int) -> tuple[float, float]:
+def run_suite(c: dict, precision: str, steps: int, warmup: int, levers: SuiteLevers) -> tuple[float, float]:
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    model = suite_model(c)
+    from experiments.memory import ReuseFreedMemory
+
+    model = suite_model(c, levers)
     batch = synthetic_batch(c)
     loader = DataLoader([batch] * (steps + warmup + 1), batch_size=None)
     timer = _StepTimes(warmup)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, precision=precision, max_steps=steps + warmup + 1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        log_every_n_steps=10, callbacks=[timer.callback], num_sanity_val_steps=0,
+        log_every_n_steps=10, num_sanity_val_steps=0,
+        callbacks=[timer.callback] + ([ReuseFreedMemory()] if levers.reuse_memory else []),
     )  # fmt: skip
     _reset_peak_rss()
     trainer.fit(model, train_dataloaders=loader)
@@ -207,13 +233,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per phase (>= 5)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each phase (bf16 kernels warm up over the first few)")
     parser.add_argument("--rounds", type=int, default=2, help="alternations suite / open_clip per precision")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--attention", choices=["auto", "fused", "explicit"], default="auto",
+                        help="the suite's attention kernel (auto: explicit matmuls on CPU under bf16)")
+    parser.add_argument("--no-fused-optimizer", action="store_true", help="the suite's AdamW without its fused kernel")
+    parser.add_argument("--no-reuse-memory", action="store_true", help="the suite without the ReuseFreedMemory callback")
     args = parser.parse_args()
+    levers = SuiteLevers(args.attention, not args.no_fused_optimizer, not args.no_reuse_memory)
+    print(f"suite levers: {levers}")
     import warnings
 
     warnings.filterwarnings("ignore")  # Lightning's notes about workers and logging on a synthetic loader
     import logging
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak (best square matmul, {torch.get_num_threads()} threads): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, "
@@ -224,9 +258,11 @@ def main() -> None:
         flops = {"suite": suite_flops(c), "open_clip": open_clip_flops(c)}
         print(f"\n{name}: {c}\nFLOPs per step (fwd+bwd): suite {flops['suite'] / 1e9:.1f} G, open_clip {flops['open_clip'] / 1e9:.1f} G")
         for suite_precision, open_clip_precision, peak in (("32-true", "fp32", "fp32"), ("bf16-mixed", "amp_bf16", "bf16")):
+            if peak not in args.precisions:
+                continue
             times: dict[str, list[tuple[float, float]]] = {"suite": [], "open_clip": []}
             for _ in range(args.rounds):  # alternate, so drift in the machine's speed hits both alike
-                times["suite"].append(run_suite(c, suite_precision, args.steps, args.warmup))
+                times["suite"].append(run_suite(c, suite_precision, args.steps, args.warmup, levers))
                 times["open_clip"].append(run_open_clip(c, open_clip_precision, args.steps, args.warmup))
             for implementation, precision in (("suite", suite_precision), ("open_clip", open_clip_precision)):
                 step = min(t for t, _ in times[implementation])  # the best round's median step

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from variants.errors import UserError
 from variants.losses import clip_loss
 
 
@@ -139,6 +140,76 @@ def test_filip_loss_matches_naive_and_its_gradient_survives_chunking() -> None:
     filip_loss(x, y, mask, s, chunk=5).backward()
     torch.testing.assert_close(grads[0], x.grad)
     torch.testing.assert_close(grads[1], y.grad)
+
+
+def _dense_filip(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP from the whole [Ni, P, Nt, L] block with autograd's amax (ties share the gradient)."""
+    sim = torch.einsum("ipd,jkd->ipjk", x, y)
+    i2t = sim.masked_fill(~mask[None, None], float("-inf")).amax(dim=3).mean(dim=1)
+    t2i = (sim.amax(dim=1) * mask).sum(dim=-1) / mask.sum(dim=-1)
+    return i2t, t2i
+
+
+def test_filip_gradient_matches_autograd_through_the_dense_block_even_with_ties() -> None:
+    x, y = _unit(5, 4, 6), _unit(6, 5, 6)
+    x[:, 2] = x[:, 0]  # tied patches: each word's max over patches is reached twice
+    y[:, 3] = y[:, 1]  # tied words: each patch's max over words is reached twice
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 0, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    mask = mask.bool()  # holes and leading padding too: any mask, not only a padded suffix
+    weights_i2t, weights_t2i = torch.randn(5, 6, dtype=D64), torch.randn(5, 6, dtype=D64)
+    grads = []
+    for scores in (filip_similarity, _dense_filip):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        i2t, t2i = scores(a, b, mask) if scores is _dense_filip else scores(a, b, mask, chunk=2)
+        ((i2t * weights_i2t).sum() + (t2i * weights_t2i).sum()).backward()
+        assert b.grad[~mask].abs().max() == 0  # padding gets no gradient
+        grads.append((i2t.detach(), t2i.detach(), _merge(a.grad, 0, 2), _merge(b.grad, 1, 3)))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
+def _merge(grad: torch.Tensor, keep: int, copy: int) -> torch.Tensor:
+    """Gradients of two copies of one vector summed into the first: how a tie's gradient is split
+    depends on the last bit of each GEMM (the copies' similarities may differ by an ulp), what
+    the shared vector receives does not. Deliberately blind to the split itself."""
+    merged = grad.clone()
+    merged[:, keep] += merged[:, copy]
+    merged[:, copy] = 0
+    return merged
+
+
+def test_filip_drops_the_padding_after_the_longest_text_and_handles_many_patches() -> None:
+    x, y = _unit(3, 260, 4), _unit(4, 7, 4)  # >= 256 patches: tie counts leave uint8
+    mask = _mask([3, 1, 2, 3], 7)  # the longest text ends at 3 of 7 positions
+    weights = torch.randn(3, 4, dtype=D64), torch.randn(3, 4, dtype=D64)
+    grads = []
+    for scores in (filip_similarity, _dense_filip):
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        i2t, t2i = scores(a, b, mask)
+        ((i2t * weights[0]).sum() + (t2i * weights[1]).sum()).backward()
+        grads.append((i2t.detach(), t2i.detach(), a.grad, b.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_filip_refuses_a_text_without_real_tokens() -> None:
+    with pytest.raises(UserError, match="a text has no real token"):
+        filip_similarity(_unit(2, 3, 4), _unit(2, 3, 4), _mask([2, 0], 3))
+
+
+def test_filip_backward_passes_gradcheck() -> None:
+    x, y = _unit(3, 4, 5).requires_grad_(), _unit(4, 3, 5).requires_grad_()
+    mask = _mask([3, 1, 2, 3], 3)
+    assert torch.autograd.gradcheck(lambda a, b: filip_similarity(a, b, mask, chunk=2), (x, y))
+
+
+def test_filip_in_bf16_stays_close_to_float32() -> None:
+    x, y = _unit(16, 16, 32).float(), _unit(16, 8, 32).float()
+    mask = _mask(list(range(1, 9)) * 2, 8)
+    exact = filip_loss(x, y, mask, 50.0)
+    low = filip_loss(x.bfloat16(), y.bfloat16(), mask, 50.0)
+    assert low.dtype == torch.float32  # scores and loss in float32 whatever the GEMM's dtype
+    torch.testing.assert_close(low, exact, atol=0.05, rtol=0.02)
 
 
 def test_cyclic_losses_match_naive() -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from variants.errors import UserError
+
 
 def clip_loss(
     image: torch.Tensor,
@@ -64,27 +66,95 @@ def siglip_loss(
 
 
 def filip_chunk(n_images: int, n_texts: int, patches: int, tokens: int, budget: int = 2**24) -> int:
-    """Images per chunk so that one [chunk, Nt, P, L] similarity block holds at most ``budget``
-    elements (2**24 floats = 64 MiB)."""
+    """Images per chunk so that one [chunk, P, L, Nt] similarity block holds at most ``budget``
+    elements (64 MiB in float32, 32 MiB in bf16; the backward holds about three such blocks)."""
     return max(1, min(n_images, budget // max(1, n_texts * patches * tokens)))
 
 
-def _filip_block(
-    image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor, i2t: bool, t2i: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _filip_block_maxes(
+    image_tokens: torch.Tensor, text_by_position: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk's similarity block and its two maxima (no autograd).
+
+    ``text_by_position`` is [L, Nt, D] (position-major), so the block comes out [c, P, L, Nt] and
+    both maxima reduce over a strided dimension, which ``amax`` vectorises across the texts.
+    Returns (block, max over the patches [c, L, Nt], max over the positions [c, P, Nt]).
+    """
     c, p, d = image_tokens.shape
-    n, length = text_tokens.shape[:2]
-    # One GEMM, laid out [c, P, Nt, L] so that no permuted copy of the block is made.
-    sim = (image_tokens.reshape(c * p, d) @ text_tokens.reshape(n * length, d).T).view(c, p, n, length)
-    out_i2t = out_t2i = None
-    if t2i:  # max over the patches of image i, mean over the valid tokens of text j
-        valid = text_mask.to(sim.dtype)
-        out_t2i = (sim.max(dim=1).values * valid).sum(dim=2) / valid.sum(dim=1)
-    if i2t:  # max over the valid tokens of text j, mean over the patches of image i
-        # In place: max saves only its indices, so the block is not needed any more.
-        masked = sim.masked_fill_(~text_mask, float("-inf"))
-        out_i2t = masked.max(dim=3).values.mean(dim=1)
-    return out_i2t, out_t2i
+    length, n = text_by_position.shape[:2]
+    block = (image_tokens.reshape(c * p, d) @ text_by_position.reshape(length * n, d).T).view(c, p, length, n)
+    return block, block.amax(dim=1), block.amax(dim=2)
+
+
+class _FilipScores(torch.autograd.Function):
+    """FILIP's (i2t, t2i) chunked over images, from tokens whose padding repeats a real token.
+
+    Forward keeps only its inputs. Backward recomputes a chunk's block and its maxima and sends
+    each score's gradient to the (patch, token) pairs that reach the max, split evenly among
+    ties as ``amax`` does: the gradient block G is zero elsewhere, so dX = G Y and dY = G^T X
+    are two GEMMs. Extra memory: a few [chunk, P, L, Nt] blocks, whatever the batch. The block
+    is in the tokens' dtype (bf16 GEMMs accumulate in float32); scores, their means and dY's sum
+    over chunks are in float32 at least.
+    """
+
+    @staticmethod
+    def forward(ctx, image_tokens, text_tokens, token_weights, chunk: int):  # type: ignore[override]
+        # token_weights [Nt, L]: 1/length at real tokens, 0 at padding (the t2i mean).
+        ctx.save_for_backward(image_tokens, text_tokens, token_weights)
+        ctx.chunk = chunk
+        ctx.set_materialize_grads(False)  # an unused side (the distributed halves) gets None
+        by_position = text_tokens.transpose(0, 1).contiguous()  # [L, Nt, D]
+        weights = token_weights.T  # [L, Nt]
+        parts_i2t, parts_t2i = [], []
+        for start in range(0, image_tokens.shape[0], chunk):
+            _, over_patches, over_positions = _filip_block_maxes(image_tokens[start : start + chunk], by_position)
+            parts_i2t.append(over_positions.to(weights.dtype).mean(dim=1))  # mean over patches of the best token
+            parts_t2i.append((over_patches.to(weights.dtype) * weights).sum(dim=1))  # mean over tokens of the best patch
+        return torch.cat(parts_i2t), torch.cat(parts_t2i)
+
+    @staticmethod
+    def backward(ctx, grad_i2t, grad_t2i):  # type: ignore[override]
+        if grad_i2t is None and grad_t2i is None:
+            return None, None, None, None
+        image_tokens, text_tokens, token_weights = ctx.saved_tensors
+        patches, dtype = image_tokens.shape[1], image_tokens.dtype
+        n, length, d = text_tokens.shape
+        by_position = text_tokens.transpose(0, 1).contiguous()  # [L, Nt, D]
+        weights = token_weights.T  # [L, Nt]
+        real = weights > 0  # [L, Nt]
+        grad_image = torch.empty_like(image_tokens)
+        grad_by_position = torch.zeros(length * n, d, dtype=token_weights.dtype, device=text_tokens.device)
+        chunk = ctx.chunk
+        for start in range(0, image_tokens.shape[0], chunk):
+            x = image_tokens[start : start + chunk]
+            c = x.shape[0]
+            block = (x.reshape(c * patches, d) @ by_position.view(length * n, d).T).view(c, patches, length, n)
+            # Ties share the gradient. Counting in uint8 is ~50x faster than a bool sum (int64),
+            # and cannot overflow below 256 patches or positions.
+            best_patch = best_token = None
+            if grad_t2i is not None:
+                best_patch = block == block.amax(dim=1, keepdim=True)  # [c, P, L, Nt]
+            if grad_i2t is not None:
+                # Padding copies are masked here: a GEMM may round a copy 1 ulp above the token it
+                # copies, and the gradient must reach a real token.
+                block.masked_fill_(~real, float("-inf"))
+                best_token = block == block.amax(dim=2, keepdim=True)
+            del block
+            g = None
+            if best_patch is not None:
+                ties = best_patch.view(torch.uint8).sum(dim=1, dtype=torch.uint8) if patches < 256 else best_patch.sum(dim=1)
+                to_patch = (grad_t2i[start : start + c, None, :] * weights / ties).to(dtype)  # [c, L, Nt]
+                g = torch.where(best_patch, to_patch.unsqueeze(1), 0)
+            if best_token is not None:
+                ties = best_token.view(torch.uint8).sum(dim=2, dtype=torch.uint8) if length < 256 else best_token.sum(dim=2)
+                to_token = (grad_i2t[start : start + c, None, :] / patches / ties).to(dtype)  # [c, P, Nt]
+                to_tokens = torch.where(best_token, to_token.unsqueeze(2), 0)
+                g = to_tokens if g is None else g.add_(to_tokens)
+            g = g.view(c * patches, length * n)
+            grad_image[start : start + c] = (g @ by_position.view(length * n, d)).view(c, patches, d)
+            grad_by_position += g.T @ x.reshape(c * patches, d)
+        grad_text = grad_by_position.view(length, n, d).transpose(0, 1).to(dtype)
+        return grad_image, grad_text, None, None
 
 
 def _filip_scores(
@@ -92,25 +162,28 @@ def _filip_scores(
     text_tokens: torch.Tensor,
     text_mask: torch.Tensor,
     chunk: int | None,
-    i2t: bool = True,
-    t2i: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Chunked over images. Under autograd each chunk is checkpointed: only its inputs are kept
-    and the [chunk, Nt, P, L] block is recomputed in backward, so no chunk's block (nor its
-    argmax indices) outlives the chunk: extra memory is O(chunk * Nt * P * L)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i2t, t2i) [Ni, Nt], chunked over images; padding never contributes.
+
+    Positions after every text's last real token are dropped. A padding position inside the
+    kept length takes a copy of its text's first real token (a differentiable gather): the max
+    over a text's positions is then the max over its real tokens without masking the block, and
+    the copy's gradient flows back to the token it copies.
+    """
+    precise = torch.promote_types(image_tokens.dtype, torch.float32)
+    if not bool(text_mask.any(dim=1).all()):
+        raise UserError("a text has no real token (its text_mask row is all False); FILIP needs at least one")
+    positions = torch.arange(text_mask.shape[1], device=text_mask.device)
+    length = int(torch.where(text_mask, positions + 1, 0).max())  # the longest text
+    text_mask = text_mask[:, :length]
+    first_real = torch.where(text_mask, positions[:length], length).amin(dim=1, keepdim=True)  # [Nt, 1]
+    source = torch.where(text_mask, positions[:length], first_real)
+    text_tokens = text_tokens[:, :length].gather(1, source.unsqueeze(-1).expand(-1, -1, text_tokens.shape[-1]))
+    valid = text_mask.to(precise)
+    token_weights = valid / valid.sum(dim=1, keepdim=True)
     n_images, patches = image_tokens.shape[:2]
-    chunk = chunk or filip_chunk(n_images, text_tokens.shape[0], patches, text_tokens.shape[1])
-    track = torch.is_grad_enabled() and (image_tokens.requires_grad or text_tokens.requires_grad)
-    parts_i2t, parts_t2i = [], []
-    for start in range(0, n_images, chunk):
-        args = (image_tokens[start : start + chunk], text_tokens, text_mask, i2t, t2i)
-        if track:
-            a, b = torch.utils.checkpoint.checkpoint(_filip_block, *args, use_reentrant=False)
-        else:
-            a, b = _filip_block(*args)
-        parts_i2t.append(a)
-        parts_t2i.append(b)
-    return (torch.cat(parts_i2t) if i2t else None, torch.cat(parts_t2i) if t2i else None)
+    chunk = chunk or filip_chunk(n_images, text_tokens.shape[0], patches, length)
+    return _FilipScores.apply(image_tokens, text_tokens, token_weights, chunk)
 
 
 def filip_similarity(
@@ -122,7 +195,8 @@ def filip_similarity(
     (True = real token). Returns (i2t, t2i), both [Ni, Nt]:
         i2t[i, j] = mean over patches p of max over valid tokens k of <x_ip, y_jk>,
         t2i[i, j] = mean over valid tokens k of max over patches p of <x_ip, y_jk>.
-    Padding never contributes. Never holds more than ``chunk`` images' [chunk, Nt, P, L] block.
+    Padding never contributes. Memory beyond the inputs and scores: a few blocks of ``chunk``
+    images (``filip_chunk``), whatever the batch. The GEMMs run in the tokens' dtype.
     """
     return _filip_scores(image_tokens, text_tokens, text_mask, chunk)
 
@@ -150,8 +224,8 @@ def filip_loss(
         i2t, t2i = _filip_scores(image_tokens, text_tokens, text_mask, chunk)
         t2i_rows = t2i.T
     else:
-        i2t, _ = _filip_scores(image_tokens, all_text_tokens, all_text_mask, chunk, t2i=False)
-        _, t2i = _filip_scores(all_image_tokens, text_tokens, text_mask, chunk, i2t=False)
+        i2t, _ = _filip_scores(image_tokens, all_text_tokens, all_text_mask, chunk)
+        _, t2i = _filip_scores(all_image_tokens, text_tokens, text_mask, chunk)
         t2i_rows = t2i.T  # [n texts, N images]
     return 0.5 * (F.cross_entropy(logit_scale * i2t, targets) + F.cross_entropy(logit_scale * t2i_rows, targets))
 

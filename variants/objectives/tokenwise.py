@@ -15,11 +15,14 @@ tutorial does) is not FILIP. Zero-shot and retrieval score pairs with i2t / t2i 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from variants.distributed import gather, gather_with_grad, pad_to_common_length, row_offset, world
+from variants.errors import UserError
 from variants.losses import filip_loss, filip_similarity
 from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive, require_token_towers
 from variants.towers import Encoded
@@ -33,7 +36,13 @@ class TokenwiseInfoNCE(Term):
         token_dim: size the tokens are projected to before the similarity (256 in FILIP).
         init_temperature: initial 1/s of this term's own temperature.
         max_logit_scale: upper bound of s.
-        chunk_size: images per similarity block (None: sized to keep a block <= 64 MiB).
+        chunk_size: images per similarity block (None: sized to keep a block <= 2**24 elements).
+        similarity_dtype: dtype of the training loss's token-similarity GEMMs. "float32" (the
+            default): exact, like every term's logits. "auto": the autocast dtype when the run
+            is in bf16/fp16-mixed precision (GEMMs accumulate in float32, but each cosine is
+            rounded to bf16, ~0.002; the scores average P or L of them and the loss is in
+            float32), 1.6x faster FILIP steps on a CPU; filip.yaml turns it on. Evaluation
+            (``score``: zero-shot, retrieval, analysis) always computes in float32.
     """
 
     needs = frozenset({"image_tokens", "text_tokens"})
@@ -47,10 +56,13 @@ class TokenwiseInfoNCE(Term):
         init_temperature: float = 0.07,
         max_logit_scale: float = 100.0,
         chunk_size: int | None = None,
+        similarity_dtype: Literal["auto", "float32"] = "float32",
     ) -> None:
         super().__init__(weight)
+        if similarity_dtype not in ("auto", "float32"):
+            raise UserError(f"unknown similarity_dtype '{similarity_dtype}' for FILIP; use 'auto' or 'float32'")
         positive(self, token_dim=token_dim, init_temperature=init_temperature, chunk_size=chunk_size or 1)
-        self.token_dim, self.chunk_size = token_dim, chunk_size
+        self.token_dim, self.chunk_size, self.similarity_dtype = token_dim, chunk_size, similarity_dtype
         self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale)
         self.image_proj: nn.Module | None = None
         self.text_proj: nn.Module | None = None
@@ -66,19 +78,28 @@ class TokenwiseInfoNCE(Term):
         (projected,) = at_least_float32(proj(tokens))
         return F.normalize(projected, dim=-1)
 
+    def _gemm_dtype(self, tokens: torch.Tensor) -> torch.dtype:
+        """The training similarity GEMMs' dtype; asked before autocast is switched off."""
+        device = tokens.device.type
+        if self.similarity_dtype == "auto" and torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+        return tokens.dtype
+
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         image, text = self._project(encoded, "image"), self._project(encoded, "text")
+        dtype = self._gemm_dtype(image)
         with full_precision(image.device):
             scale = self.logit_scale()
             mask = encoded.text_mask
             if world()[1] == 1:
-                loss = filip_loss(image, text, mask, scale, chunk=self.chunk_size)
-            else:  # own rows against every rank's tokens, in the reduced dimension
+                loss = filip_loss(image.to(dtype), text.to(dtype), mask, scale, chunk=self.chunk_size)
+            else:  # own rows against every rank's tokens, in the reduced dimension; gathered in float32
                 text, mask = pad_to_common_length(text), pad_to_common_length(mask)
+                all_image, all_text = gather_with_grad(image), gather_with_grad(text)
                 loss = filip_loss(
-                    image, text, mask, scale,
-                    all_image_tokens=gather_with_grad(image),
-                    all_text_tokens=gather_with_grad(text),
+                    image.to(dtype), text.to(dtype), mask, scale,
+                    all_image_tokens=all_image.to(dtype),
+                    all_text_tokens=all_text.to(dtype),
                     all_text_mask=gather(mask),
                     row_offset=row_offset(image.shape[0]),
                     chunk=self.chunk_size,
