@@ -71,19 +71,13 @@ def filip_chunk(n_images: int, n_texts: int, patches: int, tokens: int, budget: 
     return max(1, min(n_images, budget // max(1, n_texts * patches * tokens)))
 
 
-def _filip_block_maxes(
-    image_tokens: torch.Tensor, text_by_position: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chunk's similarity block and its two maxima (no autograd).
-
-    ``text_by_position`` is [L, Nt, D] (position-major), so the block comes out [c, P, L, Nt] and
-    both maxima reduce over a strided dimension, which ``amax`` vectorises across the texts.
-    Returns (block, max over the patches [c, L, Nt], max over the positions [c, P, Nt]).
-    """
+def _filip_block(image_tokens: torch.Tensor, text_by_position: torch.Tensor) -> torch.Tensor:
+    """One chunk's similarity block [c, P, L, Nt] from image tokens [c, P, D] and position-major
+    text tokens [L, Nt, D]: both maxima then reduce over a strided dimension, which ``amax``
+    vectorises across the texts (the contiguous reduction over 32 positions does not, in bf16)."""
     c, p, d = image_tokens.shape
     length, n = text_by_position.shape[:2]
-    block = (image_tokens.reshape(c * p, d) @ text_by_position.reshape(length * n, d).T).view(c, p, length, n)
-    return block, block.amax(dim=1), block.amax(dim=2)
+    return (image_tokens.reshape(c * p, d) @ text_by_position.reshape(length * n, d).T).view(c, p, length, n)
 
 
 class _FilipScores(torch.autograd.Function):
@@ -107,9 +101,11 @@ class _FilipScores(torch.autograd.Function):
         weights = token_weights.T  # [L, Nt]
         parts_i2t, parts_t2i = [], []
         for start in range(0, image_tokens.shape[0], chunk):
-            _, over_patches, over_positions = _filip_block_maxes(image_tokens[start : start + chunk], by_position)
-            parts_i2t.append(over_positions.to(weights.dtype).mean(dim=1))  # mean over patches of the best token
-            parts_t2i.append((over_patches.to(weights.dtype) * weights).sum(dim=1))  # mean over tokens of the best patch
+            block = _filip_block(image_tokens[start : start + chunk], by_position)
+            best_tokens = block.amax(dim=2)  # [c, P, Nt]: each patch's best position (copies repeat a real token)
+            parts_i2t.append(best_tokens.to(weights.dtype).mean(dim=1))
+            best_patches = block.amax(dim=1)  # [c, L, Nt]: each position's best patch
+            parts_t2i.append((best_patches.to(weights.dtype) * weights).sum(dim=1))  # mean over the real tokens
         return torch.cat(parts_i2t), torch.cat(parts_t2i)
 
     @staticmethod
@@ -128,7 +124,7 @@ class _FilipScores(torch.autograd.Function):
         for start in range(0, image_tokens.shape[0], chunk):
             x = image_tokens[start : start + chunk]
             c = x.shape[0]
-            block = (x.reshape(c * patches, d) @ by_position.view(length * n, d).T).view(c, patches, length, n)
+            block = _filip_block(x, by_position)
             # Ties share the gradient. Counting in uint8 is ~50x faster than a bool sum (int64),
             # and cannot overflow below 256 patches or positions.
             best_patch = best_token = None
@@ -166,9 +162,9 @@ def _filip_scores(
     """(i2t, t2i) [Ni, Nt], chunked over images; padding never contributes.
 
     Positions after every text's last real token are dropped. A padding position inside the
-    kept length takes a copy of its text's first real token (a differentiable gather): the max
-    over a text's positions is then the max over its real tokens without masking the block, and
-    the copy's gradient flows back to the token it copies.
+    kept length takes a copy of its text's first real token (a gather): the forward's max over
+    a text's positions is then the max over its real tokens without masking the block; the
+    backward masks the copies, so their gradient is zero.
     """
     precise = torch.promote_types(image_tokens.dtype, torch.float32)
     if not bool(text_mask.any(dim=1).all()):
