@@ -48,7 +48,8 @@ class ReuseFreedMemory(pl.Callback):
     ~150,000 page faults per step (0.6 GB of pages zeroed by the kernel) without it, none with
     it, and about 10% shorter steps. The price is that the process holds its peak memory until
     the fit ends (and beyond, until frees return it); DataLoader workers forked during the fit
-    inherit the setting. Does nothing on GPU runs, off Linux/glibc, or when the environment
+    inherit the setting. A thread that glibc has moved to a secondary malloc arena still gets its
+    large blocks mmapped (seen in one fresh process of a few). Does nothing on GPU runs, off Linux/glibc, or when the environment
     already tunes glibc (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``: yours are kept).
     Remove it from ``trainer.callbacks`` to switch it off.
     """

@@ -125,12 +125,19 @@ print(default, faults())
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting")
 def test_reused_memory_is_not_faulted_in_again() -> None:
-    # A fresh process: in a long-lived multi-threaded one the main thread may have moved to a
-    # secondary malloc arena, whose large blocks are always mmapped (training runs start fresh).
-    result = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, cwd=REPO, check=True)
-    default, kept = map(int, result.stdout.split())
-    assert default > 4000  # 16,384 pages of 4 KiB returned to the OS and faulted in again
-    assert kept < 500
+    # Fresh processes: a thread that glibc moved to a secondary malloc arena (on lock contention,
+    # e.g. while torch's threads start) has its large blocks mmapped whatever the setting, so one
+    # process in a few shows no gain (seen once in a clean-clone run); three tries tell that apart
+    # from a setting that does nothing.
+    results = []
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, cwd=REPO, check=True)
+        default, kept = map(int, run.stdout.split())
+        assert default > 4000  # 16,384 pages of 4 KiB returned to the OS and faulted in again
+        results.append(kept)
+        if kept < 500:
+            return
+    raise AssertionError(f"freed memory was faulted in again in 3 fresh processes: {results} page faults")
 
 
 def test_reuse_freed_memory_callback_acts_on_cpu_fits_only(monkeypatch: pytest.MonkeyPatch) -> None:
