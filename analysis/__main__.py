@@ -47,13 +47,17 @@ def parser() -> argparse.ArgumentParser:
         if name in ("probes", "report"):
             sub.add_argument("--probes", nargs="+", default=["shapesworld"], help="'shapesworld' or probe JSON files")
         sub.add_argument(
-            "--samples", type=_positive, help="ShapesWorld images per task and per probe (default: the run's test_samples)"
+            "--samples",
+            type=_positive,
+            help="ShapesWorld images per task and per probe (default: the run's test_samples)",
         )
         sub.add_argument("--templates", help="prompt templates file for imagefolder suites ('{}' = class name)")
         sub.add_argument("--images-root", dest="images_root", help="where Karpathy-JSON / probe-file image paths start")
         sub.add_argument("--batch-size", dest="batch_size", type=_positive, default=256)
         sub.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
-        sub.add_argument("--precision", choices=("32", "bf16"), default="32", help="bf16 autocast is faster on AMX CPUs")
+        sub.add_argument(
+            "--precision", choices=("32", "bf16"), default="32", help="bf16 autocast is faster on AMX CPUs"
+        )
         sub.add_argument("--seed", type=int, default=0)
         if name == "embed":
             sub.add_argument("--tokens", action="store_true", help="also save patch and word token embeddings")
@@ -83,7 +87,11 @@ def run(argv: list[str] | None = None) -> dict:
     from analysis.suites import SuiteOptions, load_probe_suites, load_suites
 
     loaded = load_checkpoint(args.ckpt)
-    out = Path(args.out) if args.out else (run_directory(loaded.path) or Path(f"analysis-{loaded.path.stem}")) / "analysis"
+    out = (
+        Path(args.out)
+        if args.out
+        else (run_directory(loaded.path) or Path(f"analysis-{loaded.path.stem}")) / "analysis"
+    )
     options = SuiteOptions(samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed)
     embed = {"batch_size": args.batch_size, "num_workers": args.workers, "precision": args.precision}
     suites = load_suites(args.suite, loaded, options) if hasattr(args, "suite") else []

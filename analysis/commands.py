@@ -28,13 +28,11 @@ GAP_SHIFTS = tuple(float(x) for x in np.round(np.linspace(-1.0, 1.5, 11), 2))
 
 
 def slug(name: str) -> str:
-    """"shapesworld/color_shape" -> "shapesworld-color_shape" (a file name)."""
+    """ "shapesworld/color_shape" -> "shapesworld-color_shape" (a file name)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
 
 
-def embed(
-    loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = False, **embed_kwargs
-) -> dict[str, str]:
+def embed(loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = False, **embed_kwargs) -> dict[str, str]:
     """Save each suite's embeddings with their metadata to ``out/embeddings/<suite>.pt``.
 
     Classification suites: test images (+ labels) and the class prompts; retrieval suites:
@@ -119,7 +117,9 @@ def geometry_analysis(
         raise UserError("geometry needs a retrieval or a classification suite (e.g. --suite shapesworld)")
     for suite, data in ((paired, paired and paired.images), (classes, classes and classes.test)):
         if suite is not None and len(data) < MIN_GEOMETRY_POINTS:  # 5-fold separability, t-SNE
-            raise UserError(f"geometry needs >= {MIN_GEOMETRY_POINTS} images per suite, {suite.name} has {len(data)}: raise --samples")
+            raise UserError(
+                f"geometry needs >= {MIN_GEOMETRY_POINTS} images per suite, {suite.name} has {len(data)}: raise --samples"
+            )
     result: dict = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step}
     if loaded.global_note:
         result["note"] = loaded.global_note
@@ -175,9 +175,7 @@ def _geometry_metrics(result: dict) -> dict[str, float]:
     return metrics
 
 
-def probe_analysis(
-    loaded: LoadedCheckpoint, suites: list[ProbeSuite], out: Path, **embed_kwargs
-) -> dict:
+def probe_analysis(loaded: LoadedCheckpoint, suites: list[ProbeSuite], out: Path, **embed_kwargs) -> dict:
     """Text-only pair similarities and grounded selection probes -> ``out/probes.json``."""
     precision = embed_kwargs.get("precision", "32")
     text = {
@@ -198,7 +196,9 @@ def probe_analysis(
         "figures": {name: str(save_figure(fig, out / "figures" / f"{name}.png")) for name, fig in figures.items()},
     }
     result["metrics"] = {f"probes/{name}/acc": r["acc"] for name, r in grounded.items()} | {
-        f"probes/text/{pairs}/{kind}_similarity": r["mean"] for pairs, kinds in text.items() for kind, r in kinds.items()
+        f"probes/text/{pairs}/{kind}_similarity": r["mean"]
+        for pairs, kinds in text.items()
+        for kind, r in kinds.items()
     }
     write_json(out / "probes.json", result)
     return result

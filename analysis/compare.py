@@ -54,7 +54,9 @@ def compare(root: str | Path, out: str | Path | None = None, curves: tuple[str, 
     groups: dict[str, list[str]] = defaultdict(list)
     for run in runs:
         groups[group_of(run)].append(run)
-    finals = sorted({tag for scalars in runs.values() for tag in scalars if tag.startswith(("zeroshot/", "retrieval/"))})
+    finals = sorted(
+        {tag for scalars in runs.values() for tag in scalars if tag.startswith(("zeroshot/", "retrieval/"))}
+    )
     table = {
         group: {
             "runs": members,
@@ -64,7 +66,9 @@ def compare(root: str | Path, out: str | Path | None = None, curves: tuple[str, 
     }
     write_json(out / "compare.json", table)
     write_text(out / "compare.md", _markdown(table, [t for t in finals if "_test/" in t] or finals))
-    save_figure(curve_figure(runs, groups, [c for c in curves if any(c in s for s in runs.values())]), out / "compare.png")
+    save_figure(
+        curve_figure(runs, groups, [c for c in curves if any(c in s for s in runs.values())]), out / "compare.png"
+    )
     return table
 
 
@@ -101,5 +105,7 @@ def _markdown(table: dict, metrics: list[str]) -> str:
     lines = ["Final value, mean ± 95% CI half-width over seeds (%).", "",
              "| group | n | " + " | ".join(labels) + " |", "| --- | ---: |" + " ---: |" * len(labels)]  # fmt: skip
     for group, entry in table.items():
-        lines.append(f"| {group} | {len(entry['runs'])} | " + " | ".join(cell(entry["metrics"][m]) for m in metrics) + " |")
+        lines.append(
+            f"| {group} | {len(entry['runs'])} | " + " | ".join(cell(entry["metrics"][m]) for m in metrics) + " |"
+        )
     return "\n".join(lines) + "\n"

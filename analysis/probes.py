@@ -98,7 +98,9 @@ def selection_probe(
         offsets.append(offsets[-1] + len(item_captions))
     for start in range(0, len(items), chunk):
         stop = min(start + chunk, len(items))
-        i2t, _ = loaded.model.score(_rows(images.encoded, slice(start, stop)), _rows(texts, slice(offsets[start], offsets[stop])))
+        i2t, _ = loaded.model.score(
+            _rows(images.encoded, slice(start, stop)), _rows(texts, slice(offsets[start], offsets[stop]))
+        )
         for i in range(start, stop):
             scores = i2t[i - start, offsets[i] - offsets[start] : offsets[i + 1] - offsets[start]]
             right = bool(scores[0] > scores[1:].max())  # a tie is not a choice: counted wrong
@@ -155,7 +157,9 @@ def selection_figure(results: dict[str, dict]) -> Figure:
     low = [results[n]["acc"] - results[n]["ci95"][0] for n in names]
     high = [results[n]["ci95"][1] - results[n]["acc"] for n in names]
     ax.bar(range(len(names)), acc, yerr=[low, high], capsize=4, color="tab:blue", label="accuracy (95% CI)")
-    ax.scatter(range(len(names)), [results[n]["chance"] for n in names], marker="_", s=600, color="k", label="chance", zorder=3)
+    ax.scatter(
+        range(len(names)), [results[n]["chance"] for n in names], marker="_", s=600, color="k", label="chance", zorder=3
+    )
     ax.set_xticks(range(len(names)), [n.split("/")[-1].replace("_", " ") for n in names], rotation=20)
     ax.set_ylim(0, 1)
     ax.set_ylabel("pick the true caption")

@@ -41,7 +41,9 @@ def write_report(
     write_text(out / "report.md", markdown(loaded, zeroshot, geometry, probes, out))
     if tensorboard:
         log_dir = run_directory(loaded.path) or out / "tensorboard"
-        to_tensorboard(loaded, log_dir, metrics, geometry["figures"] | probes["figures"], suites, projector_points, **embed_kwargs)
+        to_tensorboard(
+            loaded, log_dir, metrics, geometry["figures"] | probes["figures"], suites, projector_points, **embed_kwargs
+        )
         summary["tensorboard"] = str(log_dir)
     return summary
 
@@ -89,8 +91,13 @@ def to_tensorboard(
 def _thumbnail(image, loaded: LoadedCheckpoint, size: int = 32) -> torch.Tensor:
     """A raw suite image as a float [3, size, size] in [0, 1] for the projector."""
     tensor = loaded.image_transform(image)
-    tensor = tensor * torch.tensor(loaded.image_transform.std)[:, None, None] + torch.tensor(loaded.image_transform.mean)[:, None, None]
-    return torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=True)[0].clamp(0, 1)
+    tensor = (
+        tensor * torch.tensor(loaded.image_transform.std)[:, None, None]
+        + torch.tensor(loaded.image_transform.mean)[:, None, None]
+    )
+    return torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=True)[0].clamp(
+        0, 1
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -110,7 +117,9 @@ def markdown(loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: d
                   "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
         for r in classification:
             m, lp = r["metrics"], probe_by_suite.get(r["dataset"], {})
-            lines.append(f"| {r['dataset']} | {_pct(m['acc1'])} | {_pct(m['acc5'])} | {_pct(m['mean_per_class_recall'])} | {_pct(lp.get('lp_acc1'))} |")
+            lines.append(
+                f"| {r['dataset']} | {_pct(m['acc1'])} | {_pct(m['acc5'])} | {_pct(m['mean_per_class_recall'])} | {_pct(lp.get('lp_acc1'))} |"
+            )
         lines.append("")
     retrieval = [r for r in records if r["task"] == "zeroshot_retrieval"]
     if retrieval:
@@ -132,10 +141,18 @@ def markdown(loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: d
             low, high = r["ci95"]
             lines.append(f"| {name} | {_pct(r['acc'])} | {_pct(low)}-{_pct(high)} | {_pct(r['chance'])} | {r['n']} |")
         lines.append("")
-    lines += ["## Text-only pair similarity (mean cosine)", "", "| pairs | " + " | ".join(probes["text"]["shapesworld"]) + " |"]
+    lines += [
+        "## Text-only pair similarity (mean cosine)",
+        "",
+        "| pairs | " + " | ".join(probes["text"]["shapesworld"]) + " |",
+    ]
     lines.append("| --- |" + " ---: |" * len(probes["text"]["shapesworld"]))
     for pairs, kinds in probes["text"].items():
-        lines.append(f"| {pairs} | " + " | ".join(f"{kinds[k]['mean']:.3f}" if k in kinds else "" for k in probes["text"]["shapesworld"]) + " |")
+        lines.append(
+            f"| {pairs} | "
+            + " | ".join(f"{kinds[k]['mean']:.3f}" if k in kinds else "" for k in probes["text"]["shapesworld"])
+            + " |"
+        )
     lines.append("")
     figures = geometry["figures"] | probes["figures"]
     if figures:

@@ -21,7 +21,7 @@ SEED_SUFFIX = re.compile(r"[-_]s(eed)?\d+$")
 
 
 def group_of(run: str) -> str:
-    """"clip-s0" -> "clip"; "clip/version_3" -> "clip" (seeds and versions are one group)."""
+    """ "clip-s0" -> "clip"; "clip/version_3" -> "clip" (seeds and versions are one group)."""
     run = re.sub(r"/version_\d+$", "", run)
     return SEED_SUFFIX.sub("", run)
 

@@ -50,13 +50,17 @@ def _shapesworld_world(loaded: LoadedCheckpoint, samples: int | None) -> dict:
     }
 
 
-def load_suites(specs: list[str], loaded: LoadedCheckpoint, options: SuiteOptions) -> list[ClassificationSuite | RetrievalSuite]:
+def load_suites(
+    specs: list[str], loaded: LoadedCheckpoint, options: SuiteOptions
+) -> list[ClassificationSuite | RetrievalSuite]:
     suites: list[ClassificationSuite | RetrievalSuite] = []
     for spec in specs:
         kind, _, path = spec.partition(":")
         needs_path = kind in ("imagefolder", "cifar10", "cifar100", "coco", "flickr30k")
         if needs_path and not path:
-            raise UserError(f"suite {kind!r} needs a path: --suite {kind}:{'JSON' if kind in ('coco', 'flickr30k') else 'DIR'}")
+            raise UserError(
+                f"suite {kind!r} needs a path: --suite {kind}:{'JSON' if kind in ('coco', 'flickr30k') else 'DIR'}"
+            )
         if kind == "shapesworld":
             world = _shapesworld_world(loaded, options.samples)
             suites += shapesworld_suites(probe_train_samples=2 * world["samples"], **world)

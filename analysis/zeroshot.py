@@ -133,14 +133,20 @@ def fit_linear_probe(
         train_x, train_y, test_size=val_fraction, random_state=seed, stratify=stratify
     )
     if len(np.unique(fit_y)) < 2:
-        raise UserError(f"the linear probe's {len(train_y)} training images are too few to fit 2 classes: raise --samples")
+        raise UserError(
+            f"the linear probe's {len(train_y)} training images are too few to fit 2 classes: raise --samples"
+        )
     val_accuracy = {}
     for c in PROBE_C:
         probe = LogisticRegression(C=c, max_iter=2000).fit(fit_x, fit_y)
         val_accuracy[c] = float(probe.score(val_x, val_y))
     best = max(PROBE_C, key=lambda c: (val_accuracy[c], -c))  # ties: the stronger regulariser
     probe = LogisticRegression(C=best, max_iter=2000).fit(train_x, train_y)
-    return probe, {"C": best, "val_acc1": val_accuracy[best], "val_acc1_by_C": {str(c): a for c, a in val_accuracy.items()}}
+    return probe, {
+        "C": best,
+        "val_acc1": val_accuracy[best],
+        "val_acc1_by_C": {str(c): a for c, a in val_accuracy.items()},
+    }
 
 
 @torch.inference_mode()
@@ -172,7 +178,10 @@ def metric_names(records: list[dict]) -> dict[str, float]:
     for rec in records:
         m, name = rec["metrics"], rec["dataset"]
         if rec["task"] == "zeroshot_classification":
-            flat |= {f"zeroshot/{name}/top1": m["acc1"], f"zeroshot/{name}/mean_per_class_recall": m["mean_per_class_recall"]}
+            flat |= {
+                f"zeroshot/{name}/top1": m["acc1"],
+                f"zeroshot/{name}/mean_per_class_recall": m["mean_per_class_recall"],
+            }
             if m["acc5"] is not None:
                 flat[f"zeroshot/{name}/top5"] = m["acc5"]
         elif rec["task"] == "zeroshot_retrieval":

@@ -70,14 +70,24 @@ def main() -> None:
                 loaded.model.image_record(batch)
 
     forward = seconds(pure_forward)
-    print(f"{loaded.name}, {args.images} images of {loaded.image_transform.image_size} px, batch {args.batch_size}, precision {args.precision}")
+    print(
+        f"{loaded.name}, {args.images} images of {loaded.image_transform.image_size} px, batch {args.batch_size}, precision {args.precision}"
+    )
     print("| path | seconds | images/s | vs pure forward |\n| --- | ---: | ---: | ---: |")
     print(f"| pure forward (pre-rendered batches) | {forward:.2f} | {args.images / forward:,.0f} | 1.00x |")
-    for what, data, workers in (("in-memory images", rendered, 0), ("rendering on the fly", dataset, 0), ("rendering on the fly", dataset, 1)):
+    for what, data, workers in (
+        ("in-memory images", rendered, 0),
+        ("rendering on the fly", dataset, 0),
+        ("rendering on the fly", dataset, 1),
+    ):
         took = seconds(
-            lambda: embed_images(loaded, data, batch_size=args.batch_size, num_workers=workers, precision=args.precision)
+            lambda: embed_images(
+                loaded, data, batch_size=args.batch_size, num_workers=workers, precision=args.precision
+            )
         )
-        print(f"| embed_images, {what}, {workers} workers | {took:.2f} | {args.images / took:,.0f} | {took / forward:.2f}x |")
+        print(
+            f"| embed_images, {what}, {workers} workers | {took:.2f} | {args.images / took:,.0f} | {took / forward:.2f}x |"
+        )
     prompts = [p for task in TASKS.values() for ps in task.prompts() for p in ps] * 10
     took = seconds(lambda: embed_texts(loaded, prompts, precision=args.precision))
     print(f"| embed_texts, {len(prompts)} prompts | {took:.2f} | {len(prompts) / took:,.0f} texts/s | |")

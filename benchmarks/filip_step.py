@@ -87,7 +87,9 @@ def main() -> None:
     for towers in args.towers:
         for batch in args.batches:
             order = ("infonce", "filip") if batch % 2 else ("filip", "infonce")  # alternate who runs first
-            measured = {term: run(towers, term, batch, args.steps, args.warmup, args.similarity_dtype) for term in order}
+            measured = {
+                term: run(towers, term, batch, args.steps, args.warmup, args.similarity_dtype) for term in order
+            }
             (t_clip, m_clip), (t_filip, m_filip) = measured["infonce"], measured["filip"]
             worst = max(worst, t_filip / t_clip)
             print(f"| {towers} | {batch} | {t_clip:.3f} | {t_filip:.3f} | {t_filip / t_clip:.2f}x | {m_clip:.0f} | {m_filip:.0f} |",

@@ -31,7 +31,10 @@ def main() -> None:
 
     for workers in (0, 1, 2):
         datamodule = ShapesWorldDataModule(
-            image_size=args.image_size, batch_size=args.batch_size, train_samples=args.batch_size * 40, num_workers=workers
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            train_samples=args.batch_size * 40,
+            num_workers=workers,
         )
         loader = iter(datamodule.train_dataloader())
         next(loader)  # start the workers

@@ -231,13 +231,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["tiny", "vit_s16"])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per phase (>= 5)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each phase (bf16 kernels warm up over the first few)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="untimed steps before each phase (bf16 kernels warm up over the first few)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternations suite / open_clip per precision")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    parser.add_argument("--attention", choices=["auto", "fused", "explicit"], default="auto",
-                        help="the suite's attention kernel (auto: explicit matmuls on CPU under bf16)")
+    parser.add_argument(
+        "--attention",
+        choices=["auto", "fused", "explicit"],
+        default="auto",
+        help="the suite's attention kernel (auto: explicit matmuls on CPU under bf16)",
+    )
     parser.add_argument("--no-fused-optimizer", action="store_true", help="the suite's AdamW without its fused kernel")
-    parser.add_argument("--no-reuse-memory", action="store_true", help="the suite without the ReuseFreedMemory callback")
+    parser.add_argument(
+        "--no-reuse-memory", action="store_true", help="the suite without the ReuseFreedMemory callback"
+    )
     args = parser.parse_args()
     levers = SuiteLevers(args.attention, not args.no_fused_optimizer, not args.no_reuse_memory)
     print(f"suite levers: {levers}")
@@ -256,8 +267,13 @@ def main() -> None:
     for name in args.configs:
         c = CONFIGS[name]
         flops = {"suite": suite_flops(c), "open_clip": open_clip_flops(c)}
-        print(f"\n{name}: {c}\nFLOPs per step (fwd+bwd): suite {flops['suite'] / 1e9:.1f} G, open_clip {flops['open_clip'] / 1e9:.1f} G")
-        for suite_precision, open_clip_precision, peak in (("32-true", "fp32", "fp32"), ("bf16-mixed", "amp_bf16", "bf16")):
+        print(
+            f"\n{name}: {c}\nFLOPs per step (fwd+bwd): suite {flops['suite'] / 1e9:.1f} G, open_clip {flops['open_clip'] / 1e9:.1f} G"
+        )
+        for suite_precision, open_clip_precision, peak in (
+            ("32-true", "fp32", "fp32"),
+            ("bf16-mixed", "amp_bf16", "bf16"),
+        ):
             if peak not in args.precisions:
                 continue
             times: dict[str, list[tuple[float, float]]] = {"suite": [], "open_clip": []}
@@ -272,7 +288,9 @@ def main() -> None:
                 print(f"  {implementation:9s} {precision:10s} {step:7.3f} s/step {row.samples_per_s:8.1f} samples/s "
                       f"{rss:7.0f} MiB peak  {100 * row.fraction_of(peaks[peak]):5.1f}% of the {peak} peak")  # fmt: skip
 
-    print("\n| config | implementation | precision | samples/s | s/step | peak RSS MiB | GFLOP/step | % of matmul peak |")
+    print(
+        "\n| config | implementation | precision | samples/s | s/step | peak RSS MiB | GFLOP/step | % of matmul peak |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         peak = peaks["bf16" if "bf16" in r.precision else "fp32"]

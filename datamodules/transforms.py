@@ -108,4 +108,6 @@ class TrainImageTransform:
         return normalize(_as_uint8_tensor(self.crop(image)), self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"TrainImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}, scale={self.scale})"
+        return (
+            f"TrainImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std}, scale={self.scale})"
+        )

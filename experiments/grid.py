@@ -90,7 +90,9 @@ def load_grid(path: str | Path) -> Grid:
         raise UserError(f"{path}: a grid file is a mapping (name, configs, product, zip, seeds, run_name, args)")
     unknown = set(spec) - GRID_KEYS
     if unknown:
-        raise UserError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(GRID_KEYS))}")
+        raise UserError(
+            f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(GRID_KEYS))}"
+        )
     name = str(spec.get("name", path.stem))
     product, zipped = spec.get("product") or {}, spec.get("zip") or {}
     for section, axes in (("product", product), ("zip", zipped)):
@@ -136,7 +138,9 @@ def load_grid(path: str | Path) -> Grid:
     names = [run.name for run in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise UserError(f"{path}: run_name {template!r} gives duplicate run names ({', '.join(duplicates[:5])}): add the varying keys")
+        raise UserError(
+            f"{path}: run_name {template!r} gives duplicate run names ({', '.join(duplicates[:5])}): add the varying keys"
+        )
     return Grid(name, runs, directory, slurm)
 
 
@@ -214,7 +218,10 @@ def run_slurm(grid: Grid, retry_failed: bool = False) -> list[Run]:
     except ImportError:
         raise UserError("--launcher slurm needs submitit: pip install -e '.[slurm]'") from None
     todo = [run for run in grid.runs if _should_run(run, retry_failed)]
-    print(f"grid {grid.name}: {len(grid.runs)} runs, {len(todo)} to submit, {len(grid.runs) - len(todo)} skipped", file=sys.stderr)
+    print(
+        f"grid {grid.name}: {len(grid.runs)} runs, {len(todo)} to submit, {len(grid.runs) - len(todo)} skipped",
+        file=sys.stderr,
+    )
     if not todo:
         return todo
     s = grid.slurm
@@ -311,7 +318,10 @@ def results(grid: Grid) -> tuple[Path, Path]:
 
     headline = [n for n in names if n.startswith(("zeroshot/", "retrieval/"))] or names
     lines = [f"# Grid {grid.name}", "", f"{len(rows)} runs; mean ± std [95% CI] over seeds, in %.", ""]
-    lines += ["| group | n | " + " | ".join(_label(n) for n in headline) + " |", "| --- | ---: |" + " ---: |" * len(headline)]
+    lines += [
+        "| group | n | " + " | ".join(_label(n) for n in headline) + " |",
+        "| --- | ---: |" + " ---: |" * len(headline),
+    ]
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["run"].group, []).append(row)
@@ -337,7 +347,9 @@ def _is_final(name: str) -> bool:
 
 
 def _label(name: str) -> str:
-    return name.replace("zeroshot/shapesworld_test/", "").replace("retrieval/shapesworld_test/", "").replace("/top1", "")
+    return (
+        name.replace("zeroshot/shapesworld_test/", "").replace("retrieval/shapesworld_test/", "").replace("/top1", "")
+    )
 
 
 def _cell(stats: dict) -> str:

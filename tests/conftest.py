@@ -41,10 +41,22 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
         if key not in cache:
             cwd = root / f"run{len(cache)}"
             cwd.mkdir()
-            args = ["fit", "--config", str(CONFIGS / f"{preset}.yaml"), "--config", str(CONFIGS / "smoke.yaml"), *overrides]
+            args = [
+                "fit",
+                "--config",
+                str(CONFIGS / f"{preset}.yaml"),
+                "--config",
+                str(CONFIGS / "smoke.yaml"),
+                *overrides,
+            ]
             env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="")
             result = subprocess.run(
-                [sys.executable, "-m", "experiments", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+                [sys.executable, "-m", "experiments", *args],
+                cwd=cwd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             assert result.returncode == 0, result.stderr[-3000:]
             (cache[key],) = (cwd / "runs").glob("*/version_0")

@@ -76,8 +76,12 @@ def test_shapesworld_suites_reproduce_the_runs_own_test_numbers(clip) -> None:
             assert got == pytest.approx(run_metrics[f"zeroshot/shapesworld_test/{task}/top1"], abs=1e-6), task
         else:
             got = zeroshot_retrieval(clip, suite)["metrics"]
-            assert got["text_retrieval_recall@1"] == pytest.approx(run_metrics["retrieval/shapesworld_test/i2t_R@1"], abs=1e-6)
-            assert got["image_retrieval_recall@1"] == pytest.approx(run_metrics["retrieval/shapesworld_test/t2i_R@1"], abs=1e-6)
+            assert got["text_retrieval_recall@1"] == pytest.approx(
+                run_metrics["retrieval/shapesworld_test/i2t_R@1"], abs=1e-6
+            )
+            assert got["image_retrieval_recall@1"] == pytest.approx(
+                run_metrics["retrieval/shapesworld_test/t2i_R@1"], abs=1e-6
+            )
 
 
 @pytest.mark.parametrize("which", ["clip", "filip"])
@@ -111,7 +115,9 @@ def test_zeroshot_classification_matches_a_naive_loop(which: str, request) -> No
 
 
 def test_top5_is_not_reported_below_five_classes(clip) -> None:
-    suite = ClassificationSuite("two", ["circle", "square"], ["a {}"], Items([{"image": x, "label": 0} for x in scenes(3)]))
+    suite = ClassificationSuite(
+        "two", ["circle", "square"], ["a {}"], Items([{"image": x, "label": 0} for x in scenes(3)])
+    )
     metrics = zeroshot_classification(clip, suite)["metrics"]
     assert metrics["acc5"] is None and 0 <= metrics["acc1"] <= 1
 
@@ -136,7 +142,9 @@ def test_retrieval_recall_with_several_captions_matches_a_naive_loop(which: str,
     t2i_scores = np.array([[pair_score(loaded, image, t, 1) for t in texts] for image in images])
     for k in (1, 5):
         i2t = np.mean([any(texts[j] in captions[i] for j in np.argsort(-i2t_scores[i])[:k]) for i in range(7)])
-        t2i = np.mean([any(texts[j] in captions[i] for i in np.argsort(-t2i_scores[:, j])[:k]) for j in range(len(texts))])
+        t2i = np.mean(
+            [any(texts[j] in captions[i] for i in np.argsort(-t2i_scores[:, j])[:k]) for j in range(len(texts))]
+        )
         assert got[f"text_retrieval_recall@{k}"] == pytest.approx(i2t, abs=1e-6), k
         assert got[f"image_retrieval_recall@{k}"] == pytest.approx(t2i, abs=1e-6), k
     i2t = np.mean([any(texts[j] in captions[i] for j in np.argsort(-i2t_scores[i])[:10]) for i in range(7)])
@@ -153,12 +161,14 @@ def test_selection_probe_matches_a_naive_loop(which: str, request) -> None:
         for x, p, n in zip(
             images,
             ["a red circle", "two objects", "there is no star"] * 3,
-            [["a blue circle"], ["one object", "three objects"], ["there is no circle", "there is no ring", "a ring"]] * 3,
+            [["a blue circle"], ["one object", "three objects"], ["there is no circle", "there is no ring", "a ring"]]
+            * 3,
         )
     ]
     got = selection_probe(loaded, ProbeSuite("toy", Items(items)), chunk=4)
     correct = [
-        pair_score(loaded, item["image"], item["positive"]) > max(pair_score(loaded, item["image"], n) for n in item["negatives"])
+        pair_score(loaded, item["image"], item["positive"])
+        > max(pair_score(loaded, item["image"], n) for n in item["negatives"])
         for item in items
     ]
     assert got["acc"] == pytest.approx(np.mean(correct))
@@ -176,7 +186,10 @@ def test_text_pair_similarity_is_the_cosine_of_the_two_texts(clip) -> None:
     pairs = {"synonym": [("a red circle", "a red disk"), ("a big box", "a large box")]}
     got = text_pair_similarities(clip, pairs)["synonym"]
     with torch.no_grad():
-        expected = [float(clip.model.encode_text(clip.tokenizer([a])) @ clip.model.encode_text(clip.tokenizer([b])).T) for a, b in pairs["synonym"]]
+        expected = [
+            float(clip.model.encode_text(clip.tokenizer([a])) @ clip.model.encode_text(clip.tokenizer([b])).T)
+            for a, b in pairs["synonym"]
+        ]
     assert [s for _, _, s in got["pairs"]] == pytest.approx(expected, abs=1e-5)
     assert got["mean"] == pytest.approx(np.mean(expected), abs=1e-5) and got["unknown_word_fraction"] == 0.0
     english = text_pair_similarities(clip, {"synonym": [("a photo of a car", "a photo of an automobile")]})["synonym"]
@@ -236,13 +249,26 @@ def test_report_writes_json_figures_markdown_and_tensorboard(trained_run, tmp_pa
 
 def test_embed_saves_embeddings_with_metadata(trained_run, tmp_path: Path) -> None:
     run = trained_run("clip")
-    result = analysis_cli("embed", "--ckpt", str(run), "--samples", "6", "--suite", "shapesworld", "--out", str(tmp_path / "e"), cwd=tmp_path)
+    result = analysis_cli(
+        "embed",
+        "--ckpt",
+        str(run),
+        "--samples",
+        "6",
+        "--suite",
+        "shapesworld",
+        "--out",
+        str(tmp_path / "e"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "e" / "embeddings" / "shapesworld-shape.pt", weights_only=True)
     loaded = load_checkpoint(run)
     suite = shapesworld_suites(0, 64, 3, 6)[0]
     with torch.no_grad():
-        expected = loaded.model.encode_image(torch.stack([loaded.image_transform(suite.test[i]["image"]) for i in range(6)]))
+        expected = loaded.model.encode_image(
+            torch.stack([loaded.image_transform(suite.test[i]["image"]) for i in range(6)])
+        )
     torch.testing.assert_close(saved["image"], expected, atol=1e-5, rtol=1e-5)
     assert saved["labels"].tolist() == [suite.test[i]["label"] for i in range(6)]
     assert len(saved["texts"]) == saved["text"].shape[0] == len(saved["text_labels"])
@@ -251,10 +277,14 @@ def test_embed_saves_embeddings_with_metadata(trained_run, tmp_path: Path) -> No
 
 
 def test_digits_suite_through_the_cli(trained_run, tmp_path: Path) -> None:
-    result = analysis_cli("zeroshot", "--ckpt", str(trained_run("clip")), "--suite", "digits", "--out", str(tmp_path), cwd=tmp_path)
+    result = analysis_cli(
+        "zeroshot", "--ckpt", str(trained_run("clip")), "--suite", "digits", "--out", str(tmp_path), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "zeroshot.json").read_text())["metrics"]
-    assert 0 <= metrics["zeroshot/digits/top1"] <= 1 and metrics["linear_probe/digits/top1"] > 0.5  # pixels are decodable
+    assert (
+        0 <= metrics["zeroshot/digits/top1"] <= 1 and metrics["linear_probe/digits/top1"] > 0.5
+    )  # pixels are decodable
 
 
 @pytest.mark.parametrize(
@@ -318,7 +348,9 @@ def test_local_imagefolder_and_probe_file_through_the_command(trained_run, tmp_p
             pixels = render(sample_scene(rng, 64, 1, [(color, shape)]), 64).permute(1, 2, 0).numpy()
             Image.fromarray(pixels).resize((96, 96)).save(tmp_path / "folder" / shape / f"{i}.png")
     (tmp_path / "templates.txt").write_text("# one per line\na {}\na picture of a {}\n")
-    probes = [{"image": "folder/circle/0.png", "positive": "a red circle", "negatives": ["a blue circle", "a red star"]}]
+    probes = [
+        {"image": "folder/circle/0.png", "positive": "a red circle", "negatives": ["a blue circle", "a red star"]}
+    ]
     (tmp_path / "probes.json").write_text(json.dumps(probes * 3))
     ckpt = str(trained_run("clip"))
     out = tmp_path / "out"
@@ -343,12 +375,17 @@ def test_text_batches_of_different_lengths_give_the_same_embeddings_and_tokens(f
     torch.testing.assert_close(whole.text, full.text, atol=1e-5, rtol=1e-5)
     assert torch.equal(pieces.text_mask, full.text_mask[:, : pieces.text_mask.shape[1]])
     mask = pieces.text_mask
-    torch.testing.assert_close(pieces.text_tokens[mask], full.text_tokens[:, : mask.shape[1]][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        pieces.text_tokens[mask], full.text_tokens[:, : mask.shape[1]][mask], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_prompts_the_tokenizer_cannot_tell_apart_are_flagged(clip) -> None:
     suite = ClassificationSuite(
-        "unknown words", ["airplane", "automobile", "circle"], ["a photo of a {}."], Items([{"image": x, "label": 2} for x in scenes(3)])
+        "unknown words",
+        ["airplane", "automobile", "circle"],
+        ["a photo of a {}."],
+        Items([{"image": x, "label": 2} for x in scenes(3)]),
     )
     with pytest.warns(UserWarning, match="2 classes have prompts that tokenise identically"):
         result = zeroshot_classification(clip, suite)

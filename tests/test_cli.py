@@ -117,8 +117,11 @@ def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
         (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
         (["--config", "BAD_YAML"], "does not accept option 'model.lrr'"),
         (["--model.terms+=variants.objectives.NoSuchTerm"], "'variants.objectives.NoSuchTerm'"),
-        (["--data.init_args.batch_size", "1.5"], 'Parser key "batch_size": Expected a <class \'int\'>'),
-        (["--model.vision_tower.init_args.model_name", "resnet10x"], "unknown timm model name 'resnet10x'; did you mean resnet10t"),
+        (["--data.init_args.batch_size", "1.5"], "Parser key \"batch_size\": Expected a <class 'int'>"),
+        (
+            ["--model.vision_tower.init_args.model_name", "resnet10x"],
+            "unknown timm model name 'resnet10x'; did you mean resnet10t",
+        ),
         (["--model.text_tower.init_args.embed_dim", "64"], "vision_tower embed_dim=128, text_tower embed_dim=64"),
     ],
     ids=["unknown-key", "unknown-key-in-yaml", "unknown-class-path", "wrong-type", "unknown-timm-model", "embed-dims"],

@@ -112,7 +112,12 @@ def test_a_failing_run_is_isolated_recorded_skipped_and_retried(tmp_path: Path) 
     # The HParams dashboard gets the finished run's hyperparameters and final metrics.
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    tags = {v.tag for f in (root / "lr0.001").glob("events.*") for e in EventFileLoader(str(f)).Load() for v in e.summary.value}
+    tags = {
+        v.tag
+        for f in (root / "lr0.001").glob("events.*")
+        for e in EventFileLoader(str(f)).Load()
+        for v in e.summary.value
+    }
     assert "_hparams_/experiment" in tags and "hp/zeroshot/shapesworld_test/shape/top1" in tags
 
     again = run_grid(path)

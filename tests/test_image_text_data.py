@@ -200,6 +200,7 @@ def test_evaluation_set_drops_and_counts_bad_rows_and_batches_are_right(kind: st
     # Every mode reached the model as RGB: the yellow CMYK JPEG has red and green, no blue.
     assert (images["a yellow square"][:2].mean((1, 2)) > 1.0).all() and images["a yellow square"][2].mean() < -1.0
 
+
 @pytest.mark.parametrize("kind", ["imagefolder", "csv", "parquet-bytes"])
 def test_training_drops_empty_captions_and_replaces_unreadable_images(kind: str, tmp_path: Path) -> None:
     format, files = make_format(kind, tmp_path)
@@ -216,7 +217,11 @@ def test_training_drops_empty_captions_and_replaces_unreadable_images(kind: str,
     assert "a broken picture" not in captions and set(captions) <= GOOD and len(set(captions)) == 6
     # The replacement is deterministic (the same row on every epoch, rank and resume) and counted.
     rows = dm.train_set
-    (broken,) = [i for i in range(len(rows)) if rows.locate(i)[0].rows[rows.locate(i)[1]][dm.caption_column] == "a broken picture"]
+    (broken,) = [
+        i
+        for i in range(len(rows))
+        if rows.locate(i)[0].rows[rows.locate(i)[1]][dm.caption_column] == "a broken picture"
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first, again = rows[broken], rows[broken]
@@ -320,7 +325,10 @@ def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
 
     pairs = make_csv(tmp_path / "data")
     vocabulary = write_tokenizer(train_bpe([" ".join(WORDS)] * 4, vocab_size=200, min_frequency=1), tmp_path / "tok")
-    bpe = {"class_path": "datamodules.tokenizer.BPETokenizer", "init_args": {"path": str(vocabulary), "context_length": 8}}
+    bpe = {
+        "class_path": "datamodules.tokenizer.BPETokenizer",
+        "init_args": {"path": str(vocabulary), "context_length": 8},
+    }
     overrides = {
         "data": {"init_args": {
             "train_files": str(pairs), "test_files": str(pairs),  # no val_files: an empty validation loop
@@ -339,7 +347,10 @@ def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train (csv): skipped 1 empty captions of 8: images/nocaption.png" in result.stderr
-    assert "test (csv): skipped 1 empty captions of 8: images/nocaption.png; skipped 1 unreadable images of 8" in result.stderr
+    assert (
+        "test (csv): skipped 1 empty captions of 8: images/nocaption.png; skipped 1 unreadable images of 8"
+        in result.stderr
+    )
     (run,) = (tmp_path / "runs").glob("*/version_0")
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
@@ -366,7 +377,9 @@ def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
         for i in range(2):
             Image.new("RGB", (40, 30), rgb).save(classes / color / f"{i}.png")
     suite = f"imagefolder:{classes}"
-    zeroshot = analysis(["zeroshot", "--ckpt", str(run), "--suite", suite, "--no-linear-probe", "--out", str(tmp_path / "a")])
+    zeroshot = analysis(
+        ["zeroshot", "--ckpt", str(run), "--suite", suite, "--no-linear-probe", "--out", str(tmp_path / "a")]
+    )
     assert [0.0 <= value <= 1.0 for key, value in zeroshot.items() if key.endswith("top1")] == [True], zeroshot
     embedded = analysis(["embed", "--ckpt", str(run), "--suite", suite, "--out", str(tmp_path / "a")])
     payload = torch.load(embedded["classes"], weights_only=True)

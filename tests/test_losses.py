@@ -38,7 +38,14 @@ def test_clip_loss_local_rows_against_global_columns_average_to_global_loss() ->
     image = F.normalize(torch.randn(8, 4, dtype=torch.float64), dim=-1)
     text = F.normalize(torch.randn(8, 4, dtype=torch.float64), dim=-1)
     shards = [
-        clip_loss(image[r * 4 : (r + 1) * 4], text[r * 4 : (r + 1) * 4], 10.0, all_image=image, all_text=text, row_offset=r * 4)
+        clip_loss(
+            image[r * 4 : (r + 1) * 4],
+            text[r * 4 : (r + 1) * 4],
+            10.0,
+            all_image=image,
+            all_text=text,
+            row_offset=r * 4,
+        )
         for r in range(2)
     ]
     torch.testing.assert_close(sum(shards) / 2, clip_loss(image, text, 10.0))
@@ -154,7 +161,9 @@ def test_filip_gradient_matches_autograd_through_the_dense_block_even_with_ties(
     x, y = _unit(5, 4, 6), _unit(6, 5, 6)
     x[:, 2] = x[:, 0]  # tied patches: each word's max over patches is reached twice
     y[:, 3] = y[:, 1]  # tied words: each patch's max over words is reached twice
-    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 0, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 0], [1, 0, 1, 1, 1], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    )
     mask = mask.bool()  # holes and leading padding too: any mask, not only a padded suffix
     weights_i2t, weights_t2i = torch.randn(5, 6, dtype=D64), torch.randn(5, 6, dtype=D64)
     grads = []

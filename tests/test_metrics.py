@@ -18,9 +18,10 @@ def test_recall_at_k_counts_a_hit_when_any_positive_is_in_the_top_k() -> None:
     scores = torch.randn(30, 40)
     positives = torch.rand(30, 40) < 0.08
     for k in (1, 5, 10):
-        naive = sum(
-            any(positives[i, j] for j in sorted(range(40), key=lambda c: -scores[i, c])[:k]) for i in range(30)
-        ) / 30
+        naive = (
+            sum(any(positives[i, j] for j in sorted(range(40), key=lambda c: -scores[i, c])[:k]) for i in range(30))
+            / 30
+        )
         assert abs(float(recall_at_k(scores, positives, k)) - naive) < 1e-6
 
 

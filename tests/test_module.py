@@ -40,8 +40,14 @@ def test_a_term_expecting_another_embedding_size_fails_at_construction() -> None
 def test_a_view_term_without_views_in_the_data_names_the_data_option(tmp_path) -> None:
     datamodule = tiny_data()
     module = small_module(terms=[InfoNCE(), SimCLR(hidden_dim=16, out_dim=8)], vocab_size=datamodule.vocab_size)
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(UserError, match="set data.init_args.views"):
         trainer.fit(module, datamodule)
 
@@ -127,8 +133,15 @@ def tiny_data() -> ShapesWorldDataModule:
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) -> None:
     datamodule = tiny_data()
     module = small_module(terms=[InfoNCE(), NaNTerm(weight=0.5)], vocab_size=datamodule.vocab_size)
-    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
     with pytest.raises(NonFiniteLossError, match=r"at step 0: term 'nanterm' returned nan \(weight 0.5\)"):
         trainer.fit(module, datamodule)
 
@@ -136,8 +149,15 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) 
 def test_accumulating_gradients_is_refused_with_an_explanation(tmp_path) -> None:
     datamodule = tiny_data()
     module = small_module(vocab_size=datamodule.vocab_size)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accumulate_grad_batches=2, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accumulate_grad_batches=2,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(UserError, match="accumulate_grad_batches > 1 does not make a larger contrastive batch"):
         trainer.fit(module, datamodule)
 
@@ -168,7 +188,9 @@ def test_zero_shot_and_retrieval_metrics_from_a_perfect_model(tmp_path) -> None:
                     return Encoded(text=_one_hot(torch.arange(p.shape[0]).repeat_interleave(p.shape[1])))
             raise AssertionError("unexpected text")
 
-    module = Oracle(VisionTower("resnet10t", 16), TextTower(datamodule.vocab_size, 32, 32, 1, 2, embed_dim=16), [InfoNCE()])
+    module = Oracle(
+        VisionTower("resnet10t", 16), TextTower(datamodule.vocab_size, 32, 32, 1, 2, embed_dim=16), [InfoNCE()]
+    )
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     (metrics,) = trainer.validate(module, datamodule, verbose=False)
     assert len(metrics) == 7

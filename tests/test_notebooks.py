@@ -48,5 +48,7 @@ def test_notebook_executes_and_writes_its_figure(path: Path, trained_run, tmp_pa
     monkeypatch.setenv("CLIP_VARIANTS_SAMPLES", "24")
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     assert (figures / FIGURE[path.stem]).stat().st_size > 5000

@@ -36,7 +36,9 @@ def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _small_open_clip(quick_gelu: bool = True, width: int = 128, head_width: int = 64, text_heads: int = 2) -> torch.nn.Module:
+def _small_open_clip(
+    quick_gelu: bool = True, width: int = 128, head_width: int = 64, text_heads: int = 2
+) -> torch.nn.Module:
     """An OpenAI-layout CLIP ViT, small: 32 px, patch 8, 2 + 2 layers, CLIP's 49408 vocabulary."""
     torch.manual_seed(0)
     return _perturbed(
@@ -155,7 +157,11 @@ def test_unsupported_layouts_and_bad_files_are_named(tmp_path):
         archive.writestr("torn/constants.pkl", b"")
     with pytest.raises(UserError, match="cannot read checkpoint .*torn.pt"):
         load_open_clip("ViT-B-32", tmp_path / "torn.pt")
-    vision_only = {k: v for k, v in _small_open_clip().state_dict().items() if k.startswith("visual.") or k == "token_embedding.weight"}
+    vision_only = {
+        k: v
+        for k, v in _small_open_clip().state_dict().items()
+        if k.startswith("visual.") or k == "token_embedding.weight"
+    }
     torch.save(vision_only, tmp_path / "vision.pt")
     with pytest.raises(UserError, match="not a whole CLIP model: it has no text_projection"):
         load_open_clip("ViT-small", tmp_path / "vision.pt")
@@ -221,7 +227,16 @@ def test_suite_checkpoint_is_analysed_like_a_trained_run(tmp_path):
 
     reference = _small_open_clip()
     torch.save(reference.state_dict(), tmp_path / "model.pt")
-    main(["--model", "ViT-small-quickgelu", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "imported.ckpt")])
+    main(
+        [
+            "--model",
+            "ViT-small-quickgelu",
+            "--checkpoint",
+            str(tmp_path / "model.pt"),
+            "--out",
+            str(tmp_path / "imported.ckpt"),
+        ]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imported.ckpt", "model.pt"]  # no temporary left
     loaded = load_checkpoint(tmp_path / "imported.ckpt")
     assert type(loaded.tokenizer).__name__ == "CLIPTokenizer"
@@ -250,7 +265,9 @@ def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
     reference = _small_open_clip()
     torch.save(reference.state_dict(), tmp_path / "model.pt")
     architecture = infer_architecture(read_state_dict(tmp_path / "model.pt")[0], quick_gelu=True)
-    text = {k: v for k, v in architecture.text_config()["init_args"].items() if k not in ("vocab_size", "context_length")}
+    text = {
+        k: v for k, v in architecture.text_config()["init_args"].items() if k not in ("vocab_size", "context_length")
+    }
     pairs = make_csv(tmp_path / "data")
     overlay = {
         "model": {
@@ -278,6 +295,15 @@ def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
 
     # Resuming takes every weight from the run's checkpoint: the init_from file is not needed.
     (tmp_path / "model.pt").unlink()
-    result = run_cli(*args, "--ckpt_path", "last", "--trainer.logger.init_args.version", "0", "--trainer.max_steps", "3", cwd=tmp_path)
+    result = run_cli(
+        *args,
+        "--ckpt_path",
+        "last",
+        "--trainer.logger.init_args.version",
+        "0",
+        "--trainer.max_steps",
+        "3",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"] == 3

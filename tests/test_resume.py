@@ -62,7 +62,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("corrupt_last", [False, True], ids=["last", "corrupt-last"])
-def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(corrupt_last: bool, uninterrupted: Path, tmp_path: Path) -> None:
+def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(
+    corrupt_last: bool, uninterrupted: Path, tmp_path: Path
+) -> None:
 
     killed = fit(tmp_path / "killed", "--config", str(overlay(tmp_path, 6)))
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL after step 6; last.ckpt is step 4

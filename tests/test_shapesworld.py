@@ -68,9 +68,7 @@ def test_held_out_combinations_never_appear_in_training_images_or_captions() -> 
     color_shape = {}
     for color, shape in HELD_OUT:
         shape_forms = [f for pair in lang.SHAPE_WORDS[shape] for f in pair]
-        color_shape[(color, shape)] = re.compile(
-            rf"\b({_word(lang.COLOR_WORDS[color])}) ({_word(shape_forms)})\b"
-        )
+        color_shape[(color, shape)] = re.compile(rf"\b({_word(lang.COLOR_WORDS[color])}) ({_word(shape_forms)})\b")
     seen = set()
     for i in range(N_CHECK):
         scene = data.scene(i)

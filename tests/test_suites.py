@@ -96,7 +96,11 @@ def test_template_lists_are_clip_s() -> None:
     assert len(IMAGENET_TEMPLATES) == 80 and len(set(IMAGENET_TEMPLATES)) == 80
     assert IMAGENET_TEMPLATES[0] == "a bad photo of a {}." and IMAGENET_TEMPLATES[-1] == "a tattoo of the {}."
     assert IMAGENET_TEMPLATES[35] == "a {} in a video game." and IMAGENET_TEMPLATES[59] == "itap of the {}."
-    assert len(CIFAR_TEMPLATES) == 18 and CIFAR_TEMPLATES[0] == "a photo of a {}." and CIFAR_TEMPLATES[-1] == "a photo of the big {}."
+    assert (
+        len(CIFAR_TEMPLATES) == 18
+        and CIFAR_TEMPLATES[0] == "a photo of a {}."
+        and CIFAR_TEMPLATES[-1] == "a photo of the big {}."
+    )
     assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES + CIFAR_TEMPLATES)
 
 
@@ -141,7 +145,9 @@ def test_digits_suite_sizes_split_and_pixel_mapping() -> None:
 
     again, other = digits_suite(seed=0), digits_suite(seed=1)
     assert [again.test[i]["label"] for i in range(50)] == [suite.test[i]["label"] for i in range(50)]
-    assert any(not np.array_equal(np.asarray(other.test[i]["image"]), np.asarray(suite.test[i]["image"])) for i in range(20))
+    assert any(
+        not np.array_equal(np.asarray(other.test[i]["image"]), np.asarray(suite.test[i]["image"])) for i in range(20)
+    )
     _transforms_ok(suite.test[0]["image"])
     with pytest.raises(UserError, match="test_fraction"):
         digits_suite(test_fraction=1.0)
@@ -159,8 +165,10 @@ def test_imagefolder_flat_layout(tmp_path: Path) -> None:
         "tabby_cat/d.png": ((4, 9), "RGBA", 1),
         "zebra/e.png": ((7, 7), "P", 2),
     }
-    pixels = {size: (_write(root / rel, size, mode, i), label, rel.endswith(".jpg"))
-              for i, (rel, (size, mode, label)) in enumerate(written.items())}
+    pixels = {
+        size: (_write(root / rel, size, mode, i), label, rel.endswith(".jpg"))
+        for i, (rel, (size, mode, label)) in enumerate(written.items())
+    }
     (root / "zebra" / "broken.jpg").write_bytes(GARBAGE)
     (root / "zebra" / "notes.txt").write_text("not an image")
     _write(root / ".hidden" / "x.png", (2, 2), "RGB")
@@ -223,7 +231,11 @@ class _Py2Pickler(pickle._Pickler):
     def save_py2_str(self, obj: str | bytes) -> None:
         data = obj.encode("latin-1") if isinstance(obj, str) else obj
         short = len(data) < 256
-        self.write((pickle.SHORT_BINSTRING + bytes([len(data)])) if short else (pickle.BINSTRING + struct.pack("<i", len(data))))
+        self.write(
+            (pickle.SHORT_BINSTRING + bytes([len(data)]))
+            if short
+            else (pickle.BINSTRING + struct.pack("<i", len(data)))
+        )
         self.write(data)
         self.memoize(obj)
 
@@ -261,7 +273,11 @@ def _write_cifar10(root: Path) -> dict[str, dict]:
     batches["test_batch"] = _cifar_batch(3, b"labels", 10, 9)
     for name, batch in batches.items():
         _dump(directory / name, batch, py2=True)
-    _dump(directory / "batches.meta", {b"label_names": CIFAR10_NAMES, b"num_cases_per_batch": 2, b"num_vis": 3072}, py2=True)
+    _dump(
+        directory / "batches.meta",
+        {b"label_names": CIFAR10_NAMES, b"num_cases_per_batch": 2, b"num_vis": 3072},
+        py2=True,
+    )
     return batches
 
 
@@ -287,8 +303,9 @@ def test_cifar10_from_directory_or_parent(tmp_path: Path) -> None:
         assert suite.templates == list(CIFAR_TEMPLATES)
         _check_rows(suite.test, batches["test_batch"], b"labels")
         assert len(suite.train) == 10
-        train_rows = {key: np.concatenate([batches[f"data_batch_{i}"][key] for i in range(1, 6)])
-                      for key in (b"data", b"labels")}
+        train_rows = {
+            key: np.concatenate([batches[f"data_batch_{i}"][key] for i in range(1, 6)]) for key in (b"data", b"labels")
+        }
         _check_rows(suite.train, train_rows, b"labels")
 
 
@@ -341,7 +358,10 @@ def test_cifar_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="unknown CIFAR variant"):
         cifar_suite(tmp_path, "cifar20")
     batches = _write_cifar10(tmp_path)
-    _dump(tmp_path / "cifar-10-batches-py" / "data_batch_3", {**batches["data_batch_3"], b"data": np.zeros((2, 10), np.uint8)})
+    _dump(
+        tmp_path / "cifar-10-batches-py" / "data_batch_3",
+        {**batches["data_batch_3"], b"data": np.zeros((2, 10), np.uint8)},
+    )
     with pytest.raises(UserError, match=r"data_batch_3 is not a CIFAR batch"):
         cifar_suite(tmp_path, "cifar10")
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(GARBAGE)
@@ -364,16 +384,26 @@ def _karpathy(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 
     def row(filepath: str, filename: str, split: str, raws: list[str]) -> dict:
         sentences = [{"raw": r, "tokens": r.lower().split(), "imgid": 0, "sentid": 0} for r in raws]
-        return {"filepath": filepath, "filename": filename, "split": split, "imgid": 0, "cocoid": 1, "sentences": sentences}
+        return {
+            "filepath": filepath,
+            "filename": filename,
+            "split": split,
+            "imgid": 0,
+            "cocoid": 1,
+            "sentences": sentences,
+        }
 
-    data = {"dataset": "coco", "images": [
-        row("val2014", "img1.png", "test", ["  A man rides a bike. ", "Someone cycling."]),
-        row("val2014", "img2.png", "test", ["", "A cat."]),
-        row("val2014", "img3.png", "test", ["Missing file."]),
-        row("val2014", "img4.png", "test", ["", "   "]),
-        row("val2014", "broken.jpg", "test", ["Corrupt."]),
-        row("train2014", "img5.png", "restval", ["A train image."]),
-    ]}
+    data = {
+        "dataset": "coco",
+        "images": [
+            row("val2014", "img1.png", "test", ["  A man rides a bike. ", "Someone cycling."]),
+            row("val2014", "img2.png", "test", ["", "A cat."]),
+            row("val2014", "img3.png", "test", ["Missing file."]),
+            row("val2014", "img4.png", "test", ["", "   "]),
+            row("val2014", "broken.jpg", "test", ["Corrupt."]),
+            row("train2014", "img5.png", "restval", ["A train image."]),
+        ],
+    }
     path = root / "dataset_coco.json"
     path.write_text(json.dumps(data))
     return path, pixels
@@ -386,11 +416,16 @@ def test_karpathy_split_captions_and_skips(tmp_path: Path) -> None:
     assert len(record) == 1  # one warning per suite
     message = str(record[0].message)
     assert "skipped 2 missing or unreadable images of 5: val2014/img3.png, val2014/broken.jpg" in message
-    assert "skipped 3 empty captions of 8" in message and "skipped 1 images without captions of 5: val2014/img4.png" in message
+    assert (
+        "skipped 3 empty captions of 8" in message
+        and "skipped 1 images without captions of 5: val2014/img4.png" in message
+    )
 
     assert suite.name == "coco" and suite.captions == [["A man rides a bike.", "Someone cycling."], ["A cat."]]
     assert len(suite.images) == 2
-    assert _same_pixels(suite.images[0]["image"], pixels["img1.png"]) and _same_pixels(suite.images[1]["image"], pixels["img2.png"])
+    assert _same_pixels(suite.images[0]["image"], pixels["img1.png"]) and _same_pixels(
+        suite.images[1]["image"], pixels["img2.png"]
+    )
     assert "label" not in suite.images[0]
     for i in range(2):
         _transforms_ok(suite.images[i]["image"])
@@ -404,9 +439,16 @@ def test_karpathy_flickr_with_images_root(tmp_path: Path) -> None:
     image = _write(tmp_path / "flickr30k-images" / "1000.jpg", (8, 6), "RGB", 3)
     path = tmp_path / "meta" / "dataset_flickr30k.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"dataset": "flickr30k", "images": [
-        {"filename": "1000.jpg", "split": "test", "sentences": [{"raw": "Two dogs play."}]},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "dataset": "flickr30k",
+                "images": [
+                    {"filename": "1000.jpg", "split": "test", "sentences": [{"raw": "Two dogs play."}]},
+                ],
+            }
+        )
+    )
     suite = karpathy_suite(path, images_root=tmp_path / "flickr30k-images")
     assert suite.name == "flickr30k" and suite.captions == [["Two dogs play."]]
     assert _same_pixels(suite.images[0]["image"], image, jpeg=True)
@@ -451,7 +493,10 @@ def test_probe_file_list_form_with_skips(tmp_path: Path) -> None:
         suite = probe_file_suite(path)
     assert len(record) == 1
     message = str(record[0].message)
-    assert "skipped 1 rows with an empty true caption of 6" in message and "skipped 1 rows without false captions of 6" in message
+    assert (
+        "skipped 1 rows with an empty true caption of 6" in message
+        and "skipped 1 rows without false captions of 6" in message
+    )
     assert "skipped 2 rows with a missing or unreadable image of 6: img/missing.png, img/bad.jpg" in message
 
     assert suite.name == "binding" and len(suite.items) == 2
@@ -467,9 +512,17 @@ def test_probe_file_sugarcrepe_form(tmp_path: Path) -> None:
     image = _write(tmp_path / "val2017" / "000000397133.png", (6, 3), "L", 4)
     path = tmp_path / "sugar" / "replace_att.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({
-        "0": {"filename": "000000397133.png", "caption": "A man in a white shirt.", "negative_caption": "A man in a black shirt."},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "0": {
+                    "filename": "000000397133.png",
+                    "caption": "A man in a white shirt.",
+                    "negative_caption": "A man in a black shirt.",
+                },
+            }
+        )
+    )
     suite = probe_file_suite(path, images_root=tmp_path / "val2017")
     assert suite.name == "replace_att" and len(suite.items) == 1
     item = suite.items[0]
@@ -480,11 +533,22 @@ def test_probe_file_sugarcrepe_form(tmp_path: Path) -> None:
 def test_probe_file_aro_form_crops_boxes(tmp_path: Path) -> None:
     image = _write(tmp_path / "images" / "2.png", (10, 8), "RGB", 6)
     path = tmp_path / "visual_genome_relation.json"
-    path.write_text(json.dumps([
-        {"image_path": "images/2.png", "true_caption": "the horse is eating the grass",
-         "false_caption": "the grass is eating the horse", "bbox_x": 2, "bbox_y": 1, "bbox_w": 4, "bbox_h": 3},
-        {"image_path": "images/2.png", "true_caption": "a dog", "false_caption": ["a cat", "a cow"]},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "image_path": "images/2.png",
+                    "true_caption": "the horse is eating the grass",
+                    "false_caption": "the grass is eating the horse",
+                    "bbox_x": 2,
+                    "bbox_y": 1,
+                    "bbox_w": 4,
+                    "bbox_h": 3,
+                },
+                {"image_path": "images/2.png", "true_caption": "a dog", "false_caption": ["a cat", "a cow"]},
+            ]
+        )
+    )
     suite = probe_file_suite(path, name="vg_relation")
     assert suite.name == "vg_relation" and len(suite.items) == 2
     cropped, whole = suite.items[0], suite.items[1]
@@ -496,7 +560,9 @@ def test_probe_file_aro_form_crops_boxes(tmp_path: Path) -> None:
 def test_probe_file_user_errors(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps([{"img": "a.png", "text": "x"}]))
-    with pytest.raises(UserError, match=r'not a probe file; expected .*"positive".*"negative_caption".*"false_caption"'):
+    with pytest.raises(
+        UserError, match=r'not a probe file; expected .*"positive".*"negative_caption".*"false_caption"'
+    ):
         probe_file_suite(wrong)
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps([{"image": "missing.png", "positive": "x", "negatives": ["y"]}]))

@@ -34,7 +34,9 @@ def write_captions(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     parts = [CAPTIONS[i::5] for i in range(5)]
     (folder / "a.txt").write_text("\n".join(parts[0][:10] + [""] + parts[0][10:]) + "\n")
-    (folder / "b.jsonl").write_text("\n".join(json.dumps({"caption": c, "id": i}) for i, c in enumerate(parts[1])) + "\n")
+    (folder / "b.jsonl").write_text(
+        "\n".join(json.dumps({"caption": c, "id": i}) for i, c in enumerate(parts[1])) + "\n"
+    )
     (folder / "c.json").write_text(json.dumps([{"caption": c} for c in parts[2]] + [{"caption": ""}]))
     for name, delimiter, part in (("d.csv", ",", parts[3]), ("e.tsv", "\t", parts[4])):
         with (folder / name).open("w", newline="") as file:
@@ -70,14 +72,30 @@ def test_trained_tokenizer_follows_the_suite_conventions(trained: Path) -> None:
 def test_the_command_line_entry_point(tmp_path: Path) -> None:
     files = write_captions(tmp_path / "captions")
     env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="")
-    args = [sys.executable, "-m", "datamodules.tokenizer", "train", "--captions", str(files[0]), "--out", str(tmp_path / "out")]
+    args = [
+        sys.executable,
+        "-m",
+        "datamodules.tokenizer",
+        "train",
+        "--captions",
+        str(files[0]),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "vocab size" in result.stdout and (tmp_path / "out" / "tokenizer.json").is_file()
     bad = subprocess.run(
-        [*args[:5], str(tmp_path / "nope.txt"), *args[6:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [*args[:5], str(tmp_path / "nope.txt"), *args[6:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [f"error: caption file not found: {tmp_path / 'nope.txt'}"]
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: caption file not found: {tmp_path / 'nope.txt'}"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -92,7 +110,9 @@ def test_the_command_line_entry_point(tmp_path: Path) -> None:
         ("x.txt", "\n \n", "caption", "no captions in .*x.txt \\(2 empty\\)"),
     ],
 )  # fmt: skip
-def test_user_mistakes_end_with_one_error_line(name, content, column, message, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_user_mistakes_end_with_one_error_line(
+    name, content, column, message, tmp_path: Path, capsys, monkeypatch
+) -> None:
     (tmp_path / name).write_text(content)
     argv = ["train", "--captions", str(tmp_path / name), "--out", str(tmp_path / "out"), "--column", column]
     with pytest.raises(UserError, match=message):
@@ -153,7 +173,10 @@ def test_the_checkpoint_restores_the_trained_tokenizer_once_its_file_is_gone_or_
     )
     config = {  # as LightningCLI records a datamodule's init arguments
         "_class_path": f"{__name__}.TinyData",
-        "tokenizer": {"class_path": "datamodules.tokenizer.BPETokenizer", "init_args": {"path": str(path), "context_length": 16}},
+        "tokenizer": {
+            "class_path": "datamodules.tokenizer.BPETokenizer",
+            "init_args": {"path": str(path), "context_length": 16},
+        },
     }
     datamodule = instantiate_module(LightningDataModule, json.loads(json.dumps(config)))
     expected = datamodule.tokenizer(CAPTIONS)
@@ -167,7 +190,9 @@ def test_the_checkpoint_restores_the_trained_tokenizer_once_its_file_is_gone_or_
     for change in ("retrained", "deleted"):
         if change == "retrained":  # same path, another vocabulary: the run's own must still come back
             (tmp_path / "other.txt").write_text("completely different words here\n" * 5)
-            train(["train", "--captions", str(tmp_path / "other.txt"), "--out", str(path.parent), "--min-frequency", "1"])
+            train(
+                ["train", "--captions", str(tmp_path / "other.txt"), "--out", str(path.parent), "--min-frequency", "1"]
+            )
             assert not torch.equal(BPETokenizer(str(path), 16)(CAPTIONS), expected)
         else:
             path.unlink()

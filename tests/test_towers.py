@@ -144,4 +144,8 @@ def test_timm_weights_come_from_a_local_file(tmp_path) -> None:
     with pytest.raises(UserError, match="local disk only and no local file was given"):
         VisionTower("resnet10t", pretrained=True)
     with pytest.raises(UserError, match="missing.safetensors does not exist"):
-        VisionTower("resnet10t", pretrained=True, model_kwargs={"pretrained_cfg_overlay": {"file": str(tmp_path / "missing.safetensors")}})
+        VisionTower(
+            "resnet10t",
+            pretrained=True,
+            model_kwargs={"pretrained_cfg_overlay": {"file": str(tmp_path / "missing.safetensors")}},
+        )

@@ -138,11 +138,19 @@ class _FilipScores(torch.autograd.Function):
             del block
             g = None
             if best_patch is not None:
-                ties = best_patch.view(torch.uint8).sum(dim=1, dtype=torch.uint8) if patches < 256 else best_patch.sum(dim=1)
+                ties = (
+                    best_patch.view(torch.uint8).sum(dim=1, dtype=torch.uint8)
+                    if patches < 256
+                    else best_patch.sum(dim=1)
+                )
                 to_patch = (grad_t2i[start : start + c, None, :] * weights / ties).to(dtype)  # [c, L, Nt]
                 g = torch.where(best_patch, to_patch.unsqueeze(1), 0)
             if best_token is not None:
-                ties = best_token.view(torch.uint8).sum(dim=2, dtype=torch.uint8) if length < 256 else best_token.sum(dim=2)
+                ties = (
+                    best_token.view(torch.uint8).sum(dim=2, dtype=torch.uint8)
+                    if length < 256
+                    else best_token.sum(dim=2)
+                )
                 to_token = (grad_i2t[start : start + c, None, :] / patches / ties).to(dtype)  # [c, P, Nt]
                 to_tokens = torch.where(best_token, to_token.unsqueeze(2), 0)
                 g = to_tokens if g is None else g.add_(to_tokens)
@@ -311,7 +319,9 @@ def mmd2(
     return scale * (kxx + kyy - kxy)
 
 
-def median_bandwidths(x: torch.Tensor, y: torch.Tensor, multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)) -> torch.Tensor:
+def median_bandwidths(
+    x: torch.Tensor, y: torch.Tensor, multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
+) -> torch.Tensor:
     """Gaussian bandwidths from the median heuristic: the median Euclidean distance between
     distinct points of x and y pooled, times each multiplier (no gradient)."""
     with torch.no_grad():

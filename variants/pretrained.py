@@ -132,7 +132,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     return state, False
 
 
-def infer_architecture(state: dict[str, torch.Tensor], quick_gelu: bool = False, config: dict | None = None) -> CLIPArchitecture:
+def infer_architecture(
+    state: dict[str, torch.Tensor], quick_gelu: bool = False, config: dict | None = None
+) -> CLIPArchitecture:
     """Shapes of an OpenAI-layout CLIP ViT from its state dict; a clear error for other layouts.
 
     The weights fix every shape but the attention heads: ``config`` (open_clip's model config,
@@ -272,7 +274,9 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         if not problems:
             tower.load_state_dict(part, strict=True)
     if problems:
-        raise UserError(f"{source} does not fit the model's towers (build them with its shapes): " + "; ".join(problems))
+        raise UserError(
+            f"{source} does not fit the model's towers (build them with its shapes): " + "; ".join(problems)
+        )
     for name, term in getattr(model, "terms", {}).items():
         scale = getattr(term, "logit_scale", None)
         if not isinstance(scale, LearnedScale) or not scale.log_scale.requires_grad:
@@ -355,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     import os
 
     parser = argparse.ArgumentParser(prog="python -m variants.pretrained", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32 or ViT-B-32-quickgelu")
+    parser.add_argument(
+        "--model", required=True, help="open_clip architecture name, e.g. ViT-B-32 or ViT-B-32-quickgelu"
+    )
     parser.add_argument("--checkpoint", required=True, help="local OpenAI/open_clip weights (.pt, .bin, .safetensors)")
     parser.add_argument("--out", required=True, help="the suite checkpoint to write, e.g. runs/imported/vit-b-32.ckpt")
     parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,

@@ -151,9 +151,7 @@ class VisionTower(nn.Module):
         (SLIP's self-supervised branch reads the trunk here)."""
         return self.backbone.forward_head(self._features(images), pre_logits=True)
 
-    def forward(
-        self, images: torch.Tensor, return_tokens: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, images: torch.Tensor, return_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images [B, 3, H, W] -> (embedding [B, D] normalised, tokens [B, P, C] or None)."""
         features = self._features(images)
         pooled = self.backbone.forward_head(features, pre_logits=True)

@@ -169,7 +169,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         if self._rank_zero():
             warn_skipped(source, [("empty captions", empty, total), ("unreadable images", unreadable, total)])
         if len(dataset) == 0:
-            raise UserError(f"{source}: no row with a caption{' and a readable image' if verify else ''} in {h[f'{split}_files']}")
+            raise UserError(
+                f"{source}: no row with a caption{' and a readable image' if verify else ''} in {h[f'{split}_files']}"
+            )
         return dataset
 
     def setup(self, stage: str) -> None:
@@ -249,7 +251,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     def _log_skipped(self, trainer: pl.Trainer, local: int) -> None:
         # Summed over ranks (a collective: every rank is at this step); the up-front count of
         # empty captions is the same on every rank, so it is added once.
-        total = trainer.strategy.reduce(torch.tensor(float(local), device=trainer.strategy.root_device), reduce_op="sum")
+        total = trainer.strategy.reduce(
+            torch.tensor(float(local), device=trainer.strategy.root_device), reduce_op="sum"
+        )
         value = float(total) + self._train_upfront
         for logger in trainer.loggers:
             logger.log_metrics({SKIPPED_METRIC: value}, step=trainer.global_step)
@@ -263,7 +267,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         streamed = counts.get("streamed rows", 0)
         if stage == "fit" and (replaced or streamed):
             what = f"replaced {replaced} unreadable images" if replaced else f"skipped {streamed} streamed rows"
-            warnings.warn(f"{self._source('train')}: this process {what} while training (see {SKIPPED_METRIC})", stacklevel=2)
+            warnings.warn(
+                f"{self._source('train')}: this process {what} while training (see {SKIPPED_METRIC})", stacklevel=2
+            )
 
     def _rank_zero(self) -> bool:
         return self.trainer is None or self.trainer.global_rank == 0

@@ -48,7 +48,9 @@ def open_image(value: Any, base: Path) -> Image.Image:
     except UnidentifiedImageError:
         if data is None:
             raise
-        raise UnidentifiedImageError(f"cannot identify the image in {len(data)} bytes") from None  # not "<BytesIO at 0x..>"
+        raise UnidentifiedImageError(
+            f"cannot identify the image in {len(data)} bytes"
+        ) from None  # not "<BytesIO at 0x..>"
     return image
 
 
@@ -199,7 +201,9 @@ class StreamingImageText(IterableDataset):
                 records = _Counted(row for batch in shard.iter(batch_size=64) for row in _unbatch(batch))
                 yield records
                 barren = 0 if records.good else barren + 1
-            raise UserError(f"{self.source}: {barren} shards drawn in a row held no row with a caption and a readable image")
+            raise UserError(
+                f"{self.source}: {barren} shards drawn in a row held no row with a caption and a readable image"
+            )
         stream = self.stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
         stream = split_dataset_by_node(stream, rank=self.rank, world_size=self.world_size)
         for epoch in itertools.count():

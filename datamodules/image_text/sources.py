@@ -73,7 +73,9 @@ def resolve_files(spec: str | list[str], format: str, what: str) -> list[Path]:
             if format == "imagefolder":
                 found.append(_metadata_folder(path if path.is_dir() else path.parent, what))
             elif path.is_dir():
-                inside = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(EXTENSIONS[format]))
+                inside = sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(EXTENSIONS[format])
+                )
                 if not inside:
                     raise UserError(f"{what}: no {'/'.join(EXTENSIONS[format])} files in folder {path}")
                 found += inside
@@ -96,7 +98,9 @@ def _metadata_folder(folder: Path, what: str) -> Path:
 def _check_columns(columns: list[str], image_column: str, caption_column: str, source: str) -> None:
     for role, name in (("image_column", image_column), ("caption_column", caption_column)):
         if name not in columns:
-            raise UserError(f"{source}: no column {name!r} ({role}); columns found: {', '.join(columns)}. Set data.init_args.{role}")
+            raise UserError(
+                f"{source}: no column {name!r} ({role}); columns found: {', '.join(columns)}. Set data.init_args.{role}"
+            )
 
 
 def _csv_header(path: Path, sep: str) -> list[str]:
@@ -121,7 +125,9 @@ def load_segments(
         for path in files:
             _check_columns(_csv_header(path, sep), image_column, caption_column, f"{format} {path}")
             # Everything as text, and only "" as missing: a caption "NA" or "123" stays a caption.
-            features = datasets.Features({image_column: datasets.Value("string"), caption_column: datasets.Value("string")})
+            features = datasets.Features(
+                {image_column: datasets.Value("string"), caption_column: datasets.Value("string")}
+            )
             rows = datasets.load_dataset(
                 "csv", data_files=[str(path)], sep=sep, usecols=[image_column, caption_column], features=features,
                 keep_default_na=False, **load,
@@ -131,7 +137,9 @@ def load_segments(
         segments = []
         for path in files:
             _check_columns(pq.read_schema(path).names, image_column, caption_column, f"parquet {path}")
-            rows = datasets.load_dataset("parquet", data_files=[str(path)], columns=[image_column, caption_column], **load)
+            rows = datasets.load_dataset(
+                "parquet", data_files=[str(path)], columns=[image_column, caption_column], **load
+            )
             segments.append(Segment(rows, path.parent, np.arange(0), str(path)))
     elif format in ("imagefolder", "webdataset"):
         patterns = [f"{f}/**" for f in files] if format == "imagefolder" else [str(f) for f in files]
@@ -147,7 +155,9 @@ def load_segments(
     return segments
 
 
-def load_stream(files: list[Path], image_column: str, caption_column: str, cache_dir: str | None) -> datasets.IterableDataset:
+def load_stream(
+    files: list[Path], image_column: str, caption_column: str, cache_dir: str | None
+) -> datasets.IterableDataset:
     """webdataset shards as an HF streaming dataset of (image, caption); nothing is copied to the
     cache, so data larger than the disk's free space trains. Fields are inferred from the first
     samples of the first shard, which is also all that is read here."""

@@ -74,7 +74,7 @@ def article(phrase: str) -> str:
 def noun_phrase(
     thing: Thing, rng: random.Random, *, size_p: float = 0.3, color_p: float = 0.85, shape_p: float = 0.85
 ) -> str:
-    """"a small red circle", "a crimson object", "a box", ...: at least color or shape is named."""
+    """ "a small red circle", "a crimson object", "a box", ...: at least color or shape is named."""
     say_color, say_shape = rng.random() < color_p, rng.random() < shape_p
     if not (say_color or say_shape):
         say_color, say_shape = rng.choice([(True, False), (False, True)])

@@ -93,7 +93,8 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         self.train_set = CaptionedScenes(seed, "train", train_samples, image_size, min_objects, max_objects, views)
         self.provides_views = views is not None
         self._eval_sets = {
-            stage: self._eval_datasets(stage, samples) for stage, samples in (("val", val_samples), ("test", test_samples))
+            stage: self._eval_datasets(stage, samples)
+            for stage, samples in (("val", val_samples), ("test", test_samples))
         }
 
     def _eval_datasets(self, stage: str, samples: int) -> list[tuple[EvalTask, Dataset]]:

@@ -80,7 +80,9 @@ TASKS = {
     "shape": ZeroShotTask("shape", SHAPES, lang.OBJECT_TEMPLATES),
     "color": ZeroShotTask("color", tuple(COLORS), lang.COLOR_TEMPLATES),
     # Both color+shape tasks choose among all 64 combinations; they differ in the images.
-    "color_shape_seen": ZeroShotTask("color_shape_seen", tuple(f"{c} {s}" for c, s in ALL_COMBOS), lang.OBJECT_TEMPLATES),
+    "color_shape_seen": ZeroShotTask(
+        "color_shape_seen", tuple(f"{c} {s}" for c, s in ALL_COMBOS), lang.OBJECT_TEMPLATES
+    ),
     "color_shape_heldout": ZeroShotTask(
         "color_shape_heldout", tuple(f"{c} {s}" for c, s in ALL_COMBOS), lang.OBJECT_TEMPLATES
     ),

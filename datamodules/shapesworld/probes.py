@@ -36,7 +36,11 @@ def sample_probe(kind: str, rng: random.Random, image_size: int) -> tuple[Scene,
     if kind == "attribute_binding":
         scene = _distinct_pair(rng, image_size)
         a, b = scene.objects
-        return scene, f"a {a.color} {a.shape} and a {b.color} {b.shape}", [f"a {b.color} {a.shape} and a {a.color} {b.shape}"]
+        return (
+            scene,
+            f"a {a.color} {a.shape} and a {b.color} {b.shape}",
+            [f"a {b.color} {a.shape} and a {a.color} {b.shape}"],
+        )
     if kind == "relation_order":
         scene = _distinct_pair(rng, image_size)
         a, b = scene.objects

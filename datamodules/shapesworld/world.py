@@ -97,10 +97,7 @@ def render(scene: Scene, image_size: int) -> torch.Tensor:
 def _polygon(x: float, y: float, radii: list[float], start_deg: float) -> list[tuple[float, float]]:
     step = 2 * math.pi / len(radii)
     start = math.radians(start_deg)
-    return [
-        (x + r * math.cos(start + k * step), y + r * math.sin(start + k * step))
-        for k, r in enumerate(radii)
-    ]
+    return [(x + r * math.cos(start + k * step), y + r * math.sin(start + k * step)) for k, r in enumerate(radii)]
 
 
 def _draw(draw: ImageDraw.ImageDraw, t: Thing) -> None:

@@ -35,8 +35,14 @@ class _Layout:
 
 
 LAYOUTS = {
-    "cifar10": _Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                       "batches.meta", b"labels", b"label_names"),
+    "cifar10": _Layout(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        b"labels",
+        b"label_names",
+    ),
     "cifar100": _Layout("cifar-100-python", ("train",), "test", "meta", b"fine_labels", b"fine_label_names"),
 }
 
@@ -46,7 +52,11 @@ LAYOUTS = {
 _ALLOWED = {
     (module, name)
     for core in ("numpy.core", "numpy._core")
-    for module, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"), (f"{core}.numeric", "_frombuffer"))
+    for module, name in (
+        (f"{core}.multiarray", "_reconstruct"),
+        (f"{core}.multiarray", "scalar"),
+        (f"{core}.numeric", "_frombuffer"),
+    )
 } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
@@ -81,7 +91,9 @@ def _batch(path: Path, labels_key: bytes, num_classes: int) -> tuple[torch.Tenso
         raise UserError(f"{path} is not a CIFAR batch: expected b'data' as a uint8 [N, 3072] array")
     labels = [int(label) for label in labels] if isinstance(labels, (list, tuple, np.ndarray)) else []
     if len(labels) != len(pixels) or any(not 0 <= label < num_classes for label in labels):
-        raise UserError(f"{path} is not a CIFAR batch: expected {labels_key!r} with one label in [0, {num_classes}) per row")
+        raise UserError(
+            f"{path} is not a CIFAR batch: expected {labels_key!r} with one label in [0, {num_classes}) per row"
+        )
     return torch.from_numpy(pixels.reshape(-1, 3, 32, 32).copy()), labels
 
 
@@ -103,7 +115,9 @@ def cifar_suite(root: str | Path, variant: str) -> ClassificationSuite:
     meta = _load(directory / layout.meta)
     names = meta.get(layout.names_key)
     if not isinstance(names, list) or not names:
-        raise UserError(f"{directory / layout.meta} is not a CIFAR meta file: expected {layout.names_key!r}, a list of names")
+        raise UserError(
+            f"{directory / layout.meta} is not a CIFAR meta file: expected {layout.names_key!r}, a list of names"
+        )
     classnames = [(n.decode() if isinstance(n, bytes) else str(n)).replace("_", " ") for n in names]
 
     train = [_batch(directory / name, layout.labels_key, len(classnames)) for name in layout.train]

@@ -19,7 +19,12 @@ from datamodules.suites.files import LabelledImages
 from variants.errors import UserError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-DIGIT_TEMPLATES = ["a photo of the number {}.", "a drawing of the number {}.", "the number {}.", "a photo of the digit {}."]
+DIGIT_TEMPLATES = [
+    "a photo of the number {}.",
+    "a drawing of the number {}.",
+    "the number {}.",
+    "a photo of the digit {}.",
+]
 
 
 def digits_suite(seed: int = 0, test_fraction: float = 0.5) -> ClassificationSuite:
@@ -38,6 +43,9 @@ def digits_suite(seed: int = 0, test_fraction: float = 0.5) -> ClassificationSui
         return LabelledImages([images[i] for i in indices], labels[indices].tolist())
 
     return ClassificationSuite(
-        name="digits", classnames=list(DIGIT_NAMES), templates=list(DIGIT_TEMPLATES),
-        test=split(test_idx), train=split(train_idx),
+        name="digits",
+        classnames=list(DIGIT_NAMES),
+        templates=list(DIGIT_TEMPLATES),
+        test=split(test_idx),
+        train=split(train_idx),
     )

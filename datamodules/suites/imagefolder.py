@@ -51,7 +51,9 @@ def imagefolder_suite(
     if not root.is_dir():
         raise UserError(f"{source}: not a directory; expected {LAYOUT}")
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
-    split_dirs = {"train": root / "train", "test": test_dir} if (root / "train").is_dir() and test_dir else {"test": root}
+    split_dirs = (
+        {"train": root / "train", "test": test_dir} if (root / "train").is_dir() and test_dir else {"test": root}
+    )
 
     splits = {split: _class_images(d) for split, d in split_dirs.items()}
     if not all(splits.values()):

@@ -75,11 +75,14 @@ def karpathy_suite(
     bad_set = set(bad)
     kept = [(path, texts) for _, path, texts in captioned if path not in bad_set]
     n_images = len(captioned) + len(uncaptioned)
-    warn_skipped(source, [
-        ("missing or unreadable images", [name for name, path, _ in captioned if path in bad_set], n_images),
-        ("empty captions", empty, n_captions),
-        ("images without captions", uncaptioned, n_images),
-    ])
+    warn_skipped(
+        source,
+        [
+            ("missing or unreadable images", [name for name, path, _ in captioned if path in bad_set], n_images),
+            ("empty captions", empty, n_captions),
+            ("images without captions", uncaptioned, n_images),
+        ],
+    )
     if not kept:
         raise UserError(
             f"{source}: no readable image with a caption in split {split!r}; images are read from "

@@ -86,7 +86,9 @@ def probe_file_suite(path: str | Path, images_root: str | Path | None = None, na
     path = Path(path)
     source = f"probe file {path}"
     data = read_json(path, source)
-    named_rows = list(data.items()) if isinstance(data, dict) else list(enumerate(data)) if isinstance(data, list) else []
+    named_rows = (
+        list(data.items()) if isinstance(data, dict) else list(enumerate(data)) if isinstance(data, list) else []
+    )
     rows = [(str(key), row) for key, row in named_rows if isinstance(row, dict)]
     keys = next((form for form in FORMS if any(set(form) <= row.keys() for _, row in rows)), None)
     if keys is None:
@@ -110,11 +112,18 @@ def probe_file_suite(path: str | Path, images_root: str | Path | None = None, na
     _, bad = readable_images([c.file for c in candidates])
     bad_set = set(bad)
     kept = [c for c in candidates if c.file not in bad_set]
-    warn_skipped(source, [
-        ("rows with an empty true caption", no_positive, len(rows)),
-        ("rows without false captions", no_negatives, len(rows)),
-        ("rows with a missing or unreadable image", no_image + [c.name for c in candidates if c.file in bad_set], len(rows)),
-    ])
+    warn_skipped(
+        source,
+        [
+            ("rows with an empty true caption", no_positive, len(rows)),
+            ("rows without false captions", no_negatives, len(rows)),
+            (
+                "rows with a missing or unreadable image",
+                no_image + [c.name for c in candidates if c.file in bad_set],
+                len(rows),
+            ),
+        ],
+    )
     if not kept:
         raise UserError(
             f"{source}: no usable rows (an image file, a true caption and a false caption each); "

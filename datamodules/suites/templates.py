@@ -128,7 +128,9 @@ def read_templates(path: str | Path) -> list[str]:
     contain "{}" where the class name goes."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"templates file {path} does not exist; pass a text file with one template per line, e.g. 'a photo of a {{}}.'")
+        raise UserError(
+            f"templates file {path} does not exist; pass a text file with one template per line, e.g. 'a photo of a {{}}.'"
+        )
     templates = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()

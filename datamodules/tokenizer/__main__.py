@@ -47,13 +47,17 @@ def train(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     count = CaptionCount()
     tokenizer = train_bpe(
-        read_captions(args.captions, args.column, count), args.vocab_size, args.min_frequency, progress=sys.stderr.isatty()
+        read_captions(args.captions, args.column, count),
+        args.vocab_size,
+        args.min_frequency,
+        progress=sys.stderr.isatty(),
     )
     if count.captions == 0:
         raise UserError(f"no captions in {', '.join(args.captions)} ({count.empty} empty)")
     path = write_tokenizer(tokenizer, args.out)
     lengths = [
-        len(e.ids) for e in tokenizer.encode_batch(list(islice(read_captions(args.captions, args.column), SUMMARY_SAMPLE)))
+        len(e.ids)
+        for e in tokenizer.encode_batch(list(islice(read_captions(args.captions, args.column), SUMMARY_SAMPLE)))
     ]
     summary = {
         "path": str(path), "vocab_size": tokenizer.get_vocab_size(), "captions": count.captions, "empty_skipped": count.empty,

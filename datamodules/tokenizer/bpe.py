@@ -52,7 +52,9 @@ class BPETokenizer(HFTokenizer):
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json)
         except Exception as error:
-            raise UserError(f"{path} is not a tokenizer.json written by HF tokenizers: {error}".splitlines()[0]) from None
+            raise UserError(
+                f"{path} is not a tokenizer.json written by HF tokenizers: {error}".splitlines()[0]
+            ) from None
         if [tokenizer.token_to_id(token) for token in SPECIALS] != [0, 1, 2, 3]:
             raise UserError(
                 f"{path} does not have the ids {', '.join(SPECIALS)} = 0..3: retrain it with `python -m datamodules.tokenizer train`"
@@ -70,7 +72,9 @@ class BPETokenizer(HFTokenizer):
         return {"tokenizer_json": self.tokenizer_json}
 
 
-def train_bpe(captions: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2, progress: bool = False) -> Tokenizer:
+def train_bpe(
+    captions: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2, progress: bool = False
+) -> Tokenizer:
     """A BPE tokenizer trained on ``captions`` with the suite's specials (ids 0..3) and normalisation."""
     if vocab_size <= len(SPECIALS):
         raise UserError(f"vocab size must be > {len(SPECIALS)} (the special tokens), got {vocab_size}")
@@ -86,7 +90,8 @@ def train_bpe(captions: Iterable[str], vocab_size: int = 8192, min_frequency: in
     )  # fmt: skip
     tokenizer.train_from_iterator(captions, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{START} $A {END}", special_tokens=[(START, tokenizer.token_to_id(START)), (END, tokenizer.token_to_id(END))]
+        single=f"{START} $A {END}",
+        special_tokens=[(START, tokenizer.token_to_id(START)), (END, tokenizer.token_to_id(END))],
     )
     return tokenizer
 
@@ -100,7 +105,9 @@ class CaptionCount:
     files: list[str] = field(default_factory=list)
 
 
-def read_captions(paths: Sequence[str | Path], column: str = "caption", count: CaptionCount | None = None) -> Iterator[str]:
+def read_captions(
+    paths: Sequence[str | Path], column: str = "caption", count: CaptionCount | None = None
+) -> Iterator[str]:
     """Captions streamed from .txt (a caption per line), .jsonl/.json (``column`` of each object)
     and .csv/.tsv (the ``column`` column) files; empty captions are skipped and counted in ``count``."""
     count = count if count is not None else CaptionCount()
@@ -142,7 +149,11 @@ def _captions(path: Path, column: str) -> Iterator[object]:
                     raise UserError(f"{where}: not valid JSON ({error})") from None
                 for record in records if suffix == ".json" and isinstance(records, list) else [records]:
                     if not isinstance(record, dict) or column not in record:
-                        found = ", ".join(record) if isinstance(record, dict) else f"a {type(record).__name__}, not an object"
+                        found = (
+                            ", ".join(record)
+                            if isinstance(record, dict)
+                            else f"a {type(record).__name__}, not an object"
+                        )
                         raise UserError(f"{where}: no field '{column}'; found: {found or 'none'} (pass --column)")
                     yield record[column]
 

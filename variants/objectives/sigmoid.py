@@ -44,7 +44,12 @@ class Sigmoid(Term):
             image, text = at_least_float32(encoded.image, encoded.text)
             scale = self.logit_scale()
             loss = siglip_loss(
-                image, text, scale, self.logit_bias, all_text=gather_with_grad(text), row_offset=row_offset(image.shape[0])
+                image,
+                text,
+                scale,
+                self.logit_bias,
+                all_text=gather_with_grad(text),
+                row_offset=row_offset(image.shape[0]),
             )
         return {"loss": loss, "logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
 

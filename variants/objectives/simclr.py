@@ -37,7 +37,9 @@ class SimCLR(Term):
     needs = frozenset({"views"})
     needs_global = False
 
-    def __init__(self, weight: float = 1.0, hidden_dim: int = 4096, out_dim: int = 256, temperature: float = 0.1) -> None:
+    def __init__(
+        self, weight: float = 1.0, hidden_dim: int = 4096, out_dim: int = 256, temperature: float = 0.1
+    ) -> None:
         super().__init__(weight)
         positive(self, hidden_dim=hidden_dim, out_dim=out_dim, temperature=temperature)
         self.hidden_dim, self.out_dim, self.temperature = hidden_dim, out_dim, temperature
@@ -46,7 +48,9 @@ class SimCLR(Term):
     def attach(self, vision_tower: nn.Module, text_tower: nn.Module) -> None:
         width = getattr(vision_tower, "feature_dim", None)
         if not width:
-            raise UserError(f"simclr needs the vision tower's pooled features, but {type(vision_tower).__name__} has no feature_dim")
+            raise UserError(
+                f"simclr needs the vision tower's pooled features, but {type(vision_tower).__name__} has no feature_dim"
+            )
         h = self.hidden_dim
         self.projector = nn.Sequential(
             nn.Linear(width, h), GlobalBatchNorm1d(h), nn.ReLU(inplace=True),
@@ -60,7 +64,12 @@ class SimCLR(Term):
         with full_precision(z_a.device):
             offset = row_offset(z_a.shape[0])
             loss = simclr_loss(
-                z_a, z_b, self.temperature, all_z_a=gather_with_grad(z_a), all_z_b=gather_with_grad(z_b), row_offset=offset
+                z_a,
+                z_b,
+                self.temperature,
+                all_z_a=gather_with_grad(z_a),
+                all_z_b=gather_with_grad(z_b),
+                row_offset=offset,
             )
             with torch.no_grad():  # how often view b is view a's nearest other-view neighbour
                 scores = nn.functional.normalize(z_a, dim=-1) @ nn.functional.normalize(z_b, dim=-1).T

@@ -24,7 +24,14 @@ from torch import nn
 from variants.distributed import gather, gather_with_grad, pad_to_common_length, row_offset, world
 from variants.errors import UserError
 from variants.losses import filip_loss, filip_similarity
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive, require_token_towers
+from variants.objectives.base import (
+    LearnedScale,
+    Term,
+    at_least_float32,
+    full_precision,
+    positive,
+    require_token_towers,
+)
 from variants.towers import Encoded
 
 
