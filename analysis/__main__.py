@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from variants.errors import exit_on_user_error
+from common.errors import exit_on_user_error
 
 COMMANDS = ("embed", "zeroshot", "geometry", "probes", "report")
 
@@ -34,7 +34,7 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from analysis.suites import SPECS
+    from analysis.suite_specs import SPECS
 
     main = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[1])
     commands = main.add_subparsers(dest="command", required=True, metavar="{" + ",".join((*COMMANDS, "compare")) + "}")
@@ -84,7 +84,8 @@ def run(argv: list[str] | None = None) -> dict:
         return table
     from analysis import commands, report
     from analysis.checkpoint import load_checkpoint, run_directory
-    from analysis.suites import SuiteOptions, load_probe_suites, load_suites
+    from analysis.embed import EmbedOptions
+    from analysis.suite_specs import SuiteOptions, load_probe_suites, load_suites
 
     loaded = load_checkpoint(args.ckpt)
     out = (
@@ -92,24 +93,30 @@ def run(argv: list[str] | None = None) -> dict:
         if args.out
         else (run_directory(loaded.path) or Path(f"analysis-{loaded.path.stem}")) / "analysis"
     )
-    options = SuiteOptions(samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed)
-    embed = {"batch_size": args.batch_size, "num_workers": args.workers, "precision": args.precision}
-    suites = load_suites(args.suite, loaded, options) if hasattr(args, "suite") else []
-    probe_suites = load_probe_suites(args.probes, loaded, options) if hasattr(args, "probes") else []
+    suite_options = SuiteOptions(
+        samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed
+    )
+    options = EmbedOptions(batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
+    suites = load_suites(args.suite, loaded, suite_options) if hasattr(args, "suite") else []
+    probe_suites = load_probe_suites(args.probes, loaded, suite_options) if hasattr(args, "probes") else []
     print(f"{args.command}: {loaded.name} (step {loaded.global_step}) from {loaded.path}", file=sys.stderr)
     if args.command == "embed":
-        result = commands.embed(loaded, suites, out, tokens=args.tokens, **embed)
+        result = commands.embed(loaded, suites, out, tokens=args.tokens, options=options)
     elif args.command == "zeroshot":
-        result = commands.zeroshot_benchmarks(loaded, suites, out, args.linear_probe, args.seed, **embed)["metrics"]
+        result = commands.zeroshot_benchmarks(loaded, suites, out, args.linear_probe, args.seed, options=options)[
+            "metrics"
+        ]
     elif args.command == "geometry":
-        result = commands.geometry_analysis(loaded, suites, out, tsne_points=args.tsne_points, seed=args.seed, **embed)
+        result = commands.geometry_analysis(
+            loaded, suites, out, tsne_points=args.tsne_points, seed=args.seed, options=options
+        )
         result = result["metrics"] | {"figures": result["figures"]}
     elif args.command == "probes":
-        result = commands.probe_analysis(loaded, probe_suites, out, **embed)["metrics"]
+        result = commands.probe_analysis(loaded, probe_suites, out, options=options)["metrics"]
     else:
         result = report.write_report(
             loaded, suites, probe_suites, out, tensorboard=args.tensorboard, linear_probe=args.linear_probe,
-            tsne_points=args.tsne_points, seed=args.seed, **embed,
+            tsne_points=args.tsne_points, seed=args.seed, options=options,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"results in {out}", file=sys.stderr)

@@ -22,9 +22,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import instantiate_module
 
+from common.errors import UserError
 from datamodules.tokenizer.base import with_state
-from variants.errors import UserError
 from variants.module import ContrastiveModule
+from variants.weights import fit_problems
 
 TRUSTED_PACKAGES = ("variants.", "datamodules.")
 
@@ -151,19 +152,10 @@ def _instantiate(cls: type, config: dict, path: Path, what: str) -> Any:
 
 
 def _load_weights(model: torch.nn.Module, state_dict: dict, path: Path) -> None:
-    result = model.load_state_dict(state_dict, strict=False)
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys {_listed(result.missing_keys)}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected keys {_listed(result.unexpected_keys)}")
+    problems = fit_problems(model.state_dict(), state_dict)
     if problems:
         raise UserError(f"checkpoint {path} does not match the model it describes: {'; '.join(problems)}")
-
-
-def _listed(keys: list[str], limit: int = 8) -> str:
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
+    model.load_state_dict(state_dict, strict=True)
 
 
 def _class_paths(config: Any) -> list[str]:

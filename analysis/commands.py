@@ -6,7 +6,6 @@ Each takes a loaded checkpoint and suites, writes its JSON (and figures) atomica
 
 from __future__ import annotations
 
-import io
 import re
 import warnings
 from pathlib import Path
@@ -16,11 +15,11 @@ import torch
 
 from analysis import geometry, probes, zeroshot
 from analysis.checkpoint import LoadedCheckpoint
-from analysis.embed import embed_images, embed_texts
-from analysis.io import save_figure, write_atomic, write_json
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from common.errors import UserError
+from common.files import save_figure, save_torch, write_json
 from datamodules.shapesworld.probes import text_pairs
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
-from variants.errors import UserError
 from variants.metrics import class_embeddings
 
 MIN_GEOMETRY_POINTS = 10
@@ -32,7 +31,9 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
 
 
-def embed(loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = False, **embed_kwargs) -> dict[str, str]:
+def embed(
+    loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = False, options: EmbedOptions = DEFAULT_OPTIONS
+) -> dict[str, str]:
     """Save each suite's embeddings with their metadata to ``out/embeddings/<suite>.pt``.
 
     Classification suites: test images (+ labels) and the class prompts; retrieval suites:
@@ -42,7 +43,7 @@ def embed(loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = Fals
     written = {}
     for suite in suites:
         if isinstance(suite, ClassificationSuite):
-            images = embed_images(loaded, suite.test, tokens=tokens, desc=suite.name, **embed_kwargs)
+            images = embed_images(loaded, suite.test, tokens=tokens, desc=suite.name, options=options)
             prompts = suite.class_prompts()
             texts = [p for class_prompts in prompts for p in class_prompts]
             meta = {
@@ -51,11 +52,10 @@ def embed(loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = Fals
                 "text_labels": torch.arange(len(prompts)).repeat_interleave(len(prompts[0])),
             }
         else:
-            images = embed_images(loaded, suite.images, tokens=tokens, desc=suite.name, **embed_kwargs)
+            images = embed_images(loaded, suite.images, tokens=tokens, desc=suite.name, options=options)
             texts = [text for captions in suite.captions for text in captions]
             meta = {"text_image": torch.tensor([i for i, c in enumerate(suite.captions) for _ in c])}
-        precision = embed_kwargs.get("precision", "32")
-        encoded_texts = embed_texts(loaded, texts, tokens=tokens, precision=precision, desc=f"{suite.name} texts")
+        encoded_texts = embed_texts(loaded, texts, tokens=tokens, options=options, desc=f"{suite.name} texts")
         payload = {
             "suite": suite.name,
             "model": loaded.name,
@@ -74,36 +74,40 @@ def embed(loaded: LoadedCheckpoint, suites: list, out: Path, tokens: bool = Fals
                 "text_mask": encoded_texts.text_mask,
             }
         path = out / "embeddings" / f"{slug(suite.name)}.pt"
-        write_atomic(path, lambda file, payload=payload: _save_torch(payload, file))
+        save_torch(path, payload)
         written[suite.name] = str(path)
     return written
 
 
-def _save_torch(payload: dict, file) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    file.write(buffer.getvalue())
-
-
 def zeroshot_benchmarks(
-    loaded: LoadedCheckpoint, suites: list, out: Path, linear_probe: bool = True, seed: int = 0, **embed_kwargs
+    loaded: LoadedCheckpoint,
+    suites: list,
+    out: Path,
+    linear_probe: bool = True,
+    seed: int = 0,
+    options: EmbedOptions = DEFAULT_OPTIONS,
 ) -> dict:
     """Zero-shot classification, retrieval and linear probes -> ``out/zeroshot.json``."""
     records = []
     for suite in suites:
         if isinstance(suite, ClassificationSuite):
-            records.append(zeroshot.zeroshot_classification(loaded, suite, **embed_kwargs))
+            records.append(zeroshot.zeroshot_classification(loaded, suite, options=options))
             if linear_probe and suite.train is not None:
-                records.append(zeroshot.linear_probe(loaded, suite, seed=seed, **embed_kwargs))
+                records.append(zeroshot.linear_probe(loaded, suite, seed=seed, options=options))
         elif isinstance(suite, RetrievalSuite):
-            records.append(zeroshot.zeroshot_retrieval(loaded, suite, **embed_kwargs))
+            records.append(zeroshot.zeroshot_retrieval(loaded, suite, options=options))
     result = {"records": records, "metrics": zeroshot.metric_names(records)}
     write_json(out / "zeroshot.json", result)
     return result
 
 
 def geometry_analysis(
-    loaded: LoadedCheckpoint, suites: list, out: Path, tsne_points: int = 2000, seed: int = 0, **embed_kwargs
+    loaded: LoadedCheckpoint,
+    suites: list,
+    out: Path,
+    tsne_points: int = 2000,
+    seed: int = 0,
+    options: EmbedOptions = DEFAULT_OPTIONS,
 ) -> dict:
     """Embedding-space geometry -> ``out/geometry.json`` and figures under ``out/figures``.
 
@@ -127,19 +131,17 @@ def geometry_analysis(
     figures = {}
     gap = None
     if paired is not None:
-        image = embed_images(loaded, paired.images, desc=paired.name, **embed_kwargs).encoded.image
-        text = embed_texts(loaded, [c[0] for c in paired.captions], precision=embed_kwargs.get("precision", "32")).text
+        image = embed_images(loaded, paired.images, desc=paired.name, options=options).encoded.image
+        text = embed_texts(loaded, [c[0] for c in paired.captions], options=options).text
         result["paired"] = {"suite": paired.name, **geometry.geometry_report(image, text, paired=True)}
         gap = geometry.gap_vector(image, text)
         figures["pca"] = geometry.pca_figure(
             {side: result["paired"][side]["pca"] for side in ("image", "text", "joint")}
         )
     if classes is not None:
-        images = embed_images(loaded, classes.test, desc=classes.name, **embed_kwargs)
+        images = embed_images(loaded, classes.test, desc=classes.name, options=options)
         prompts = classes.class_prompts()
-        prompt_text = embed_texts(
-            loaded, [p for ps in prompts for p in ps], precision=embed_kwargs.get("precision", "32")
-        ).text
+        prompt_text = embed_texts(loaded, [p for ps in prompts for p in ps], options=options).text
         classifier = class_embeddings(prompt_text.view(len(prompts), len(prompts[0]), -1))
         if gap is None:  # no paired set: images against their own class text
             gap = geometry.gap_vector(images.encoded.image, classifier[images.labels])
@@ -175,14 +177,15 @@ def _geometry_metrics(result: dict) -> dict[str, float]:
     return metrics
 
 
-def probe_analysis(loaded: LoadedCheckpoint, suites: list[ProbeSuite], out: Path, **embed_kwargs) -> dict:
+def probe_analysis(
+    loaded: LoadedCheckpoint, suites: list[ProbeSuite], out: Path, options: EmbedOptions = DEFAULT_OPTIONS
+) -> dict:
     """Text-only pair similarities and grounded selection probes -> ``out/probes.json``."""
-    precision = embed_kwargs.get("precision", "32")
     text = {
-        "shapesworld": probes.text_pair_similarities(loaded, text_pairs(), precision),
-        "english": probes.text_pair_similarities(loaded, probes.ENGLISH_PAIRS, precision),
+        "shapesworld": probes.text_pair_similarities(loaded, text_pairs(), options),
+        "english": probes.text_pair_similarities(loaded, probes.ENGLISH_PAIRS, options),
     }
-    grounded = {suite.name: probes.selection_probe(loaded, suite, **embed_kwargs) for suite in suites}
+    grounded = {suite.name: probes.selection_probe(loaded, suite, options=options) for suite in suites}
     figures = {"text_similarity": probes.similarity_figure(text)}
     if grounded:
         figures["probes"] = probes.selection_figure(grounded)

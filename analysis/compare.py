@@ -3,7 +3,7 @@
 Reads every run under the folder with TensorBoard's own EventAccumulator, groups the runs that
 differ only in their seed (a trailing ``-s<seed>`` of the run name, or the versions of one
 ``runs/<name>/``), and writes ``compare.json`` / ``compare.md`` (final value of each metric:
-mean, std and 95% CI over seeds) and ``compare.png`` (curves per group: the mean over seeds
+mean, std and 95% CI over seeds, ``analysis.stats``) and ``compare.png`` (curves per group: the mean over seeds
 with a band from the lowest to the highest seed).
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from analysis.io import save_figure, write_json, write_text
 from analysis.results import group_of
-from variants.errors import UserError
-from variants.metrics import mean_ci
+from analysis.stats import group_summary, markdown_table
+from common.errors import UserError
+from common.files import save_figure, write_json, write_text
 
 CURVES = (
     "train/loss",
@@ -57,13 +57,11 @@ def compare(root: str | Path, out: str | Path | None = None, curves: tuple[str, 
     finals = sorted(
         {tag for scalars in runs.values() for tag in scalars if tag.startswith(("zeroshot/", "retrieval/"))}
     )
-    table = {
-        group: {
-            "runs": members,
-            "metrics": {tag: mean_ci(runs[r][tag][-1][1] for r in members if tag in runs[r]) for tag in finals},
-        }
-        for group, members in sorted(groups.items())
+    finals_by_run = {
+        run: {tag: scalars[tag][-1][1] for tag in finals if tag in scalars} for run, scalars in runs.items()
     }
+    summary = group_summary({g: [finals_by_run[r] for r in members] for g, members in sorted(groups.items())}, finals)
+    table = {group: {"runs": groups[group], "metrics": summary[group]} for group in summary}
     write_json(out / "compare.json", table)
     write_text(out / "compare.md", _markdown(table, [t for t in finals if "_test/" in t] or finals))
     save_figure(
@@ -95,17 +93,8 @@ def curve_figure(runs: dict, groups: dict[str, list[str]], curves: list[str]) ->
 
 
 def _markdown(table: dict, metrics: list[str]) -> str:
-    def cell(stats: dict) -> str:
-        if stats["mean"] is None:
-            return "-"
-        spread = f" ± {100 * (stats['ci95'][1] - stats['mean']):.1f}" if stats["ci95"] else ""
-        return f"{100 * stats['mean']:.1f}{spread}"
-
     labels = [m.split("/", 2)[-1].replace("/top1", "") for m in metrics]
-    lines = ["Final value, mean ± 95% CI half-width over seeds (%).", "",
-             "| group | n | " + " | ".join(labels) + " |", "| --- | ---: |" + " ---: |" * len(labels)]  # fmt: skip
-    for group, entry in table.items():
-        lines.append(
-            f"| {group} | {len(entry['runs'])} | " + " | ".join(cell(entry["metrics"][m]) for m in metrics) + " |"
-        )
+    summary = {group: entry["metrics"] for group, entry in table.items()}
+    counts = {group: str(len(entry["runs"])) for group, entry in table.items()}
+    lines = ["Final value, mean [95% CI] over seeds (%).", ""] + markdown_table(summary, metrics, labels, counts)
     return "\n".join(lines) + "\n"

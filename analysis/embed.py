@@ -17,11 +17,32 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from analysis.checkpoint import LoadedCheckpoint
+from common.errors import UserError
 from datamodules.transforms import EvalImageTransform
-from variants.errors import UserError
 from variants.towers import Encoded
 
 PRECISIONS = ("32", "bf16")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How one command computes embeddings, passed unchanged through every analysis.
+
+    batch_size: images per forward pass; text_batch_size: texts per forward pass;
+    num_workers: image-loading worker processes; precision: "32" or "bf16" (CPU autocast).
+    """
+
+    batch_size: int = 256
+    text_batch_size: int = 1024
+    num_workers: int = 0
+    precision: str = "32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+
+
+DEFAULT_OPTIONS = EmbedOptions()
 
 
 @dataclass
@@ -66,19 +87,20 @@ def embed_images(
     loaded: LoadedCheckpoint,
     dataset: Dataset,
     tokens: bool = False,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    precision: str = "32",
+    options: EmbedOptions = DEFAULT_OPTIONS,
     desc: str = "images",
 ) -> ImageEmbeddings:
     """Global (and, with ``tokens``, patch) embeddings of every image of ``dataset``."""
     if len(dataset) == 0:
         raise UserError(f"{desc}: the suite has no images")
     loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_Collate(loaded.image_transform)
+        dataset,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        collate_fn=_Collate(loaded.image_transform),
     )
     images, patch_tokens, labels = [], [], []
-    with autocast(precision):
+    with autocast(options.precision):
         for batch in tqdm(loader, desc=f"embed {desc}", unit="batch", leave=False, disable=None):
             record = loaded.model.image_record(batch["image"], tokens=tokens)
             images.append(record.image.float())
@@ -95,16 +117,16 @@ def embed_texts(
     loaded: LoadedCheckpoint,
     texts: Sequence[str],
     tokens: bool = False,
-    batch_size: int = 1024,
-    precision: str = "32",
+    options: EmbedOptions = DEFAULT_OPTIONS,
     desc: str = "texts",
 ) -> Encoded:
     """Global (and, with ``tokens``, word-token) embeddings of ``texts``, in order."""
     if len(texts) == 0:
         raise UserError(f"{desc}: no texts to embed")
     out: dict[str, list[torch.Tensor]] = {"text": [], "text_tokens": [], "text_mask": []}
+    batch_size = options.text_batch_size
     starts = range(0, len(texts), batch_size)
-    with autocast(precision):
+    with autocast(options.precision):
         for start in tqdm(starts, desc=f"embed {desc}", unit="batch", leave=False, disable=None):
             # Padded to the batch's longest text, not the context: the causal tower's outputs up
             # to the end-of-text token do not depend on the padding after it, and prompts are

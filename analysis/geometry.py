@@ -282,9 +282,8 @@ def tsne_embedding(points: Array, seed: int = 0, perplexity: float = 30.0) -> np
         learning_rate="auto",
         random_state=seed,
     )
-    # One OpenMP thread: sklearn's Barnes-Hut syncs threads ~1000 times, and on a shared 2-core
-    # machine a descheduled thread stalls every barrier (measured: 200 points 0.4 s -> 42 s with a
-    # busy neighbour). Single-threaded, 5,000 x 128 still takes ~21 s.
+    # One OpenMP thread: sklearn's Barnes-Hut syncs threads ~1000 times, and on a shared machine
+    # a descheduled thread stalls every barrier (benchmarks/RESULTS.md, "Analysis: t-SNE").
     with threadpool_limits(limits=1, user_api="openmp"):
         return np.asarray(tsne.fit_transform(data))
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import LoadedCheckpoint
-from analysis.embed import embed_images, embed_texts
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
 from datamodules.suites import ProbeSuite
 from variants.towers import Encoded
 
@@ -57,14 +57,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 @torch.inference_mode()
 def text_pair_similarities(
-    loaded: LoadedCheckpoint, pairs: dict[str, list[tuple[str, str]]], precision: str = "32"
+    loaded: LoadedCheckpoint, pairs: dict[str, list[tuple[str, str]]], options: EmbedOptions = DEFAULT_OPTIONS
 ) -> dict[str, dict]:
     """Cosine similarity of the global text embeddings of each pair, summarised per kind."""
     unk_id = getattr(loaded.tokenizer, "unk_id", None)
     results = {}
     for kind, kind_pairs in pairs.items():
-        firsts = embed_texts(loaded, [a for a, _ in kind_pairs], precision=precision, desc=kind).text
-        seconds = embed_texts(loaded, [b for _, b in kind_pairs], precision=precision, desc=kind).text
+        firsts = embed_texts(loaded, [a for a, _ in kind_pairs], options=options, desc=kind).text
+        seconds = embed_texts(loaded, [b for _, b in kind_pairs], options=options, desc=kind).text
         similarity = (firsts * seconds).sum(-1)
         entry = {
             "mean": float(similarity.mean()),
@@ -82,16 +82,19 @@ def text_pair_similarities(
 
 @torch.inference_mode()
 def selection_probe(
-    loaded: LoadedCheckpoint, suite: ProbeSuite, chunk: int = 64, examples: int = 5, **embed_kwargs
+    loaded: LoadedCheckpoint,
+    suite: ProbeSuite,
+    chunk: int = 64,
+    examples: int = 5,
+    options: EmbedOptions = DEFAULT_OPTIONS,
 ) -> dict:
     """Accuracy of choosing the positive caption (strictly highest score) over the negatives."""
     items = suite.items
     captions = [_captions(items, i) for i in range(len(items))]
     needs = loaded.model.scoring_needs
-    images = embed_images(loaded, _ImagesOnly(items), tokens="image_tokens" in needs, desc=suite.name, **embed_kwargs)
+    images = embed_images(loaded, _ImagesOnly(items), tokens="image_tokens" in needs, desc=suite.name, options=options)
     flat = [text for item_captions in captions for text in item_captions]
-    precision = embed_kwargs.get("precision", "32")
-    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} captions")
+    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, options=options, desc=f"{suite.name} captions")
     correct, ties, chance, mistakes = 0, 0, 0.0, []
     offsets = [0]
     for item_captions in captions:

@@ -13,8 +13,8 @@ from PIL import Image
 
 from analysis.checkpoint import LoadedCheckpoint, run_directory
 from analysis.commands import geometry_analysis, probe_analysis, zeroshot_benchmarks
-from analysis.embed import embed_images, embed_texts
-from analysis.io import write_json, write_text
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from common.files import write_json, write_text
 from datamodules.suites import ClassificationSuite
 
 
@@ -28,13 +28,13 @@ def write_report(
     tsne_points: int = 2000,
     seed: int = 0,
     projector_points: int = 500,
-    **embed_kwargs,
+    options: EmbedOptions = DEFAULT_OPTIONS,
 ) -> dict:
     """Run every analysis, write ``out/report.md`` and ``out/report.json``; returns the latter."""
     (out / "report.json").unlink(missing_ok=True)  # never left beside results of another pass
-    zeroshot = zeroshot_benchmarks(loaded, suites, out, linear_probe=linear_probe, seed=seed, **embed_kwargs)
-    geometry = geometry_analysis(loaded, suites, out, tsne_points=tsne_points, seed=seed, **embed_kwargs)
-    probes = probe_analysis(loaded, probe_suites, out, **embed_kwargs)
+    zeroshot = zeroshot_benchmarks(loaded, suites, out, linear_probe=linear_probe, seed=seed, options=options)
+    geometry = geometry_analysis(loaded, suites, out, tsne_points=tsne_points, seed=seed, options=options)
+    probes = probe_analysis(loaded, probe_suites, out, options=options)
     metrics = zeroshot["metrics"] | geometry["metrics"] | probes["metrics"]
     summary = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step, "metrics": metrics}
     write_json(out / "report.json", summary)
@@ -42,7 +42,7 @@ def write_report(
     if tensorboard:
         log_dir = run_directory(loaded.path) or out / "tensorboard"
         to_tensorboard(
-            loaded, log_dir, metrics, geometry["figures"] | probes["figures"], suites, projector_points, **embed_kwargs
+            loaded, log_dir, metrics, geometry["figures"] | probes["figures"], suites, projector_points, options
         )
         summary["tensorboard"] = str(log_dir)
     return summary
@@ -55,7 +55,7 @@ def to_tensorboard(
     figures: dict[str, str],
     suites: list,
     projector_points: int,
-    **embed_kwargs,
+    options: EmbedOptions = DEFAULT_OPTIONS,
 ) -> None:
     """Scalars at the checkpoint's step, the figures as images, and the first classification
     suite's images and class prompts in the embedding projector (with thumbnails)."""
@@ -73,9 +73,9 @@ def to_tensorboard(
         suite = next((s for s in suites if isinstance(s, ClassificationSuite)), None)
         if suite is not None and projector_points > 0:
             subset = torch.utils.data.Subset(suite.test, range(min(projector_points, len(suite.test))))
-            images = embed_images(loaded, subset, desc="projector", **embed_kwargs)
+            images = embed_images(loaded, subset, desc="projector", options=options)
             prompts = suite.class_prompts()
-            texts = embed_texts(loaded, [p[0] for p in prompts], precision=embed_kwargs.get("precision", "32")).text
+            texts = embed_texts(loaded, [p[0] for p in prompts], options=options).text
             labels = [f"image: {suite.classnames[int(y)]}" for y in images.labels] + [f"text: {p[0]}" for p in prompts]
             thumbnails = torch.stack([_thumbnail(subset[i]["image"], loaded) for i in range(len(subset))])
             blank = torch.ones(len(prompts), *thumbnails.shape[1:])

@@ -1,23 +1,26 @@
-"""Results across runs: collect each run's final metrics, summarise them over seeds.
+"""Results across runs: each run's final metrics, read from run directories or from a grid's
+``results.csv``, and summarised over seeds with ``analysis.stats``.
 
-A run directory (``runs/<name>/version_<n>/``) holds config.yaml, metrics.json (written at the
-end of fit and test) and, once analysed, analysis/report.json; ``collect_runs`` reads them into
-one row per run, and ``summarize`` gives mean, std and a 95% confidence interval per group.
+A run directory (``runs/<name>/version_<n>/`` or a grid's ``runs/<grid>/<run>/``) holds
+config.yaml, metrics.json (written at the end of fit and test) and, once analysed,
+analysis/report.json; ``collect_runs`` reads them into one row per run. A grid's results.csv (the
+per-run file that is small enough to commit) is read back by ``read_results_csv``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
-from variants.metrics import mean_ci
+from analysis.stats import group_summary, markdown_table, mean_ci, metric_bounds
 from variants.module import ContrastiveModule
 
 SEED_SUFFIX = re.compile(r"[-_]s(eed)?\d+$")
+HEADLINE_PREFIXES = ("zeroshot/", "retrieval/")
 
 
 def group_of(run: str) -> str:
@@ -56,12 +59,65 @@ def collect_runs(root: str | Path) -> list[dict]:
 
 
 def summarize(rows: list[dict], metric: str, by: str = "name") -> dict[str, dict]:
-    """``mean_ci`` of ``metric`` for each group of rows (default: the run name, i.e. variant)."""
-    groups: dict[str, list[float]] = defaultdict(list)
+    """``mean_ci`` of ``metric`` for each group of rows (default: the run name, i.e. variant);
+    fractions keep their interval inside [0, 1] (``analysis.stats``)."""
+    groups: dict[str, list[float]] = {}
     for row in rows:
         if metric in row["metrics"]:
-            groups[row[by]].append(row["metrics"][metric])
-    return {group: mean_ci(values) for group, values in groups.items()}
+            groups.setdefault(row[by], []).append(row["metrics"][metric])
+    return {group: mean_ci(values, bounds=metric_bounds(metric)) for group, values in groups.items()}
+
+
+def read_results_csv(path: str | Path) -> list[dict]:
+    """A grid's results.csv -> one row per run: {"run", "status", "seed", "group", "values",
+    "metrics"}. Columns after "seed" are the grid's axes until the first metric (metric names hold
+    a "/", axis keys do not); "group" joins the axis values as the grid does ("config=clip")."""
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        columns = list(reader.fieldnames or [])
+        after_seed = columns[columns.index("seed") + 1 :] if "seed" in columns else []
+        axes = [c for c in after_seed if "/" not in c]
+        metric_names = [c for c in after_seed if "/" in c]
+        rows = []
+        for record in reader:
+            values = {axis: record[axis] for axis in axes}
+            rows.append(
+                {
+                    "run": record["run"],
+                    "status": record.get("status", "finished"),
+                    "seed": int(record["seed"]) if record.get("seed") not in (None, "") else None,
+                    "group": ", ".join(f"{axis}={value}" for axis, value in values.items()) or "all",
+                    "values": values,
+                    "metrics": {name: float(record[name]) for name in metric_names if record[name] not in ("", None)},
+                }
+            )
+    return rows
+
+
+def results_markdown(title: str, rows: list[dict], failures: list[str] | None = None) -> str:
+    """The results.md of a grid: per group (finished runs / all runs) the mean and 95% interval
+    over seeds of every headline test metric, in %; failed runs listed below."""
+    names = sorted({name for row in rows for name in row["metrics"]})
+    headline = [n for n in names if n.startswith(HEADLINE_PREFIXES)] or names
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    finished = {
+        g: [r["metrics"] for r in members if r["status"] == "finished" and r["metrics"]]
+        for g, members in groups.items()
+    }
+    counts = {g: f"{len(finished[g])}/{len(members)}" for g, members in groups.items()}
+    lines = [f"# {title}", "", f"{len(rows)} runs; mean [95% CI] over seeds, in %.", ""]
+    lines += markdown_table(group_summary(finished, headline), headline, [_label(n) for n in headline], counts)
+    if failures:
+        lines += ["", "Failed runs (not in the means):", ""] + [f"- {failure}" for failure in failures]
+    return "\n".join(lines) + "\n"
+
+
+def _label(name: str) -> str:
+    return (
+        name.replace("zeroshot/shapesworld_test/", "").replace("retrieval/shapesworld_test/", "").replace("/top1", "")
+    )
 
 
 def temperatures(model: ContrastiveModule) -> dict[str, float]:

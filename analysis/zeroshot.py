@@ -17,9 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from analysis.checkpoint import LoadedCheckpoint
-from analysis.embed import embed_images, embed_texts
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from common.errors import UserError
 from datamodules.suites import ClassificationSuite, RetrievalSuite
-from variants.errors import UserError
 from variants.metrics import mean_per_class_recall, recall_at_k, topk_accuracy
 
 RECALL_AT = (1, 5, 10)
@@ -50,16 +50,17 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
-def zeroshot_classification(loaded: LoadedCheckpoint, suite: ClassificationSuite, **embed_kwargs) -> dict:
+def zeroshot_classification(
+    loaded: LoadedCheckpoint, suite: ClassificationSuite, options: EmbedOptions = DEFAULT_OPTIONS
+) -> dict:
     """Classify ``suite.test`` by its prompt ensembles (CLIP section 3.1.4)."""
     needs = loaded.model.scoring_needs
-    images = embed_images(loaded, suite.test, tokens="image_tokens" in needs, desc=suite.name, **embed_kwargs)
+    images = embed_images(loaded, suite.test, tokens="image_tokens" in needs, desc=suite.name, options=options)
     if images.labels is None:
         raise UserError(f"suite {suite.name}: test items carry no 'label'")
     prompts = suite.class_prompts()
     flat = [prompt for class_prompts in prompts for prompt in class_prompts]
-    precision = embed_kwargs.get("precision", "32")
-    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} prompts")
+    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, options=options, desc=f"{suite.name} prompts")
     scores = loaded.model.zeroshot_scores(images.encoded, texts, len(prompts[0]))
     result = record(loaded, suite.name, "zeroshot_classification", classification_metrics(scores, images.labels))
     result["prompt_check"] = prompt_check(loaded, prompts)
@@ -101,16 +102,17 @@ def caption_positives(captions: list[list[str]]) -> tuple[list[str], torch.Tenso
 
 
 @torch.inference_mode()
-def zeroshot_retrieval(loaded: LoadedCheckpoint, suite: RetrievalSuite, **embed_kwargs) -> dict:
+def zeroshot_retrieval(
+    loaded: LoadedCheckpoint, suite: RetrievalSuite, options: EmbedOptions = DEFAULT_OPTIONS
+) -> dict:
     """Recall@k both ways, CLIP-style: a query is a hit when any positive is in its top k.
     CLIP_benchmark's names: text retrieval = image -> text, image retrieval = text -> image."""
     if len(suite.captions) != len(suite.images):
         raise UserError(f"suite {suite.name}: {len(suite.images)} images but {len(suite.captions)} caption lists")
     needs = loaded.model.scoring_needs
-    images = embed_images(loaded, suite.images, tokens="image_tokens" in needs, desc=suite.name, **embed_kwargs)
+    images = embed_images(loaded, suite.images, tokens="image_tokens" in needs, desc=suite.name, options=options)
     flat, positives = caption_positives(suite.captions)
-    precision = embed_kwargs.get("precision", "32")
-    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, precision=precision, desc=f"{suite.name} captions")
+    texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, options=options, desc=f"{suite.name} captions")
     i2t, t2i = loaded.model.score(images.encoded, texts)
     metrics = {}
     n_images, n_texts = positives.shape
@@ -150,12 +152,14 @@ def fit_linear_probe(
 
 
 @torch.inference_mode()
-def linear_probe(loaded: LoadedCheckpoint, suite: ClassificationSuite, seed: int = 0, **embed_kwargs) -> dict:
+def linear_probe(
+    loaded: LoadedCheckpoint, suite: ClassificationSuite, seed: int = 0, options: EmbedOptions = DEFAULT_OPTIONS
+) -> dict:
     """Linear probe on the frozen, normalised global image embeddings."""
     if suite.train is None:
         raise UserError(f"suite {suite.name} has no training split for a linear probe")
-    train = embed_images(loaded, suite.train, desc=f"{suite.name} train", **embed_kwargs)
-    test = embed_images(loaded, suite.test, desc=f"{suite.name} test", **embed_kwargs)
+    train = embed_images(loaded, suite.train, desc=f"{suite.name} train", options=options)
+    test = embed_images(loaded, suite.test, desc=f"{suite.name} test", options=options)
     train_y = train.labels.numpy()
     if len(np.unique(train_y)) < 2:
         raise UserError(f"suite {suite.name}: the linear probe needs at least 2 classes in the training split")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from analysis.checkpoint import LoadedCheckpoint, load_checkpoint
-from analysis.embed import autocast, embed_images, embed_texts
+from analysis.embed import EmbedOptions, autocast, embed_images, embed_texts
 from datamodules.shapesworld import ShapesWorldDataModule, ZeroShotScenes
 from datamodules.shapesworld.datasets import TASKS
 from variants.module import ContrastiveModule
@@ -82,14 +82,16 @@ def main() -> None:
     ):
         took = seconds(
             lambda: embed_images(
-                loaded, data, batch_size=args.batch_size, num_workers=workers, precision=args.precision
+                loaded,
+                data,
+                options=EmbedOptions(batch_size=args.batch_size, num_workers=workers, precision=args.precision),
             )
         )
         print(
             f"| embed_images, {what}, {workers} workers | {took:.2f} | {args.images / took:,.0f} | {took / forward:.2f}x |"
         )
     prompts = [p for task in TASKS.values() for ps in task.prompts() for p in ps] * 10
-    took = seconds(lambda: embed_texts(loaded, prompts, precision=args.precision))
+    took = seconds(lambda: embed_texts(loaded, prompts, options=EmbedOptions(precision=args.precision)))
     print(f"| embed_texts, {len(prompts)} prompts | {took:.2f} | {len(prompts) / took:,.0f} texts/s | |")
 
 

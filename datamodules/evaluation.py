@@ -1,14 +1,15 @@
 """What a datamodule asks the model to be evaluated on.
 
 A datamodule that offers ``eval_tasks(stage)`` returns a list of :class:`EvalTask` and serves
-one evaluation loader over an :class:`EvalSuite` of the tasks' datasets. ``ContrastiveModule``
-logs ``<name>/top1`` for "zeroshot" tasks and ``<name>/i2t_R@1``, ``<name>/t2i_R@1`` for
+one evaluation loader over :class:`TaskDatasets` (the datasets of all its tasks as one).
+``ContrastiveModule`` logs ``<name>/top1`` for "zeroshot" tasks and ``<name>/i2t_R@1``, ``<name>/t2i_R@1`` for
 "retrieval" tasks. One loader (not one per task) keeps Lightning's result table to one table.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,15 +24,15 @@ class EvalTask:
     prompts: torch.Tensor | None = None  # zeroshot: token ids [classes, templates, L]
 
 
-class EvalSuite(Dataset):
+class TaskDatasets(Dataset):
     """The datasets of several tasks as one; items gain "task" (position in the task list)
     and a suite-wide "index" (unique, so DDP padding duplicates can be dropped)."""
 
-    def __init__(self, datasets: list[Dataset]) -> None:
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
         self.datasets = datasets
         self.starts = [0]
         for dataset in datasets:
-            self.starts.append(self.starts[-1] + len(dataset))
+            self.starts.append(self.starts[-1] + len(dataset))  # type: ignore[arg-type]  # map-style: sized
 
     def __len__(self) -> int:
         return self.starts[-1]

@@ -50,7 +50,7 @@ class ResumableSampler(DistributedSampler):
     def __init__(
         self, dataset: Sized, num_replicas: int, rank: int, seed: int, batch_size: int, skip_batches: int = 0
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)  # type: ignore[arg-type]
         self.batch_size = batch_size
         batches = self.num_samples // batch_size
         # A checkpoint taken at the very end of an epoch resumes with the next, whole epoch.

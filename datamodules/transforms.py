@@ -47,11 +47,10 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 def _as_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    if isinstance(image, Image.Image):
-        image = TF.pil_to_tensor(to_rgb(image))
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise TypeError(f"expected a PIL image or a uint8 [3, H, W] tensor, got {image.dtype} {tuple(image.shape)}")
-    return image
+    tensor = TF.pil_to_tensor(to_rgb(image)) if isinstance(image, Image.Image) else image
+    if tensor.dtype != torch.uint8 or tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise TypeError(f"expected a PIL image or a uint8 [3, H, W] tensor, got {tensor.dtype} {tuple(tensor.shape)}")
+    return tensor
 
 
 class EvalImageTransform:
@@ -67,11 +66,11 @@ class EvalImageTransform:
         self.image_size, self.mean, self.std = image_size, list(mean), list(std)
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        image = _as_uint8_tensor(image)
-        if tuple(image.shape[1:]) != (self.image_size, self.image_size):
-            image = TF.resize(image, self.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-            image = TF.center_crop(image, self.image_size)
-        return self.normalize(image)
+        pixels = _as_uint8_tensor(image)
+        if tuple(pixels.shape[1:]) != (self.image_size, self.image_size):
+            pixels = TF.resize(pixels, self.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+            pixels = TF.center_crop(pixels, self.image_size)
+        return self.normalize(pixels)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [..., 3, H, W] at the right size -> normalised float32 (batches in one op)."""

@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from common.files import write_json
+
 
 class FinalMetrics(pl.Callback):
     """Writes the last value of every logged metric to ``<run dir>/metrics.json``.
@@ -34,8 +36,8 @@ class FinalMetrics(pl.Callback):
             value = float(value)
             metrics[key] = value if math.isfinite(value) else str(value)
         metrics["global_step"] = trainer.global_step
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        # Atomic: a grid reads metrics.json to decide that a run finished.
+        write_json(path, metrics, sort_keys=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from variants.errors import UserError
+from common.errors import UserError
+from common.files import save_torch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,14 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            torch.save(checkpoint, temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        save_torch(path, checkpoint)
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -41,12 +35,54 @@ class StepCheckpoint(ModelCheckpoint):
     With ``every_n_train_steps`` Lightning's ModelCheckpoint saves no epoch-end checkpoint, and
     at the end of training it saves last.ckpt only if it never saved one: a run of 400 steps
     checkpointed every 250 would end with the step-250 weights in last.ckpt. This one also saves
-    last.ckpt when training ends on a step it has not saved.
+    last.ckpt when training ends on a step it has not saved, including step 0 (max_steps 0: the
+    initial weights, which the analysis can then measure).
     """
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A fit of 0 steps (max_steps 0: a claim's "at init" arm) skips the training loop and its
+        # hooks; its last.ckpt holds the initial weights, which the analysis can then measure.
+        if self.save_last and trainer.global_step == 0 and not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# Lightning's special --ckpt_path values; anything else is a file.
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def check_resumable(path: str | Path) -> None:
+    """A ``--ckpt_path`` file must be a training checkpoint this run can resume from; else one
+    UserError naming the cause (missing, unreadable or truncated, refused by
+    ``torch.load(weights_only=True)``, or weights without the training state) and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"--ckpt_path {path}: no such file; give a run's checkpoint (<run>/checkpoints/last.ckpt) or 'last' "
+            "with --trainer.logger.init_args.version <n>"
+        )
+    try:  # mmap: only the record is read, not every tensor (the trainer reads the file next)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        if any("Unsupported global" in line for line in lines):
+            raise UserError(
+                f"--ckpt_path {path}: refused by torch.load(weights_only=True), it holds pickled objects other "
+                "than tensors and plain data; resume only from checkpoints written by this suite"
+            ) from None
+        # torch's weights-only preamble says nothing about this file: keep the unpickler's own reason
+        reason = next((line for line in lines if line.startswith("Unsupported")), lines[0])
+        raise UserError(
+            f"--ckpt_path {path}: not a readable checkpoint (truncated, or not a torch file): {reason}"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"state_dict", "optimizer_states", "loops"} <= set(checkpoint):
+        raise UserError(
+            f"--ckpt_path {path}: not a training checkpoint (no optimizer or loop state to resume); to start a new "
+            "run from its weights use --model.init_from PATH"
+        )
 
 
 def readable_checkpoint(directory: Path) -> Path | None:

@@ -10,14 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from experiments.checkpointing import readable_checkpoint
+from common.errors import UserError
+from experiments.checkpointing import SPECIAL_CKPT_PATHS, check_resumable, readable_checkpoint
 from variants.module import ContrastiveModule
 
 CONFIGS = Path(__file__).parent / "configs"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# Where the top-level `embed_dim` goes (a link target cannot also be set by hand: see _linked_by_hand).
+EMBED_DIM_TARGETS = (
+    "model.vision_tower.init_args.embed_dim",
+    "model.text_tower.init_args.embed_dim",
+    "model.terms.init_args.embed_dim",  # every term that has the argument (Adversarial)
+)
 
 
 class ParsedOnly(Exception):
@@ -27,6 +35,7 @@ class ParsedOnly(Exception):
 class CLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, parse_only: bool = False) -> None:
         self.parse_only = parse_only
+        _check_before_parsing(list(args or []))
         base = {"default_config_files": [str(CONFIGS / "base.yaml")]}
         super().__init__(
             ContrastiveModule,
@@ -41,6 +50,15 @@ class CLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The joint embedding size is written once and linked to every part that must agree.
+        parser.add_argument(
+            "--embed_dim",
+            type=int,
+            default=128,
+            help="Size of the joint image-text embedding space, given to both towers and to any term that takes it.",
+        )
+        for target in EMBED_DIM_TARGETS:
+            parser.link_arguments("embed_dim", target, apply_on="parse")
         # The text tower's vocabulary and context come from the data's tokenizer.
         for attribute in ("vocab_size", "context_length"):
             parser.link_arguments(
@@ -87,6 +105,44 @@ class CLI(LightningCLI):
             f"  metrics:     {Path(log_dir) / 'metrics.json'}\n"
             f"  TensorBoard: tensorboard --logdir {Path(log_dir).parent}"
         )
+
+
+def _check_before_parsing(args: list[str]) -> None:
+    """What must be refused before LightningCLI parses, in the usual places (the command line and
+    the --config files): a link target set by hand (jsonargparse fills it after parsing and
+    silently drops the given value: a tower's embed_dim would be lost), and a --ckpt_path file that
+    is not a training checkpoint (LightningCLI reads it while parsing, with a traceback)."""
+    found = [arg.split("=")[0] for arg in args if any(arg.split("=")[0] == f"--{t}" for t in EMBED_DIM_TARGETS)]
+    configs = _values_of("--config", args)
+    ckpt_paths = _values_of("--ckpt_path", args)
+    for config in configs:
+        path = Path(config)
+        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if isinstance(spec, dict) and isinstance(spec.get("ckpt_path"), str):
+            ckpt_paths.append(spec["ckpt_path"])
+        model = spec.get("model") if isinstance(spec, dict) else None
+        if not isinstance(model, dict):
+            continue
+        for key in ("vision_tower", "text_tower"):
+            if "embed_dim" in ((model.get(key) or {}).get("init_args") or {}):
+                found.append(f"model.{key}.init_args.embed_dim in {config}")
+        for i, term in enumerate(model.get("terms") or []):
+            if isinstance(term, dict) and "embed_dim" in (term.get("init_args") or {}):
+                found.append(f"model.terms[{i}].init_args.embed_dim in {config}")
+    if found:
+        raise UserError(
+            f"embed_dim is set once, at the top level (`embed_dim: 128` in a config, or --embed_dim), and linked "
+            f"to both towers and the terms; remove {', '.join(found)}"
+        )
+    for ckpt_path in ckpt_paths[-1:]:  # the last one given wins, as in the parser
+        if ckpt_path not in SPECIAL_CKPT_PATHS:
+            check_resumable(ckpt_path)
+
+
+def _values_of(option: str, args: list[str]) -> list[str]:
+    """Every value of ``option`` in ``args``, given as ``--option value`` or ``--option=value``."""
+    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == option]
+    return values + [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{option}=")]
 
 
 def validate(args: list[str]) -> None:

@@ -44,9 +44,8 @@ def keep_freed_memory(keep: bool = True) -> bool:
 class ReuseFreedMemory(pl.Callback):
     """While a CPU run fits, keep freed host memory in the process instead of returning it.
 
-    Measured on the tiny ViT of ``benchmarks/train_throughput.py`` (bf16-mixed, batch 256):
-    ~150,000 page faults per step (0.6 GB of pages zeroed by the kernel) without it, none with
-    it, and about 10% shorter steps. The price is that the process holds its peak memory until
+    Without it every step faults in its large activations again (benchmarks/RESULTS.md counts the
+    page faults and the time they cost). The price is that the process holds its peak memory until
     the fit ends (and beyond, until frees return it); DataLoader workers forked during the fit
     inherit the setting. A thread that glibc has moved to a secondary malloc arena still gets its
     large blocks mmapped (seen in one fresh process of a few). Does nothing on GPU runs, off Linux/glibc, or when the environment

@@ -1,4 +1,5 @@
-"""Shared test setup: caches inside tmp, small torch thread pool, helpers."""
+"""Shared test setup: caches inside tmp, a seeded torch, the session's trained smoke runs, and
+the markers (slow, ddp, cli) that `pytest -m "not slow"` uses."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "experiments" / "configs"
+from helpers import CONFIGS, REPO  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +64,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
 
     train.root = root  # every run trained so far lives under it (what the notebooks read)
     return train
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``slow`` is derived: every test that runs an entry point in a subprocess (``cli``), starts
+    two processes (``ddp``) or trains a run (the ``trained_run`` fixture) takes seconds, not
+    milliseconds; others are marked ``slow`` by hand. ``pytest -m "not slow"`` is the inner loop."""
+    for item in items:
+        if item.get_closest_marker("cli") or item.get_closest_marker("ddp") or "trained_run" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)

@@ -12,20 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import load_checkpoint
-from analysis.embed import embed_texts
-from analysis.io import write_atomic, write_json
+from analysis.embed import EmbedOptions, embed_texts
 from analysis.probes import selection_probe, text_pair_similarities, wilson_interval
 from analysis.zeroshot import fit_linear_probe, zeroshot_classification, zeroshot_retrieval
+from common.errors import UserError
+from common.files import write_atomic, write_json
 from datamodules.shapesworld import render, sample_scene
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.suites.shapesworld import shapesworld_suites
-from variants.errors import UserError
+
+from helpers import REPO
 
 FP32 = ("--trainer.precision", "32-true", "--data.init_args.test_samples", "24")
 
@@ -84,6 +85,7 @@ def test_shapesworld_suites_reproduce_the_runs_own_test_numbers(clip) -> None:
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["clip", "filip"])
 def test_zeroshot_classification_matches_a_naive_loop(which: str, request) -> None:
     loaded = request.getfixturevalue(which)
@@ -93,7 +95,7 @@ def test_zeroshot_classification_matches_a_naive_loop(which: str, request) -> No
     suite = ClassificationSuite(
         "toy", classnames, templates, Items([{"image": x, "label": y} for x, y in zip(images, labels)])
     )
-    got = zeroshot_classification(loaded, suite, batch_size=5)["metrics"]
+    got = zeroshot_classification(loaded, suite, options=EmbedOptions(batch_size=5))["metrics"]
     # Naive: per image and class, the ensemble score (cosine to the renormalised mean of the
     # template embeddings; for a scoring term, the mean of its template scores).
     scores = np.zeros((12, 6))
@@ -136,7 +138,7 @@ def test_retrieval_recall_with_several_captions_matches_a_naive_loop(which: str,
         ["a small purple diamond"],
     ]
     suite = RetrievalSuite("toy", Items([{"image": x} for x in images]), captions)
-    got = zeroshot_retrieval(loaded, suite, batch_size=3)["metrics"]
+    got = zeroshot_retrieval(loaded, suite, options=EmbedOptions(batch_size=3))["metrics"]
     texts = [t for c in captions for t in c]
     i2t_scores = np.array([[pair_score(loaded, image, t, 0) for t in texts] for image in images])
     t2i_scores = np.array([[pair_score(loaded, image, t, 1) for t in texts] for image in images])
@@ -222,6 +224,7 @@ def analysis_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.cli
 def test_report_writes_json_figures_markdown_and_tensorboard(trained_run, tmp_path: Path) -> None:
     run = trained_run("clip")
     result = analysis_cli("report", "--ckpt", str(run.parent), "--samples", "16", "--tsne-points", "40", cwd=tmp_path)
@@ -247,6 +250,7 @@ def test_report_writes_json_figures_markdown_and_tensorboard(trained_run, tmp_pa
     assert (run / "projector_config.pbtxt").is_file()
 
 
+@pytest.mark.cli
 def test_embed_saves_embeddings_with_metadata(trained_run, tmp_path: Path) -> None:
     run = trained_run("clip")
     result = analysis_cli(
@@ -276,6 +280,7 @@ def test_embed_saves_embeddings_with_metadata(trained_run, tmp_path: Path) -> No
     assert retrieval["texts"][0] == shapesworld_suites(0, 64, 3, 6)[-1].captions[0][0]
 
 
+@pytest.mark.cli
 def test_digits_suite_through_the_cli(trained_run, tmp_path: Path) -> None:
     result = analysis_cli(
         "zeroshot", "--ckpt", str(trained_run("clip")), "--suite", "digits", "--out", str(tmp_path), cwd=tmp_path
@@ -287,6 +292,7 @@ def test_digits_suite_through_the_cli(trained_run, tmp_path: Path) -> None:
     )  # pixels are decodable
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -367,8 +373,10 @@ def test_local_imagefolder_and_probe_file_through_the_command(trained_run, tmp_p
 
 def test_text_batches_of_different_lengths_give_the_same_embeddings_and_tokens(filip) -> None:
     texts = ["a red circle", "there is a big blue square left of a small green star", "two objects", "a ring"]
-    whole = embed_texts(filip, texts, tokens=True, batch_size=100)
-    pieces = embed_texts(filip, texts, tokens=True, batch_size=2)  # the batches pad to 13 and 4 tokens
+    whole = embed_texts(filip, texts, tokens=True, options=EmbedOptions(text_batch_size=100))
+    pieces = embed_texts(
+        filip, texts, tokens=True, options=EmbedOptions(text_batch_size=2)
+    )  # the batches pad to 13 and 4 tokens
     with torch.no_grad():
         full = filip.model.text_record(filip.tokenizer(texts), tokens=True)  # padded to the context
     torch.testing.assert_close(pieces.text, full.text, atol=1e-5, rtol=1e-5)

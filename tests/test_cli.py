@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, REPO
-from terms import free_port
+
+from helpers import CONFIGS, REPO
+from helpers.terms import free_port
+
+pytestmark = pytest.mark.cli  # every test here runs `python -m experiments`
 
 SMOKE = CONFIGS / "smoke.yaml"
 HELPERS = {"base.yaml", "smoke.yaml"}  # not presets: defaults and the shrink switch
@@ -88,6 +91,7 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
     assert config["trainer"]["callbacks"][0]["init_args"]["save_last"] is True
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("preset", ["clip", "slip", "filip"])
 def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
     """The DDP preset under bf16-mixed: global embeddings (CLIP), SSL views through the
@@ -122,14 +126,43 @@ def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
             ["--model.vision_tower.init_args.model_name", "resnet10x"],
             "unknown timm model name 'resnet10x'; did you mean resnet10t",
         ),
-        (["--model.text_tower.init_args.embed_dim", "64"], "vision_tower embed_dim=128, text_tower embed_dim=64"),
+        (["--model.text_tower.init_args.embed_dim", "64"], "embed_dim is set once, at the top level"),
+        (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be >= 1, got 0"),
+        (["--data.init_args.num_workers", "-1"], "data.init_args.num_workers must be >= 0, got -1"),
+        (["--data.init_args.max_objects", "10"], "ShapesWorld needs 1 <= min_objects <= max_objects <= 9"),
+        (["--data.init_args.context_length", "1"], "context_length must be >= 3 to hold the start token"),
+        (
+            ["--model.vision_tower.init_args.model_name", "vit_tiny_patch16_224", "--data.init_args.image_size", "32"],
+            "the vision tower (vit_tiny_patch16_224) cannot take the data's 32 px images",
+        ),
+        (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file)"),
+        (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+        (["--ckpt_path", "WEIGHTS"], "not a training checkpoint (no optimizer or loop state to resume)"),
     ],
-    ids=["unknown-key", "unknown-key-in-yaml", "unknown-class-path", "wrong-type", "unknown-timm-model", "embed-dims"],
+    ids=[
+        "unknown-key",
+        "unknown-key-in-yaml",
+        "unknown-class-path",
+        "wrong-type",
+        "unknown-timm-model",
+        "embed-dims",
+        "batch-size-0",
+        "workers-negative",
+        "too-many-objects",
+        "context-1",
+        "image-size",
+        "ckpt-garbage",
+        "ckpt-missing",
+        "ckpt-weights-only",
+    ],  # fmt: skip
 )
 def test_bad_input_ends_with_one_line_naming_the_cause(args: list[str], message: str, tmp_path: Path) -> None:
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model:\n  lrr: 0.1\n")
-    args = [str(bad_yaml) if a == "BAD_YAML" else a for a in args]
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "weights.ckpt")
+    files = {"BAD_YAML": bad_yaml, "NOT_A_CKPT": tmp_path / "garbage.ckpt", "WEIGHTS": tmp_path / "weights.ckpt"}
+    args = [str(files[a]) if a in files else a for a in args]
     result = run_cli("fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "usage:" not in result.stderr

@@ -12,13 +12,14 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
 
+from common.errors import UserError
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import sample_scene
 from datamodules.tokenizer import CLIPTokenizer, TextTokenizer
 from datamodules.tokenizer import clip as clip_module
-from variants.errors import UserError
+
+from helpers import REPO
 
 open_clip_tokenizer = pytest.importorskip("open_clip.tokenizer")
 
@@ -138,6 +139,7 @@ def test_a_missing_vocabulary_says_what_to_do(tmp_path, monkeypatch) -> None:
         CLIPTokenizer(2, bpe_path=open_clip_tokenizer.default_bpe())
 
 
+@pytest.mark.cli
 def test_the_vocabulary_is_found_without_importing_open_clip() -> None:
     code = (
         "import sys; from datamodules.tokenizer.clip import default_vocab; path = default_vocab(); "

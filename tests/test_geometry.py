@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 
@@ -34,6 +33,8 @@ from analysis.geometry import (
     tsne_figure,
     uniformity,
 )
+
+from helpers import REPO
 
 
 def sphere(n: int, d: int, seed: int = 0, offset: float = 0.0) -> torch.Tensor:
@@ -372,6 +373,7 @@ def test_gap_shift_figure() -> None:
     _saves(figure)
 
 
+@pytest.mark.cli
 def test_module_does_not_import_pyplot() -> None:
     code = "import sys, analysis.geometry; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

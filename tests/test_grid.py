@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO
 
+from common.errors import UserError
 from experiments.grid import load_grid, validate
-from variants.errors import UserError
+
+from helpers import CONFIGS, REPO
 
 
 def grid_file(tmp_path: Path, **spec) -> Path:
@@ -88,6 +89,7 @@ def run_grid(path: Path, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.cli
 def test_a_failing_run_is_isolated_recorded_skipped_and_retried(tmp_path: Path) -> None:
     path = grid_file(
         tmp_path,
@@ -126,6 +128,7 @@ def test_a_failing_run_is_isolated_recorded_skipped_and_retried(tmp_path: Path) 
     assert "2 runs, 1 to run, 1 skipped" in retried.stderr and "lr1e+30: failed" in retried.stderr
 
 
+@pytest.mark.cli
 def test_dry_run_lists_the_commands_and_runs_nothing(tmp_path: Path) -> None:
     path = grid_file(tmp_path, configs=[str(CONFIGS / "clip.yaml")], seeds=[3, 4])
     result = run_grid(path, "--dry-run")
@@ -135,6 +138,7 @@ def test_dry_run_lists_the_commands_and_runs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_the_committed_grids_expand_and_validate() -> None:
     cwd = Path.cwd()
     os.chdir(REPO)  # grid files name configs relative to the repository root
@@ -157,6 +161,7 @@ def test_the_trainer_presets_parse_with_a_preset() -> None:
         validate_args(["fit", "--config", str(CONFIGS / "clip.yaml"), "--config", str(path)])
 
 
+@pytest.mark.cli
 def test_slurm_launcher_runs_the_array_with_submitits_local_executor(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     path = grid_file(

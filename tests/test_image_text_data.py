@@ -18,14 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS
 from PIL import Image
 from test_cli import run_cli
 
+from common.errors import UserError
 from datamodules.image_text import ImageTextDataModule
 from datamodules.tokenizer import BPETokenizer, WordTokenizer
 from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform, to_rgb
-from variants.errors import UserError
+
+from helpers import CONFIGS
 
 SIZE = 16
 WORDS = "a red gray blue green yellow white broken square picture".split()
@@ -318,6 +319,7 @@ def test_too_few_rows_for_one_batch_is_an_error(tmp_path: Path) -> None:
 
 
 # ---- the real entry point and the analysis -----------------------------------------------------
+@pytest.mark.cli
 def test_fit_on_csv_then_analysis_loads_the_checkpoint(tmp_path: Path) -> None:
     """A trained BPE tokenizer, the csv preset, fit; then the analysis rebuilds the datamodule and
     the tokenizer from the checkpoint alone, after the tokenizer file is gone."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from variants.errors import UserError
+from common.errors import UserError
 from variants.losses import clip_loss
 
 
@@ -256,10 +256,19 @@ def test_mmd2_matches_naive_and_is_the_squared_gap_for_a_linear_kernel() -> None
     def mean_k(a: torch.Tensor, b: torch.Tensor) -> float:
         return sum(k(u, v) for u in a for v in b) / (len(a) * len(b))
 
-    x, y = x[:4], y[:4]  # equal sizes, as image and text sets are
-    naive = mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+    naive = mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)  # 4 against 6 points: unequal sets
     torch.testing.assert_close(mmd2(x, y, sigmas), torch.tensor(naive, dtype=D64))
+    torch.testing.assert_close(mmd2(x, y, sigmas.tolist()), torch.tensor(naive, dtype=D64))  # sigmas as a list
+    x4, y4 = x[:4], y[:4]  # equal sizes, as image and text sets are
+    naive = mean_k(x4, x4) + mean_k(y4, y4) - 2 * mean_k(x4, y4)
+    torch.testing.assert_close(mmd2(x4, y4, sigmas), torch.tensor(naive, dtype=D64))
     assert mmd2(x, x, sigmas) < 1e-12
+    # The distributed form with unequal sets: 2 ranks, 2 of the 4 x rows and 3 of the 6 y rows each.
+    shards = [(x[r * 2 : (r + 1) * 2], y[r * 3 : (r + 1) * 3]) for r in range(2)]
+    averaged = sum(mmd2(xr, yr, sigmas, all_x=x, all_y=y) for xr, yr in shards) / 2
+    torch.testing.assert_close(averaged, mmd2(x, y, sigmas))
+    with pytest.raises(UserError, match="shards must be even"):
+        mmd2(x[:2], y[:2], sigmas, all_x=x, all_y=y)
 
 
 def test_grad_reverse_is_identity_forward_and_negated_scaled_backward() -> None:

@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from common.errors import NonFiniteLossError, UserError
 from datamodules.shapesworld import ShapesWorldDataModule
-from variants.errors import NonFiniteLossError, UserError
 from variants.module import ContrastiveModule, _weight_decay_groups, warmup_cosine
 from variants.objectives import Adversarial, InfoNCE, SimCLR, Term, TokenwiseInfoNCE
 from variants.towers import Encoded, TextTower, VisionTower

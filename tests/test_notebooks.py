@@ -8,8 +8,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import REPO
 from nbclient import NotebookClient
+
+from helpers import REPO
 
 NOTEBOOKS = sorted((REPO / "analysis" / "notebooks").glob("*.ipynb"))
 FIGURE = {

@@ -9,7 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from terms import (
+
+from common.errors import UserError
+from variants.losses import clip_loss, cyclic_losses, filip_similarity, mmd2, siglip_loss
+from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, Term, TokenwiseInfoNCE
+from variants.towers import Encoded
+
+from helpers.terms import (
     TOY_TEXT,
     TOY_VISION,
     all_term_classes,
@@ -20,11 +26,6 @@ from terms import (
     toy_batch,
     toy_model,
 )
-
-from variants.errors import UserError
-from variants.losses import clip_loss, cyclic_losses, filip_similarity, mmd2, siglip_loss
-from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, Term, TokenwiseInfoNCE
-from variants.towers import Encoded
 
 TERMS = all_term_classes()
 ids = lambda c: c.__name__  # noqa: E731
@@ -71,6 +72,7 @@ def test_bf16_autocast_keeps_the_loss_math_in_float32(cls: type[Term]) -> None:
     outputs["loss"].backward()
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize(
     "classes",
     [(cls,) for cls in TERMS] + [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial)],
@@ -91,6 +93,7 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(classes: tuple[t
         torch.testing.assert_close(ranks[0][name], grad, rtol=1e-9, atol=1e-12, msg=f"{name} differs from single")
 
 
+@pytest.mark.ddp
 def test_global_batchnorm_across_two_processes_is_batchnorm_on_the_global_batch(tmp_path) -> None:
     n = 8
     torch.manual_seed(0)
@@ -132,6 +135,14 @@ def test_negative_or_non_finite_weight_is_refused(weight: float) -> None:
 def test_impossible_term_settings_are_refused_by_name(build, message: str) -> None:
     with pytest.raises(UserError, match=message):
         build()
+
+
+def test_a_need_that_encoded_does_not_have_is_refused_at_construction() -> None:
+    class Typo(InfoNCE):
+        needs = frozenset({"image_token"})  # not "image_tokens": would silently read None
+
+    with pytest.raises(UserError, match="Typo.needs lists image_token, which Encoded does not have"):
+        Typo()
 
 
 def test_token_term_with_a_tower_without_tokens_is_refused() -> None:

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from variants.errors import UserError
+from common.errors import UserError
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE, TokenwiseInfoNCE
-from variants.pretrained import infer_architecture, load_open_clip, main, read_state_dict
+from variants.pretrained import load_open_clip, main
 from variants.towers import TextTower, VisionTower
+from variants.weights import infer_architecture, read_state_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+from helpers import CONFIGS
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -64,6 +64,7 @@ def _logit_scale(model: ContrastiveModule) -> float:
     return float(next(iter(model.terms.values())).logit_scale().detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu"])
 def test_vit_b32_import_gives_open_clips_embeddings(tmp_path, name):
     """open_clip's ViT-B-32 (GELU) and OpenAI's architecture (QuickGELU): imported by load_open_clip,
@@ -80,9 +81,10 @@ def test_vit_b32_import_gives_open_clips_embeddings(tmp_path, name):
     del model
     if name != "ViT-B-32-quickgelu":
         return
-    preset = yaml.safe_load((CONFIGS / "pretrained" / "openai_vit_b32.yaml").read_text())["model"]
-    vision = VisionTower(**preset["vision_tower"]["init_args"])
-    text = TextTower(vocab_size=49408, context_length=77, **preset["text_tower"]["init_args"])
+    config = yaml.safe_load((CONFIGS / "pretrained" / "openai_vit_b32.yaml").read_text())
+    preset, embed_dim = config["model"], config["embed_dim"]  # the CLI links embed_dim to both towers
+    vision = VisionTower(**preset["vision_tower"]["init_args"], embed_dim=embed_dim)
+    text = TextTower(vocab_size=49408, context_length=77, **preset["text_tower"]["init_args"], embed_dim=embed_dim)
     fine_tuned = ContrastiveModule(vision, text, [InfoNCE()], init_from=str(path)).eval()
     assert max(_max_differences(reference, fine_tuned, 224)) <= 1e-5
     assert _logit_scale(fine_tuned) == pytest.approx(float(reference.logit_scale.exp()), rel=1e-6)
@@ -222,6 +224,7 @@ def test_init_from_fine_tunes_with_another_objective(tmp_path):
     assert model.text_tower.token_embedding.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.cli
 def test_suite_checkpoint_is_analysed_like_a_trained_run(tmp_path):
     from analysis.checkpoint import load_checkpoint
 
@@ -255,6 +258,7 @@ def test_suite_checkpoint_is_analysed_like_a_trained_run(tmp_path):
     assert "probes/shapesworld/negation/acc" in metrics
 
 
+@pytest.mark.cli
 def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
     """`python -m experiments fit` with FILIP, towers of the imported shapes, model.init_from and
     the csv data preset (CLIP tokenizer): it trains, and with lr 0 the saved towers are exactly
@@ -266,12 +270,17 @@ def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "model.pt")
     architecture = infer_architecture(read_state_dict(tmp_path / "model.pt")[0], quick_gelu=True)
     text = {
-        k: v for k, v in architecture.text_config()["init_args"].items() if k not in ("vocab_size", "context_length")
+        k: v
+        for k, v in architecture.text_config()["init_args"].items()
+        if k not in ("vocab_size", "context_length", "embed_dim")
     }
+    vision = architecture.vision_config()
+    vision["init_args"] = {k: v for k, v in vision["init_args"].items() if k != "embed_dim"}
     pairs = make_csv(tmp_path / "data")
     overlay = {
+        "embed_dim": architecture.embed_dim,  # linked to both towers by the CLI
         "model": {
-            "vision_tower": architecture.vision_config(),
+            "vision_tower": vision,
             "text_tower": {"class_path": "variants.towers.TextTower", "init_args": text},
             "init_from": str(tmp_path / "model.pt"), "lr": 0.0, "warmup_steps": 1,
         },

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, REPO
 
-TESTS = Path(__file__).parent
+from helpers import CONFIGS, REPO, TESTS
+
+pytestmark = pytest.mark.cli  # every test here runs `python -m experiments`
 
 
 def overlay(tmp_path: Path, kill_at: int | None) -> Path:
@@ -26,7 +27,7 @@ def overlay(tmp_path: Path, kill_at: int | None) -> Path:
         {"class_path": "experiments.callbacks.FinalMetrics"},
     ]  # fmt: skip
     if kill_at is not None:
-        callbacks.append({"class_path": "killer.KillAtStep", "init_args": {"step": kill_at}})
+        callbacks.append({"class_path": "helpers.killer.KillAtStep", "init_args": {"step": kill_at}})
     config = {
         "data": {"init_args": {"train_samples": 48}},
         "trainer": {"max_steps": 10, "val_check_interval": 5, "deterministic": True, "precision": "32-true",

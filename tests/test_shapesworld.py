@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from common.errors import UserError
 from datamodules.shapesworld import HELD_OUT, CaptionedScenes, ShapesWorldDataModule, ZeroShotScenes
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import BACKGROUND, COLORS, Scene
 from datamodules.tokenizer import WordTokenizer
-from variants.errors import UserError
 
 N_CHECK = 3000  # samples inspected by the statistical checks
 

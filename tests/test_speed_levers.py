@@ -8,13 +8,14 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
 
+from common.errors import UserError
 from experiments.memory import ReuseFreedMemory
-from variants.errors import UserError
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE
 from variants.towers import TextTower, VisionTower, use_attention_kernel
+
+from helpers import REPO
 
 VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
@@ -123,6 +124,7 @@ print(default, faults())
 """
 
 
+@pytest.mark.cli
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting")
 def test_reused_memory_is_not_faulted_in_again() -> None:
     # Fresh processes: a thread that glibc moved to a secondary malloc arena (on lock contention,

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from common.errors import UserError
 from datamodules.suites.cifar import cifar_suite
 from datamodules.suites.digits import digits_suite
 from datamodules.suites.files import ImageFiles, readable_images
@@ -29,7 +30,6 @@ from datamodules.suites.templates import (
     read_templates,
 )
 from datamodules.transforms import EvalImageTransform
-from variants.errors import UserError
 
 TRANSFORM = EvalImageTransform(32, [0.5] * 3, [0.25] * 3)
 GARBAGE = b"this is not an image at all" * 10

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import instantiate_module
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from torch.utils.data import DataLoader
 
 from analysis.checkpoint import _restore_tokenizer
+from common.errors import UserError
 from datamodules.tokenizer import BPETokenizer, TextTokenizer
 from datamodules.tokenizer.__main__ import main, train
-from variants.errors import UserError
+
+from helpers import REPO
 
 COLORS, SHAPES = ["red", "green", "blue", "yellow"], ["square", "circle", "triangle", "star"]
 CAPTIONS = [f"A {c} {s} left of a {c2} {s2}." for c in COLORS for s in SHAPES for c2 in COLORS for s2 in SHAPES]
@@ -69,6 +70,7 @@ def test_trained_tokenizer_follows_the_suite_conventions(trained: Path) -> None:
     assert tokenizer.vocab_size == json.loads(trained.read_text())["model"]["vocab"].__len__()
 
 
+@pytest.mark.cli
 def test_the_command_line_entry_point(tmp_path: Path) -> None:
     files = write_captions(tmp_path / "captions")
     env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from variants.errors import UserError
+from common.errors import UserError
 from variants.towers import TextTower, VisionTower
 
 

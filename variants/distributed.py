@@ -1,6 +1,6 @@
 """Gathering embeddings across processes so that gradients stay exact.
 
-DESIGN.md's rule: every term scores its own rows against the columns of the whole global
+docs/DESIGN.md's rule: every term scores its own rows against the columns of the whole global
 batch, gathered WITH gradient. The backward of the gather sums, over all ranks, the gradient
 each rank's loss sends to a shard, and hands every rank the part for its own shard.
 """
@@ -20,7 +20,7 @@ def world() -> tuple[int, int]:
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
         rank, size = world()
         ctx.rank, ctx.rows = rank, local.shape[0]
         shards = [torch.empty_like(local) for _ in range(size)]
@@ -28,7 +28,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(shards)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
         dist.all_reduce(grad)  # sum of what every rank's loss sends to every shard
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
@@ -80,13 +80,13 @@ def pad_to_common_length(local: torch.Tensor, dim: int = 1, value: float = 0) ->
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
         total = local.clone()
         dist.all_reduce(total)
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
         dist.all_reduce(grad)  # every rank's output depends on every rank's input
         return grad

@@ -4,15 +4,17 @@ Every function takes the rows this process owns and, optionally, the columns of 
 global batch (gathered by the caller with gradient) plus the offset of its own rows in that
 batch. Called with local tensors only, they are exactly the single-process paper formulas;
 called with gathered columns and normalised by the local row count, DDP's gradient averaging
-turns them into the gradient of the global-batch loss (DESIGN.md, "Distributed rule").
+turns them into the gradient of the global-batch loss (docs/DESIGN.md, "The distributed rule").
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from variants.errors import UserError
+from common.errors import UserError
 
 
 def clip_loss(
@@ -92,7 +94,7 @@ class _FilipScores(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, image_tokens, text_tokens, token_weights, chunk: int):  # type: ignore[override]
+    def forward(ctx, image_tokens, text_tokens, token_weights, chunk: int):
         # token_weights [Nt, L]: 1/length at real tokens, 0 at padding (the t2i mean).
         ctx.save_for_backward(image_tokens, text_tokens, token_weights)
         ctx.chunk = chunk
@@ -109,7 +111,7 @@ class _FilipScores(torch.autograd.Function):
         return torch.cat(parts_i2t), torch.cat(parts_t2i)
 
     @staticmethod
-    def backward(ctx, grad_i2t, grad_t2i):  # type: ignore[override]
+    def backward(ctx, grad_i2t, grad_t2i):
         if grad_i2t is None and grad_t2i is None:
             return None, None, None, None
         image_tokens, text_tokens, token_weights = ctx.saved_tensors
@@ -125,7 +127,7 @@ class _FilipScores(torch.autograd.Function):
             x = image_tokens[start : start + chunk]
             c = x.shape[0]
             block = _filip_block(x, by_position)
-            # Ties share the gradient. Counting in uint8 is ~50x faster than a bool sum (int64),
+            # Ties share the gradient. Counting in uint8 is far faster than a bool sum (int64),
             # and cannot overflow below 256 patches or positions.
             best_patch = best_token = None
             if grad_t2i is not None:
@@ -296,27 +298,33 @@ def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, sigmas: torch.Tensor) -> t
 def mmd2(
     x: torch.Tensor,
     y: torch.Tensor,
-    sigmas: torch.Tensor,
+    sigmas: torch.Tensor | Sequence[float],
     *,
     all_x: torch.Tensor | None = None,
     all_y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Biased squared maximum mean discrepancy (Gretton et al. 2012) between the sets x and y
-    with k(a, b) = sum_sigma exp(-||a - b||^2 / (2 sigma^2)):
+    """Biased squared maximum mean discrepancy (Gretton et al. 2012) between the sets x [Nx, D]
+    and y [Ny, D] (any sizes) with k(a, b) = sum_sigma exp(-||a - b||^2 / (2 sigma^2)):
 
         MMD^2 = mean(Kxx) + mean(Kyy) - 2 mean(Kxy).
 
-    Distributed form: the local x, y rows against all columns; averaging the ranks' values
-    gives the global MMD^2 (the cross term is split as mean(Kxy) + mean(Kyx) over local rows).
+    ``sigmas`` is a tensor or a list of bandwidths. Distributed form: this rank's nx, ny rows
+    against all Nx, Ny columns (each set split evenly over the W ranks, Nx = W nx, Ny = W ny);
+    every sum is divided by (local rows x all columns) and the cross term split as the x rows'
+    K(x, all_y) plus the y rows' K(y, all_x), so the average over ranks is the global MMD^2.
     """
     all_x = x if all_x is None else all_x
     all_y = y if all_y is None else all_y
-    n, big_n = x.shape[0], all_x.shape[0]
-    scale = 1.0 / (n * big_n)
-    kxx = gaussian_kernel(x, all_x, sigmas).sum()
-    kyy = gaussian_kernel(y, all_y, sigmas).sum()
-    kxy = gaussian_kernel(x, all_y, sigmas).sum() + gaussian_kernel(y, all_x, sigmas).sum()
-    return scale * (kxx + kyy - kxy)
+    nx, ny, big_nx, big_ny = x.shape[0], y.shape[0], all_x.shape[0], all_y.shape[0]
+    if big_nx * ny != big_ny * nx:
+        raise UserError(f"mmd2: the shards must be even: {nx} of {big_nx} x rows against {ny} of {big_ny} y rows")
+    sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
+    kxx = gaussian_kernel(x, all_x, sigmas).sum() / (nx * big_nx)
+    kyy = gaussian_kernel(y, all_y, sigmas).sum() / (ny * big_ny)
+    kxy = gaussian_kernel(x, all_y, sigmas).sum() / (nx * big_ny) + gaussian_kernel(y, all_x, sigmas).sum() / (
+        ny * big_nx
+    )
+    return kxx + kyy - kxy
 
 
 def median_bandwidths(
@@ -334,12 +342,12 @@ def median_bandwidths(
 
 class _GradReverse(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, lambd: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, lambd: float) -> torch.Tensor:
         ctx.lambd = lambd
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.lambd * grad, None
 
 

@@ -1,14 +1,10 @@
-"""Evaluation metrics on embeddings (zero-shot classification, retrieval; pure torch) and the
-confidence interval of a metric over runs."""
+"""Evaluation metrics on embeddings (zero-shot classification, retrieval; pure torch). Statistics
+over runs (means and intervals over seeds) are in analysis.stats."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 
 def class_embeddings(text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -41,17 +37,3 @@ def mean_per_class_recall(scores: torch.Tensor, labels: torch.Tensor, num_classe
     counts = torch.bincount(labels, minlength=num_classes).float()
     present = counts > 0
     return (hits[present] / counts[present]).mean()
-
-
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> dict:
-    """Mean, sample std and the Student-t confidence interval of the mean (None for n < 2)."""
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "std": None, "ci95": None, "n": 0}
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "std": None, "ci95": None, "n": 1}
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n}

@@ -15,11 +15,12 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from variants.errors import NonFiniteLossError, UserError
+from common.batch import Batch
+from common.errors import NonFiniteLossError, UserError
 from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
 from variants.objectives.base import Term
-from variants.pretrained import init_towers
 from variants.towers import Encoded, TextTower, VisionTower
+from variants.weights import init_towers
 
 
 class ContrastiveModule(pl.LightningModule):
@@ -38,8 +39,8 @@ class ContrastiveModule(pl.LightningModule):
         init_from: start from the tower weights (and learned logit scale) of a local checkpoint:
             an OpenAI CLIP or open_clip file (``variants.pretrained``) or a suite ``.ckpt``. The
             towers must have the checkpoint's shapes; any terms can be trained from there.
-        fused_optimizer: AdamW's fused kernel (one pass over all parameters; about 3x faster
-            than the multi-tensor path on a CPU, 19 -> 6 ms per step for 10M parameters).
+        fused_optimizer: AdamW's fused kernel (one pass over all parameters; faster than the
+            multi-tensor path on a CPU, see benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class ContrastiveModule(pl.LightningModule):
     @property
     def scorer(self) -> Term | None:
         """The term whose ``score`` evaluation uses; None for the global cosine."""
-        return None if self._scorer_name is None else self.terms[self._scorer_name]
+        return None if self._scorer_name is None else self.terms[self._scorer_name]  # type: ignore[return-value]
 
     @property
     def scoring_needs(self) -> frozenset[str]:
@@ -113,7 +114,7 @@ class ContrastiveModule(pl.LightningModule):
         text, text_tokens, mask = self.text_tower(token_ids, return_tokens=tokens)
         return Encoded(text=text, text_tokens=text_tokens, text_mask=mask if tokens else None)
 
-    def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
+    def encode(self, batch: Batch) -> Encoded:
         """Everything the terms need from one training batch, and nothing more."""
         images = self.image_record(batch["image"], tokens="image_tokens" in self.needs)
         texts = self.text_record(batch["text"], tokens="text_tokens" in self.needs)
@@ -142,11 +143,34 @@ class ContrastiveModule(pl.LightningModule):
                 "each micro-batch would only see its own negatives. Use a larger "
                 "data.batch_size or more devices instead"
             )
+        self._check_image_size(getattr(getattr(self.trainer.datamodule, "image_transform", None), "image_size", None))
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    @torch.no_grad()
+    def _check_image_size(self, size: int | None) -> None:
+        """One forward of two blank images at the data's size, before any training: a size the
+        vision tower cannot take (a ViT built for another size, a CNN whose kernels outgrow the
+        feature map) is named here, not in a traceback from the first step. Eval mode, so no
+        BatchNorm statistics change and no random number is drawn."""
+        if not size:
+            return
+        training = self.vision_tower.training
+        self.vision_tower.eval()
+        try:
+            self.vision_tower(torch.zeros(2, 3, size, size, device=self.device))
+        except Exception as error:  # the backbone's own complaint, whatever its type
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"the vision tower ({getattr(self.vision_tower, 'model_name', type(self.vision_tower).__name__)}) "
+                f"cannot take the data's {size} px images ({reason}): set data.init_args.image_size to a size the "
+                "tower takes, or build the tower for this size (a ViT's model_kwargs.img_size)"
+            ) from None
+        finally:
+            self.vision_tower.train(training)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         progress = min(1.0, self.global_step / max(1, self.trainer.estimated_stepping_batches))
         for term in self.terms.values():
-            term.progress = progress
+            term.progress = progress  # type: ignore[assignment]  # a Term's float, not a submodule
         encoded = self.encode(batch)
         outputs = {name: term(encoded) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * out["loss"] for name, out in outputs.items())
@@ -215,7 +239,7 @@ class ContrastiveModule(pl.LightningModule):
 
     on_test_epoch_start = on_validation_epoch_start
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if "task" not in batch:
             return  # a datamodule without eval tasks
         needs = self.scoring_needs
@@ -226,8 +250,9 @@ class ContrastiveModule(pl.LightningModule):
             for key, value in vars(record).items():
                 if value is not None:
                     outputs[key].append(value if value.dtype == torch.bool else value.float())
-        for key in ("task", "index", "label"):
-            outputs[key].append(batch[key])
+        outputs["task"].append(batch["task"])
+        outputs["index"].append(batch["index"])
+        outputs["label"].append(batch["label"])
         outputs["tokens"].append(batch["text"])
 
     test_step = validation_step
@@ -268,6 +293,10 @@ class ContrastiveModule(pl.LightningModule):
                     "i2t_R@1": recall_at_k(i2t, positives, 1),
                     "t2i_R@1": recall_at_k(t2i.T, positives.T, 1),
                 }
+                # Mind the Gap's modality gap of the global embeddings, on the retrieval set:
+                # geometry/<suite>/modality_gap beside retrieval/<suite>/..., so runs track it.
+                gap = (images.image.mean(0) - texts.text.mean(0)).norm()
+                self.log(task.name.replace("retrieval/", "geometry/", 1) + "/modality_gap", gap, sync_dist=True)
             for key, value in metrics.items():
                 self.log(f"{task.name}/{key}", value, sync_dist=True)
 
@@ -325,7 +354,8 @@ def _weight_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn
     for prefix, child in module.named_children():
         if hasattr(child, "no_weight_decay"):
             exempt |= {f"{prefix}.{name}" for name in child.no_weight_decay()}
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 and name not in exempt else no_decay).append(param)
@@ -347,7 +377,7 @@ def _is_config(value: object) -> bool:
 def _check_compatible(vision: nn.Module, text: nn.Module, terms: list[Term]) -> None:
     if not terms:
         raise UserError("model.terms is empty: list at least one objective term, e.g. InfoNCE")
-    dims = {"vision_tower": vision.embed_dim, "text_tower": text.embed_dim}
+    dims: dict[str, object] = {"vision_tower": vision.embed_dim, "text_tower": text.embed_dim}
     dims |= {f"terms[{i}] ({t.name})": t.embed_dim for i, t in enumerate(terms) if t.embed_dim}
     if len(set(dims.values())) > 1:
         listed = ", ".join(f"{where} embed_dim={dim}" for where, dim in dims.items())

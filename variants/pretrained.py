@@ -30,154 +30,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
-import re
-import warnings
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from variants.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error
+from common.files import save_torch
+from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE
-from variants.objectives.base import LearnedScale
 from variants.towers import TextTower, VisionTower
-
-# Entries of OpenAI's archives that are not weights (OpenAI's build_model drops them too).
-NOT_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
-_VIT_SIZES = {384: "small", 512: "medium", 768: "base", 1024: "large", 1280: "huge"}
-
-
-@dataclass(frozen=True)
-class CLIPArchitecture:
-    """The shapes of an OpenAI-layout CLIP ViT, read from its weights."""
-
-    image_size: int
-    patch_size: int
-    vision_width: int
-    vision_depth: int
-    embed_dim: int
-    vocab_size: int
-    context_length: int
-    text_width: int
-    text_depth: int
-    vision_heads: int
-    text_heads: int
-    vision_mlp_ratio: float = 4.0
-    text_mlp_ratio: float = 4.0
-    quick_gelu: bool = False
-
-    def vision_config(self) -> dict:
-        """The vision tower as a ``class_path`` config (what a checkpoint records)."""
-        size = _VIT_SIZES.get(self.vision_width, "base")
-        quick = "quickgelu_" if self.quick_gelu else ""
-        # The name only labels the recorded config: every shape is passed explicitly.
-        name = f"vit_{size}_patch{self.patch_size}_clip_{quick}{self.image_size}"
-        init_args = {
-            "model_name": name if _is_timm_model(name) else "vit_base_patch16_clip_224",
-            "embed_dim": self.embed_dim,
-            "model_kwargs": {
-                "img_size": self.image_size,
-                "patch_size": self.patch_size,
-                "embed_dim": self.vision_width,
-                "depth": self.vision_depth,
-                "num_heads": self.vision_heads,
-                "mlp_ratio": self.vision_mlp_ratio,
-                "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
-            },
-        }
-        return {"class_path": "variants.towers.VisionTower", "init_args": init_args}
-
-    def text_config(self) -> dict:
-        """The text tower as a ``class_path`` config: OpenAI's layout (causal, end-of-text pooling)."""
-        init_args = {
-            "vocab_size": self.vocab_size,
-            "context_length": self.context_length,
-            "width": self.text_width,
-            "depth": self.text_depth,
-            "heads": self.text_heads,
-            "mlp_ratio": self.text_mlp_ratio,
-            "embed_dim": self.embed_dim,
-            "pad_id": 0,
-            "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
-            "norm_eps": 1e-5,
-        }
-        return {"class_path": "variants.towers.TextTower", "init_args": init_args}
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """A checkpoint file -> (flat state dict, whether it was a TorchScript archive)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path)), False
-        if _is_torchscript(path):
-            with warnings.catch_warnings():  # torch.jit's deprecation notice; OpenAI's files are TorchScript
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(str(path), map_location="cpu").state_dict(), True
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # open_clip's training checkpoints
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors")
-    if all(key.startswith("module.") for key in state):  # saved from DistributedDataParallel
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    return state, False
-
-
-def infer_architecture(
-    state: dict[str, torch.Tensor], quick_gelu: bool = False, config: dict | None = None
-) -> CLIPArchitecture:
-    """Shapes of an OpenAI-layout CLIP ViT from its state dict; a clear error for other layouts.
-
-    The weights fix every shape but the attention heads: ``config`` (open_clip's model config,
-    see :func:`open_clip_config`) gives them; without one, heads of width 64 as in OpenAI's models.
-    """
-    if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
-        if any(key.startswith("visual.layer1.") for key in state):
-            kind = "a ModifiedResNet vision tower (RN50, RN101, ...)"
-        elif any(key.startswith(("visual.trunk.", "text.")) for key in state):
-            kind = "a timm or Hugging Face tower (open_clip's custom models)"
-        else:
-            kind = "no CLIP layout found"
-        raise UserError(
-            f"only OpenAI-layout CLIP ViTs can be imported (visual.conv1, transformer.resblocks, ...); this "
-            f"checkpoint has {kind}. For a timm vision backbone alone use VisionTower(pretrained=True, "
-            "model_kwargs={'pretrained_cfg_overlay': {'file': PATH}})"
-        )
-    needed = ("visual.positional_embedding", "text_projection", "positional_embedding", "ln_final.weight",
-              "visual.transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.0.mlp.c_fc.weight")  # fmt: skip
-    missing = [key for key in needed if key not in state]
-    if missing:
-        raise UserError(f"the checkpoint is not a whole CLIP model: it has no {', '.join(missing)}")
-    vision_cfg, text_cfg = (config or {}).get("vision_cfg", {}), (config or {}).get("text_cfg", {})
-    patch = state["visual.conv1.weight"]
-    vision_width, text_width = patch.shape[0], state["ln_final.weight"].shape[0]
-    grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
-    return CLIPArchitecture(
-        image_size=grid * patch.shape[-1],
-        patch_size=patch.shape[-1],
-        vision_width=vision_width,
-        vision_depth=_count_blocks(state, "visual.transformer.resblocks."),
-        embed_dim=state["text_projection"].shape[1],
-        vocab_size=state["token_embedding.weight"].shape[0],
-        context_length=state["positional_embedding"].shape[0],
-        text_width=text_width,
-        text_depth=_count_blocks(state, "transformer.resblocks."),
-        vision_heads=vision_width // vision_cfg.get("head_width", 64),
-        text_heads=text_cfg.get("heads", text_width // 64),
-        vision_mlp_ratio=_mlp_ratio(state["visual.transformer.resblocks.0.mlp.c_fc.weight"]),
-        text_mlp_ratio=_mlp_ratio(state["transformer.resblocks.0.mlp.c_fc.weight"]),
-        quick_gelu=quick_gelu,
-    )
-
+from variants.weights import infer_architecture, load_weights, read_state_dict
 
 # open_clip config entries the import reproduces; any other (layer scale, attentional pooling,
 # other pooling, HF or timm towers, ...) changes the model in ways a state dict may not show.
@@ -209,90 +69,7 @@ def open_clip_config(model_name: str) -> dict | None:
     return config
 
 
-def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OpenAI/open_clip keys -> this suite's (``vision_tower.*``, ``text_tower.*``, the logit scale).
-
-    The attention's packed ``in_proj`` is timm's ``qkv`` (same [3 * width, width] order), OpenAI's
-    ``x @ proj`` matrices become ``nn.Linear`` weights (transposed).
-    """
-    block = [("ln_1", "norm1"), ("ln_2", "norm2"), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj", "attn.proj"),
-             ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]  # fmt: skip
-    out = {}
-    for key, value in state.items():
-        if key in NOT_WEIGHTS or key.endswith(".attn_mask"):
-            continue
-        if key.startswith("visual."):
-            name = key[len("visual.") :]
-            if name == "proj":
-                out["vision_tower.proj.weight"] = value.t()
-                continue
-            if name == "class_embedding":
-                name, value = "cls_token", value.reshape(1, 1, -1)
-            elif name == "positional_embedding":
-                name, value = "pos_embed", value.unsqueeze(0)
-            name = name.replace("conv1", "patch_embed.proj").replace("ln_pre", "norm_pre").replace("ln_post", "norm")
-            name = name.replace("transformer.resblocks.", "blocks.")
-            for old, new in block:
-                name = name.replace(old, new)
-            out[f"vision_tower.backbone.{name}"] = value
-        elif key == "text_projection":
-            out["text_tower.proj.weight"] = value.t()
-        elif key == "logit_scale":
-            out["logit_scale"] = value
-        else:
-            name = key.replace("transformer.resblocks.", "blocks.")
-            for old, new in block:
-                name = name.replace(old, new)
-            out[f"text_tower.{name}"] = value
-    return out
-
-
-def init_towers(model: torch.nn.Module, path: str | Path) -> None:
-    """Initialise ``model``'s towers from a local checkpoint, an OpenAI/open_clip file or a suite
-    ``.ckpt``; mismatching towers end with the keys listed. Learned temperatures start from the
-    checkpoint's: a suite term's from the term of the same name, CLIP's logit scale for InfoNCE
-    terms (clamped to each term's cap). Other term state (heads, discriminators) starts fresh."""
-    load_weights(model, read_state_dict(path)[0], str(path))
-
-
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """:func:`init_towers` for a state dict already read (suite or OpenAI/open_clip layout)."""
-    if not any(key.startswith(("vision_tower.", "text_tower.")) for key in state):
-        infer_architecture(state)  # a clear error for layouts that cannot be imported
-        state = convert_state_dict(state)
-    problems = []
-    for prefix in ("vision_tower", "text_tower"):
-        tower = getattr(model, prefix)
-        part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        expected = tower.state_dict()
-        missing = sorted(set(expected) - set(part))
-        unexpected = sorted(set(part) - set(expected))
-        wrong = sorted(k for k in set(part) & set(expected) if part[k].shape != expected[k].shape)
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
-            if keys:
-                problems.append(f"{prefix} {label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
-        if not problems:
-            tower.load_state_dict(part, strict=True)
-    if problems:
-        raise UserError(
-            f"{source} does not fit the model's towers (build them with its shapes): " + "; ".join(problems)
-        )
-    for name, term in getattr(model, "terms", {}).items():
-        scale = getattr(term, "logit_scale", None)
-        if not isinstance(scale, LearnedScale) or not scale.log_scale.requires_grad:
-            continue  # no temperature, or a fixed one: the user's value stands
-        # A suite checkpoint's term of the same name, else CLIP's softmax scale for softmax InfoNCE
-        # terms only (a sigmoid or token-wise term's scale means something else).
-        value = state.get(f"terms.{name}.logit_scale.log_scale")
-        if value is None and isinstance(term, InfoNCE):
-            value = state.get("logit_scale")
-        if value is not None:
-            with torch.no_grad():
-                scale.log_scale.copy_(value)
-            scale.clamp_()
-
-
-def load_open_clip(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None = None):
+def load_open_clip(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None = None) -> ContrastiveModule:
     """An OpenAI CLIP or open_clip ViT checkpoint -> a ready :class:`ContrastiveModule` (eval mode).
 
     Args:
@@ -333,8 +110,6 @@ def suite_checkpoint(model_name: str, checkpoint_path: str | Path, quick_gelu: b
 
 
 def _import(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None):
-    from variants.module import ContrastiveModule  # imports this file (init_from): import here
-
     state, torchscript = read_state_dict(checkpoint_path)
     config = open_clip_config(model_name)
     if quick_gelu is None:
@@ -356,7 +131,6 @@ def _infonce_config(scale: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import os
 
     parser = argparse.ArgumentParser(prog="python -m variants.pretrained", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -368,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="force QuickGELU on or off (default: on for OpenAI archives and -quickgelu names)")  # fmt: skip
     args = parser.parse_args(argv)
     checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp")  # whole or not at all: a reader never sees half a file
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, out)
+    out = save_torch(args.out, checkpoint)  # whole or not at all: a reader never sees half a file
     vision = checkpoint["hyper_parameters"]["vision_tower"]["init_args"]
     print(
         f"wrote {out}: {vision['model_name']} {vision['model_kwargs']}, "
@@ -380,31 +150,6 @@ def main(argv: list[str] | None = None) -> None:
         f"analyse it:   python -m analysis report --ckpt {out}\n"
         f"fine-tune it: --model.init_from {out} with towers of the same shapes"
     )
-
-
-def _mlp_ratio(fc1: torch.Tensor) -> float:
-    """The ratio whose ``int(width * ratio)`` (timm's hidden size) is exactly fc1's output size."""
-    hidden, width = fc1.shape
-    ratio = hidden / width
-    return ratio if int(width * ratio) == hidden else (hidden + 0.5) / width
-
-
-def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return len({m.group(1) for key in state if (m := pattern.match(key))})
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
-def _is_timm_model(name: str) -> bool:
-    import timm
-
-    return timm.is_model(name)
 
 
 if __name__ == "__main__":

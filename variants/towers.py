@@ -8,7 +8,7 @@ What a step computes is collected in an :class:`Encoded` record and handed to ev
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -20,7 +20,7 @@ from timm.layers import get_act_layer
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from variants.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ class Encoded:
     views: torch.Tensor | None = None
 
 
+#: What a term may list in ``Term.needs``: the fields of :class:`Encoded` that are computed only
+#: when asked for ("text_tokens" brings "text_mask" with it).
+OPTIONAL_FIELDS = frozenset(f.name for f in fields(Encoded)) - {"image", "text", "text_mask"}
+
+
 AttentionKernel = Literal["auto", "fused", "explicit"]
 
 
@@ -55,10 +60,9 @@ def use_attention_kernel(module: nn.Module, kernel: AttentionKernel) -> None:
     "fused" calls ``F.scaled_dot_product_attention`` (flash kernels); "explicit" runs the two
     matmuls and the softmax as separate ops (the same math; under bf16 the scores are rounded to
     bf16 before the softmax, as in any unfused bf16 attention). "auto" picks per call: explicit on
-    a CPU in bf16/fp16 (autocast or bf16 weights), fused everywhere else. Measured on this
-    project's CPU (benchmarks/RESULTS.md), forward + backward of one attention layer under bf16:
-    96 ms fused against 15 ms explicit for the tiny ViT's 65 tokens, 279 against 150 ms for
-    ViT-S/16's 197 tokens; in fp32 the two are within 10% and fused wins at 197 tokens.
+    a CPU in bf16/fp16 (autocast or bf16 weights), fused everywhere else: the CPU flash kernel's
+    backward is the slow part of a bf16 step there, while in fp32 the two are close
+    (benchmarks/RESULTS.md has the measurements).
     Timm layers are those with a ``fused_attn`` switch (ViT, EVA, Swin, ...); a CNN has none.
     """
     if kernel not in ("auto", "fused", "explicit"):
@@ -69,8 +73,9 @@ def use_attention_kernel(module: nn.Module, kernel: AttentionKernel) -> None:
     for layer in layers:
         if not hasattr(layer, "attention_kernel"):  # one hook per layer; a later call only resets the choice
             layer.register_forward_pre_hook(_pick_attention_kernel, with_kwargs=True)
-        layer.attention_kernel = kernel
-        layer.fused_attn = kernel != "explicit"
+        # timm's own attribute and ours, set on a layer typed only as nn.Module
+        setattr(layer, "attention_kernel", kernel)  # noqa: B010
+        setattr(layer, "fused_attn", kernel != "explicit")  # noqa: B010
 
 
 def _pick_attention_kernel(layer: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -80,7 +85,7 @@ def _pick_attention_kernel(layer: nn.Module, args: tuple, kwargs: dict) -> None:
     device = x.device.type
     low = (torch.bfloat16, torch.float16)
     low_precision = x.dtype in low or (torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) in low)
-    layer.fused_attn = not (device == "cpu" and low_precision)
+    setattr(layer, "fused_attn", not (device == "cpu" and low_precision))  # noqa: B010
 
 
 def _create_backbone(model_name: str, pretrained: bool, **kwargs) -> nn.Module:
@@ -109,10 +114,10 @@ class VisionTower(nn.Module):
         pretrained: load timm's pretrained weights; they must already be on local disk
             (``model_kwargs={"pretrained_cfg_overlay": {"file": ...}}``), nothing is downloaded.
         model_kwargs: passed to ``timm.create_model``, e.g. ``{"img_size": 64, "patch_size": 8}``.
-        channels_last: run convolutions in NHWC layout (~25% faster for a ResNet under bf16 on
-            CPU with oneDNN, and the layout tensor cores prefer); numerics are unchanged.
+        channels_last: run convolutions in NHWC layout (faster for a ResNet under bf16 on CPU
+            with oneDNN, and the layout tensor cores prefer); numerics are unchanged.
         attention: how a ViT's attention layers compute, see :func:`use_attention_kernel`
-            ("auto": explicit matmuls on a CPU under bf16, where they are 2-6x faster, else fused).
+            ("auto": explicit matmuls on a CPU under bf16, where they are faster, else fused).
     """
 
     def __init__(
@@ -125,20 +130,20 @@ class VisionTower(nn.Module):
         attention: AttentionKernel = "auto",
     ) -> None:
         super().__init__()
-        self.embed_dim, self.channels_last = embed_dim, channels_last
+        self.model_name, self.embed_dim, self.channels_last = model_name, embed_dim, channels_last
         self.backbone = _create_backbone(model_name, pretrained, **(model_kwargs or {}))
         use_attention_kernel(self.backbone, attention)
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         # Pooled features and tokens both have the backbone's width.
-        self.feature_dim = self.token_dim = self.backbone.num_features
+        self.feature_dim = self.token_dim = int(self.backbone.num_features)  # type: ignore[arg-type]  # timm attr
         # The global embedding is the backbone's own pooled output (CLS token or average pool).
         self.proj = nn.Linear(self.token_dim, embed_dim, bias=False)
         nn.init.normal_(self.proj.weight, std=self.token_dim**-0.5)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names (relative to this tower) that must not be weight-decayed."""
-        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        names: set[str] = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{n}" for n in names}
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
@@ -231,7 +236,7 @@ class TextTower(nn.Module):
                 mlp_ratio=mlp_ratio,
                 qkv_bias=True,
                 act_layer=_activation(act_layer),
-                norm_layer=partial(nn.LayerNorm, eps=norm_eps),
+                norm_layer=partial(nn.LayerNorm, eps=norm_eps),  # type: ignore[arg-type]  # timm calls it like a class
             )
             for _ in range(depth)
         )
@@ -247,10 +252,9 @@ class TextTower(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * depth) ** -0.5, (2 * width) ** -0.5
         for block in self.blocks:
-            nn.init.normal_(block.attn.qkv.weight, std=attn_std)
-            nn.init.normal_(block.attn.proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
-            nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
+            stds = {block.attn.qkv: attn_std, block.attn.proj: proj_std, block.mlp.fc1: fc_std, block.mlp.fc2: proj_std}
+            for linear, std in stds.items():
+                nn.init.normal_(linear.weight, std=std)  # type: ignore[arg-type]  # timm's Linear layers
         nn.init.normal_(self.proj.weight, std=width**-0.5)
 
     def forward(

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.evaluation import EvalSuite, EvalTask
+from common.errors import UserError, require_at_least
+from datamodules.collate import Collate
+from datamodules.evaluation import EvalTask, TaskDatasets
 from datamodules.image_text.rows import ImageTextRows, StreamingImageText
 from datamodules.image_text.sources import (
     DEFAULT_COLUMNS,
@@ -28,35 +30,8 @@ from datamodules.sampling import ResumableSampler, contrastive_loader, training_
 from datamodules.suites.files import warn_skipped
 from datamodules.tokenizer import TextTokenizer, TokenizerLinks
 from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform
-from variants.errors import UserError
 
 SKIPPED_METRIC = "data/skipped_rows"
-
-
-class Collate:
-    """Stacks the (already normalised) images and tokenises the captions in one call.
-
-    Training batches are padded to their longest caption, evaluation batches to the full
-    context so that rows of different batches compare. "skipped" (rows skipped or replaced to
-    fill this batch) is summed for the datamodule to log.
-    """
-
-    def __init__(self, tokenizer: TextTokenizer, pad_to_context: bool) -> None:
-        self.tokenizer, self.pad_to_context = tokenizer, pad_to_context
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {
-            "image": torch.stack([item["image"] for item in items]),
-            "text": self.tokenizer([item["caption"] for item in items], pad_to_context=self.pad_to_context),
-        }
-        if "index" in items[0]:
-            batch["index"] = torch.tensor([item["index"] for item in items])
-        if "task" in items[0]:  # evaluation (datamodules.evaluation): retrieval rows have no label
-            batch["task"] = torch.tensor([item["task"] for item in items])
-            batch["label"] = torch.full((len(items),), -1)
-        if "skipped" in items[0]:
-            batch["skipped"] = torch.tensor(sum(item["skipped"] for item in items))
-        return batch
 
 
 class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
@@ -127,6 +102,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         shuffle_buffer: int = 1000,
     ) -> None:
         super().__init__()
+        counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "image_size": image_size,
+                  "shuffle_buffer": shuffle_buffer}  # fmt: skip
+        require_at_least("data.init_args", {k: (v, 1) for k, v in counts.items()} | {"num_workers": (num_workers, 0)})
         self.save_hyperparameters()
         # Under LightningCLI the tokenizer is saved as its class_path config, which the analysis
         # rebuilds; an object (a datamodule built in Python) cannot be saved that way.
@@ -225,7 +203,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader | list:
         if split not in self._eval_sets:
             return []  # no evaluation data: Lightning runs no evaluation loop
-        return self._loader(EvalSuite([self._eval_sets[split]]), self.hparams.eval_batch_size, train=False)
+        return self._loader(TaskDatasets([self._eval_sets[split]]), self.hparams.eval_batch_size, train=False)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")

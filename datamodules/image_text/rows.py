@@ -24,8 +24,8 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from common.errors import UserError
 from datamodules.image_text.sources import Segment, row_name
-from variants.errors import UserError
 
 MAX_REPLACEMENTS = 16  # unreadable rows in a row before we stop believing in the data
 
@@ -164,7 +164,7 @@ class StreamingImageText(IterableDataset):
         self.resampled, self.shuffle_buffer, self.source = resampled, shuffle_buffer, source
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        skipped, warned = 0, set()
+        skipped, warned = 0, set[str]()
         for records in self._passes():
             good = 0
             for record in records:

@@ -4,7 +4,7 @@ Every format ends as :class:`Segment` tables of two columns (image, caption) plu
 numbers that have a caption. Images are not decoded here: a row's image stays a path, raw bytes
 or HF's ``{"bytes", "path"}`` record until a DataLoader worker opens it (``rows.open_image``).
 Mistakes the user must fix (no such file, an empty glob, a wrong column name, a caption column
-that is not text) end with one :class:`~variants.errors.UserError` naming the cause.
+that is not text) end with one :class:`~common.errors.UserError` naming the cause.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import datasets
 import numpy as np
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from variants.errors import UserError
+from common.errors import UserError
 
 FORMATS = ("imagefolder", "csv", "tsv", "parquet", "webdataset")
 # (image column, caption column) when not given: each ecosystem's own convention.
@@ -35,7 +36,7 @@ DEFAULT_COLUMNS = {
 }
 EXTENSIONS = {"csv": (".csv",), "tsv": (".tsv",), "parquet": (".parquet",), "webdataset": (".tar", ".tar.gz", ".tgz")}
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
-AnyDataset = datasets.Dataset | datasets.IterableDataset
+AnyDataset: TypeAlias = "datasets.Dataset | datasets.IterableDataset"
 
 
 @dataclass
@@ -207,7 +208,8 @@ class RowNames(Sequence[str]):
     million strings for that."""
 
     def __init__(self, image_column: str) -> None:
-        self.image_column, self.parts, self.total = image_column, [], 0
+        self.image_column, self.total = image_column, 0
+        self.parts: list[tuple[Segment, np.ndarray]] = []
 
     def add(self, segment: Segment, rows: np.ndarray) -> None:
         if len(rows):

@@ -6,8 +6,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from common.errors import require_at_least
 from datamodules.augment import SSLViews
-from datamodules.evaluation import EvalSuite, EvalTask
+from datamodules.collate import Collate
+from datamodules.evaluation import EvalTask, TaskDatasets
 from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
 from datamodules.shapesworld.captions import vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
@@ -20,32 +22,6 @@ MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 in about [-2, 2] (mean 0.5, std 0.25 per channel)."""
     return (images.float() / 255.0 - MEAN) / STD
-
-
-class Collate:
-    """Stacks images, normalises them once per batch, tokenises captions in one call.
-
-    Training batches are padded to their longest caption (less text-tower work); evaluation
-    batches to the full context, so that rows of different batches can be compared.
-    """
-
-    def __init__(self, tokenizer: WordTokenizer, pad_to_context: bool) -> None:
-        self.tokenizer, self.pad_to_context = tokenizer, pad_to_context
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {
-            "image": normalize(torch.stack([item["image"] for item in items])),
-            "index": torch.tensor([item["index"] for item in items]),
-        }
-        if "caption" in items[0] or "task" in items[0]:  # eval rows without a caption get ""
-            captions = [item.get("caption", "") for item in items]
-            batch["text"] = self.tokenizer(captions, pad_to_context=self.pad_to_context)
-        if "views" in items[0]:
-            batch["views"] = normalize(torch.stack([item["views"] for item in items]))
-        if "task" in items[0]:  # evaluation: rows of several tasks; -1 where a task has no label
-            batch["task"] = torch.tensor([item["task"] for item in items])
-            batch["label"] = torch.tensor([item.get("label", -1) for item in items])
-        return batch
 
 
 class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
@@ -86,6 +62,9 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         views: SSLViews | None = None,
     ) -> None:
         super().__init__()
+        counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "train_samples": train_samples,
+                  "val_samples": val_samples, "test_samples": test_samples, "image_size": image_size}  # fmt: skip
+        require_at_least("data.init_args", {k: (v, 1) for k, v in counts.items()} | {"num_workers": (num_workers, 0)})
         self.save_hyperparameters(ignore=["views"])  # an object; the CLI saves its config
         self.tokenizer = WordTokenizer(vocabulary(), context_length)
         # What the analysis applies to outside images (any size or mode) to match training input.
@@ -99,7 +78,7 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
 
     def _eval_datasets(self, stage: str, samples: int) -> list[tuple[EvalTask, Dataset]]:
         h = self.hparams
-        sets = []
+        sets: list[tuple[EvalTask, Dataset]] = []
         for name, task in TASKS.items():
             prompts = torch.stack([self.tokenizer(p) for p in task.prompts()])
             dataset = ZeroShotScenes(name, h.seed, stage, samples, h.image_size)
@@ -112,7 +91,7 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         return [task for task, _ in self._eval_sets["test" if stage == "test" else "val"]]
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        collate = Collate(self.tokenizer, pad_to_context=not train)
+        collate = Collate(self.tokenizer, pad_to_context=not train, normalize=normalize)
         return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
 
     def train_dataloader(self) -> DataLoader:
@@ -124,8 +103,8 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         return self._loader(self.train_set, self.hparams.batch_size, train=True, sampler=sampler)
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        suite = EvalSuite([dataset for _, dataset in self._eval_sets[stage]])
-        return self._loader(suite, self.hparams.eval_batch_size, train=False)
+        datasets = TaskDatasets([dataset for _, dataset in self._eval_sets[stage]])
+        return self._loader(datasets, self.hparams.eval_batch_size, train=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

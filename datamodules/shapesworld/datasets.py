@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from common.errors import UserError
 from datamodules.augment import SSLViews
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
-from variants.errors import UserError
 
 
 class CaptionedScenes(Dataset):
@@ -56,9 +56,10 @@ class CaptionedScenes(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         scene, text, rng = self._sample(index)
-        item = {"image": render(scene, self.image_size), "caption": text, "index": index}
+        image = render(scene, self.image_size)
+        item = {"image": image, "caption": text, "index": index}
         if self.views is not None:
-            item["views"] = self.views(item["image"], seed=rng.getrandbits(63))
+            item["views"] = self.views(image, seed=rng.getrandbits(63))
         return item
 
 

@@ -15,9 +15,9 @@ import random
 
 from torch.utils.data import Dataset
 
+from common.errors import UserError
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import SEEN, SHAPES, Scene, render, sample_scene, scene_rng
-from variants.errors import UserError
 
 PROBES = ("attribute_binding", "relation_order", "negation", "counting")
 

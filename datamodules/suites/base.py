@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from variants.errors import UserError
+from common.errors import UserError
 
 
 @dataclass

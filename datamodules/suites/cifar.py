@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import UserError
 from datamodules.suites.base import ClassificationSuite
 from datamodules.suites.files import LabelledImages
 from datamodules.suites.templates import CIFAR_TEMPLATES
-from variants.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from common.errors import UserError
 from datamodules.suites.base import ClassificationSuite
 from datamodules.suites.files import LabelledImages
-from variants.errors import UserError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_TEMPLATES = [

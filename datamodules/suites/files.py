@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from variants.errors import UserError
+from common.errors import UserError
 
 SHOWN_NAMES = 5  # bad file names listed in a skip warning; the count covers the rest
 
@@ -85,7 +85,7 @@ def readable_images(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return ok, bad
 
 
-def warn_skipped(source: str, skipped: Sequence[tuple[str, Sequence[str], int]]) -> None:
+def warn_skipped(source: str, skipped: Sequence[tuple[str, Sequence[object], int]]) -> None:
     """One warning for a suite's skipped rows, e.g. "imagefolder /x: skipped 2 unreadable images
     of 50: a.jpg, b.png". ``skipped`` holds (what, names of the skipped rows, total) per reason;
     reasons with nothing skipped are left out, and nothing is warned when none remain."""

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from common.errors import UserError
 from datamodules.suites.base import ClassificationSuite
 from datamodules.suites.files import ImageFiles, readable_images, warn_skipped
 from datamodules.suites.templates import IMAGENET_TEMPLATES
-from variants.errors import UserError
 
 LAYOUT = "ROOT/<class>/<image> or ROOT/train/<class>/<image> with ROOT/test/ (or ROOT/val/) alike"
 

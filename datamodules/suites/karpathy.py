@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.errors import UserError
 from datamodules.suites.base import RetrievalSuite
 from datamodules.suites.files import (
     ImageFiles,
@@ -22,7 +23,6 @@ from datamodules.suites.files import (
     readable_images,
     warn_skipped,
 )
-from variants.errors import UserError
 
 EXPECTED = '{"images": [{"filename": ..., "split": ..., "sentences": [{"raw": ...}]}]} (Karpathy split JSON)'
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from torch.utils.data import Dataset
 
+from common.errors import UserError
 from datamodules.suites.base import ProbeSuite
 from datamodules.suites.files import (
     ImageFiles,
@@ -25,7 +26,6 @@ from datamodules.suites.files import (
     readable_images,
     warn_skipped,
 )
-from variants.errors import UserError
 
 # (image, true caption, false caption(s)) keys of each accepted form, in the order tried.
 FORMS = (
@@ -72,7 +72,8 @@ def _texts(value: Any) -> list[str]:
 def _box(row: dict) -> tuple[float, float, float, float] | None:
     if not all(isinstance(row.get(k), (int, float)) for k in BOX):
         return None
-    return tuple(float(row[k]) for k in BOX)
+    x, y, width, height = (float(row[k]) for k in BOX)
+    return x, y, width, height
 
 
 def probe_file_suite(path: str | Path, images_root: str | Path | None = None, name: str | None = None) -> ProbeSuite:

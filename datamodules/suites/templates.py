@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from variants.errors import UserError
+from common.errors import UserError
 
 # CLIP's 80-prompt ImageNet ensemble, in order: mlfoundations/open_clip
 # src/open_clip/zero_shot_metadata.py OPENAI_IMAGENET_TEMPLATES (identical to the "imagenet1k"

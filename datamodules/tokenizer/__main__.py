@@ -14,7 +14,7 @@ import argparse
 import sys
 from itertools import islice
 
-from variants.errors import UserError, exit_on_user_error
+from common.errors import UserError, exit_on_user_error
 
 SUMMARY_SAMPLE = 10_000  # captions encoded for the tokens-per-caption summary
 

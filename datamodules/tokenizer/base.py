@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from variants.errors import UserError
+from common.errors import UserError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)  # ids 0..3 in the suite's own vocabularies (word-level, trained BPE)
@@ -63,7 +63,10 @@ def padded(rows: list[list[int]], width: int, pad_id: int) -> torch.Tensor:
 
 def check_context_length(context_length: int) -> None:
     if context_length < 3:
-        raise UserError(f"context_length must be >= 3 (<start> token <end>), got {context_length}")
+        raise UserError(
+            f"context_length must be >= 3 to hold the start token, one word and the end token, got {context_length}: "
+            "set data.init_args.context_length (or the tokenizer's) to 3 or more"
+        )
 
 
 class HFTokenizer(TextTokenizer):

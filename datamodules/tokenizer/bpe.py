@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from common.errors import UserError
+from common.files import write_text
 from datamodules.tokenizer.base import END, PAD, SPECIALS, START, UNK, HFTokenizer, check_context_length
-from variants.errors import UserError
 
 CAPTION_FORMATS = (".txt", ".jsonl", ".json", ".csv", ".tsv")
 
@@ -160,9 +160,4 @@ def _captions(path: Path, column: str) -> Iterator[object]:
 
 def write_tokenizer(tokenizer: Tokenizer, out: str | Path) -> Path:
     """Write ``out/tokenizer.json`` whole or not at all (a run may be reading the old one)."""
-    path = Path(out) / "tokenizer.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(tokenizer.to_str(), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_text(Path(out) / "tokenizer.json", tokenizer.to_str())

@@ -26,8 +26,8 @@ import ftfy
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
+from common.errors import UserError
 from datamodules.tokenizer.base import TextTokenizer, check_context_length, padded
-from variants.errors import UserError
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SPECIALS = ("<start_of_text>", "<end_of_text>")
@@ -129,7 +129,7 @@ def _build(path: str) -> tuple[Tokenizer, dict[str, int]]:
     """The Rust tokenizer and the vocabulary of a merges file, built as open_clip builds its own:
     256 byte characters, the same with ``</w>``, one token per merge, then the two specials."""
     lines = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    merges = [tuple(line.split()) for line in lines]
+    merges = [(first, second) for first, second in (line.split() for line in lines)]
     alphabet = list(bytes_to_unicode().values())
     vocab = [*alphabet, *(c + "</w>" for c in alphabet), *("".join(m) for m in merges), *SPECIALS]
     encoder = {token: i for i, token in enumerate(vocab)}

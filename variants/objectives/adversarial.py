@@ -51,7 +51,7 @@ class Adversarial(Term):
 
     def attach(self, vision_tower: nn.Module, text_tower: nn.Module) -> None:
         # A given embed_dim that differs from the towers' is refused by ContrastiveModule.
-        dim = self.embed_dim = self.embed_dim or vision_tower.embed_dim
+        dim = self.embed_dim = self.embed_dim or int(vision_tower.embed_dim)  # type: ignore[arg-type]
         h = self.hidden_dim
         self.discriminator = nn.Sequential(nn.Linear(dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
 

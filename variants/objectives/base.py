@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from variants.errors import UserError
-from variants.towers import Encoded
+from common.errors import UserError
+from variants.towers import OPTIONAL_FIELDS, Encoded
 
 
 class Term(nn.Module):
@@ -21,7 +21,7 @@ class Term(nn.Module):
     and returns from ``forward`` a dict with the differentiable "loss" and detached diagnostics;
     the module logs them as ``train/<term name>/<key>``.
 
-    Distributed rule (DESIGN.md): under DDP ``forward`` receives this rank's rows, scores them
+    Distributed rule (docs/DESIGN.md): under DDP ``forward`` receives this rank's rows, scores them
     against columns gathered with gradient (``variants.distributed.gather_with_grad``) and
     normalises by the local row count, so DDP's gradient averaging gives exactly the gradient of
     the single-process loss on the global batch.
@@ -40,6 +40,12 @@ class Term(nn.Module):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
+        unknown = set(self.needs) - OPTIONAL_FIELDS
+        if unknown:
+            raise UserError(
+                f"{type(self).__name__}.needs lists {', '.join(sorted(unknown))}, which Encoded does not have; "
+                f"a term can need {', '.join(sorted(OPTIONAL_FIELDS))}"
+            )
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
             raise UserError(f"{self.name}: weight must be a finite number >= 0, got {weight!r}")
         self.weight = float(weight)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import UserError
 from variants.distributed import gather_with_grad
-from variants.errors import UserError
 from variants.losses import median_bandwidths, mmd2
 from variants.objectives.base import Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded

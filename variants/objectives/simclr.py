@@ -9,7 +9,7 @@ DDP), normalised to q_a, q_b. With temperature tau = 0.1:
 
 symmetric in a/b and averaged. SLIP = [InfoNCE, SimCLR] with weight (ssl_scale) 1.0. The
 official code gathers the CLIP negatives without gradient; here every term gathers with
-gradient (DESIGN.md), so the multi-process gradient equals the single-process one.
+gradient (docs/DESIGN.md), so the multi-process gradient equals the single-process one.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.errors import UserError
 from variants.distributed import GlobalBatchNorm1d, gather_with_grad, row_offset
-from variants.errors import UserError
 from variants.losses import simclr_loss
 from variants.objectives.base import Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded

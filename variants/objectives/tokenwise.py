@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
 from variants.distributed import gather, gather_with_grad, pad_to_common_length, row_offset, world
-from variants.errors import UserError
 from variants.losses import filip_loss, filip_similarity
 from variants.objectives.base import (
     LearnedScale,
@@ -48,7 +48,7 @@ class TokenwiseInfoNCE(Term):
             default): exact, like every term's logits. "auto": the autocast dtype when the run
             is in bf16/fp16-mixed precision (GEMMs accumulate in float32, but each cosine is
             rounded to bf16, ~0.002; the scores average P or L of them and the loss is in
-            float32), 1.6x faster FILIP steps on a CPU; filip.yaml turns it on. Evaluation
+            float32), faster FILIP steps on a CPU; filip.yaml turns it on. Evaluation
             (``score``: zero-shot, retrieval, analysis) always computes in float32.
     """
 

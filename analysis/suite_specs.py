@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.checkpoint import LoadedCheckpoint
+from common.errors import UserError
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.suites.cifar import cifar_suite
 from datamodules.suites.digits import digits_suite
@@ -25,7 +26,6 @@ from datamodules.suites.karpathy import karpathy_suite
 from datamodules.suites.probe_files import probe_file_suite
 from datamodules.suites.shapesworld import shapesworld_probes, shapesworld_suites
 from datamodules.suites.templates import read_templates
-from variants.errors import UserError
 
 SPECS = ("shapesworld", "digits", "imagefolder:DIR", "cifar10:DIR", "cifar100:DIR", "coco:JSON", "flickr30k:JSON")
 

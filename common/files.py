@@ -1,4 +1,8 @@
-"""Atomic result writing: a reader (or a crashed run) never sees a half-written file."""
+"""The one way the suite writes a file that someone else reads (a grid deciding a run finished,
+an analysis reading a checkpoint, a notebook reading results): write a temporary file in the
+same folder, then rename it into place. A rename within one filesystem is atomic, so a reader
+or a crash never sees half a file.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # matplotlib is slow to import; only save_figure needs it, and only its type
+    from matplotlib.figure import Figure
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -29,14 +34,21 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """JSON with non-finite floats written as null (strict JSON has no NaN)."""
-    text = json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
-    return write_atomic(path, lambda file: file.write(text.encode()))
-
-
 def write_text(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda file: file.write(text.encode()))
+    return write_atomic(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def write_json(path: str | Path, data: Any, sort_keys: bool = False) -> Path:
+    """JSON with non-finite floats written as null (strict JSON has no NaN)."""
+    text = json.dumps(_finite(data), indent=2, allow_nan=False, sort_keys=sort_keys) + "\n"
+    return write_text(path, text)
+
+
+def save_torch(path: str | Path, payload: Any) -> Path:
+    """``torch.save`` through a temporary file (checkpoints, embeddings)."""
+    import torch
+
+    return write_atomic(path, lambda file: torch.save(payload, file))
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 150) -> Path:

@@ -1,0 +1,106 @@
+"""Statistics over seeds, in one place: the grid's results.md, ``analysis compare``, the
+notebooks (through ``analysis.results.summarize``) and the claims all use these.
+
+A metric's value over seeds is summarised by its mean, sample standard deviation and the
+Student-t 95% confidence interval of the mean. Metrics that are fractions (accuracy, recall,
+pointing-game hits: every name under zeroshot/, retrieval/, linear_probe/, consistency/,
+explain/, probes/.../acc) live in [0, 1], and so does their true mean: an interval that leaves
+[0, 1] is clipped to it. Clipping never removes the true mean from the interval, so the
+coverage stays at least 95%; a clipped bound is marked in tables (``†``) so a reader sees that
+the t interval's symmetric width was cut. Text-probe similarities are cosines, in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from scipy import stats as scipy_stats
+
+FRACTION_PREFIXES = ("zeroshot/", "retrieval/", "linear_probe/", "consistency/", "explain/")
+CLIPPED_MARK = "†"
+CLIPPED_NOTE = (
+    f"{CLIPPED_MARK} the t interval was clipped to the range the metric cannot leave (a fraction: [0, 100]%)."
+)
+
+
+def metric_bounds(name: str) -> tuple[float, float] | None:
+    """The range a metric's values (and so its mean) cannot leave, or None if unbounded."""
+    if name.startswith(FRACTION_PREFIXES) or (name.startswith("probes/") and name.endswith("/acc")):
+        return (0.0, 1.0)
+    if name.startswith("probes/") and name.endswith("_similarity"):
+        return (-1.0, 1.0)
+    return None
+
+
+def mean_ci(
+    values: Iterable[float | None], confidence: float = 0.95, bounds: tuple[float, float] | None = None
+) -> dict:
+    """Mean, sample std and the Student-t confidence interval of the mean over finite values.
+
+    ``ci95`` is None for fewer than 2 values; with ``bounds`` the interval is clipped to them and
+    ``clipped`` says whether that changed it.
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(finite)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": None, "n": 0, "clipped": False}
+    mean = sum(finite) / n
+    if n < 2:
+        return {"mean": mean, "std": None, "ci95": None, "n": 1, "clipped": False}
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    clipped = False
+    if bounds is not None:
+        clipped = low < bounds[0] or high > bounds[1]
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "std": std, "ci95": [low, high], "n": n, "clipped": clipped}
+
+
+def format_estimate(stats: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """``"83.8 [74.9, 92.7]"``: the mean and its 95% interval (``†`` marks a clipped interval),
+    ``"83.8 (n=1)"`` for one seed, ``"-"`` for none."""
+    if stats["mean"] is None:
+        return "-"
+    mean = f"{scale * stats['mean']:.{digits}f}"
+    if stats["ci95"] is None:
+        return f"{mean} (n=1)"
+    low, high = (f"{scale * bound:.{digits}f}" for bound in stats["ci95"])
+    return f"{mean} [{low}, {high}]{CLIPPED_MARK if stats.get('clipped') else ''}"
+
+
+def group_summary(groups: dict[str, Sequence[dict]], metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """{group: {metric: mean_ci}} from each group's per-run metric dicts (a run that lacks a
+    metric, or has a non-number, does not count towards it); fractions are kept in [0, 1]."""
+    return {
+        group: {
+            metric: mean_ci(
+                (run.get(metric) for run in runs if isinstance(run.get(metric), (int, float))),
+                bounds=metric_bounds(metric),
+            )
+            for metric in metrics
+        }
+        for group, runs in groups.items()
+    }
+
+
+def markdown_table(
+    summary: dict[str, dict[str, dict]],
+    metrics: Sequence[str],
+    labels: Sequence[str] | None = None,
+    counts: dict[str, str] | None = None,
+) -> list[str]:
+    """The lines of a markdown table: one row per group, one ``format_estimate`` cell per metric,
+    an n column (``counts[group]``, default the most seeds any metric has), and the note on
+    clipped intervals when one occurs."""
+    labels = list(labels or metrics)
+    lines = ["| group | n | " + " | ".join(labels) + " |", "| --- | ---: |" + " ---: |" * len(labels)]
+    clipped = False
+    for group, by_metric in summary.items():
+        n = (counts or {}).get(group) or str(max((by_metric[m]["n"] for m in metrics), default=0))
+        lines.append(f"| {group} | {n} | " + " | ".join(format_estimate(by_metric[m]) for m in metrics) + " |")
+        clipped |= any(by_metric[m].get("clipped") for m in metrics)
+    if clipped:
+        lines += ["", CLIPPED_NOTE]
+    return lines

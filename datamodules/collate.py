@@ -1,0 +1,50 @@
+"""Dataset items -> one :class:`~common.batch.Batch`, for every datamodule's loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from common.batch import Batch
+from datamodules.tokenizer.base import TextTokenizer
+
+
+class Collate:
+    """Dataset items (dicts with "image", and "caption", "index", "views", "task", "label",
+    "skipped" where the data has them) -> one :class:`~common.batch.Batch`.
+
+    Images (and views) are stacked and passed through ``normalize`` once per batch (None: the
+    items are already normalised float tensors); captions are tokenised in one call. An
+    evaluation item without a caption (a zero-shot image) gets the empty caption.
+    """
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        pad_to_context: bool,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.tokenizer, self.pad_to_context, self.normalize = tokenizer, pad_to_context, normalize
+
+    def _images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(images)
+        return stacked if self.normalize is None else self.normalize(stacked)
+
+    def __call__(self, items: list[dict]) -> Batch:
+        first = items[0]
+        batch: Batch = {"image": self._images([item["image"] for item in items])}
+        if "caption" in first or "task" in first:
+            batch["text"] = self.tokenizer(
+                [item.get("caption", "") for item in items], pad_to_context=self.pad_to_context
+            )
+        if "index" in first:
+            batch["index"] = torch.tensor([item["index"] for item in items])
+        if "views" in first:
+            batch["views"] = self._images([item["views"] for item in items])
+        if "task" in first:
+            batch["task"] = torch.tensor([item["task"] for item in items])
+            batch["label"] = torch.tensor([item.get("label", -1) for item in items])
+        if "skipped" in first:
+            batch["skipped"] = torch.tensor(sum(item["skipped"] for item in items))
+        return batch

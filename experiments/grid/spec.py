@@ -1,0 +1,153 @@
+"""A grid file read into runs: every key checked, every run's arguments parsed as the run will
+parse them, before anything starts (the grid file format is in ``experiments/grid/__init__.py``)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from common.errors import UserError, one_line
+
+GRID_KEYS = {"name", "configs", "product", "zip", "seeds", "run_name", "args", "runs_dir", "slurm"}
+SLURM_KEYS = {"partition", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism"}
+STATUS = "grid_status.json"
+
+
+@dataclass
+class Run:
+    name: str
+    seed: int
+    values: dict[str, object]  # axis key -> value (the seed excluded)
+    args: list[str]  # the `python -m experiments fit` arguments
+    directory: Path
+
+    @property
+    def group(self) -> str:
+        """The runs that differ only in their seed share a group."""
+        return ", ".join(f"{key}={short(value)}" for key, value in self.values.items()) or "all"
+
+    def status(self) -> dict:
+        path = self.directory / STATUS
+        return json.loads(path.read_text()) if path.is_file() else {"status": "pending"}
+
+
+@dataclass
+class Grid:
+    name: str
+    runs: list[Run] = field(default_factory=list)
+    directory: Path = Path("runs")
+    slurm: dict = field(default_factory=dict)  # the grid file's `slurm:` section
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and expand a grid file; every mistake is a UserError naming the offending entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"grid file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: a grid file is a mapping (name, configs, product, zip, seeds, run_name, args)")
+    unknown = set(spec) - GRID_KEYS
+    if unknown:
+        raise UserError(
+            f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(GRID_KEYS))}"
+        )
+    name = str(spec.get("name", path.stem))
+    product, zipped = spec.get("product") or {}, spec.get("zip") or {}
+    for section, axes in (("product", product), ("zip", zipped)):
+        if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
+            raise UserError(f"{path}: '{section}' maps dotted keys to non-empty lists of values")
+    if len({len(v) for v in zipped.values()}) > 1:
+        lengths = ", ".join(f"{k}: {len(v)}" for k, v in zipped.items())
+        raise UserError(f"{path}: the 'zip' lists must have equal lengths ({lengths})")
+    if set(product) & set(zipped):
+        raise UserError(f"{path}: key(s) {', '.join(sorted(set(product) & set(zipped)))} in both product and zip")
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise UserError(f"{path}: 'seeds' is a non-empty list of integers, got {seeds!r}")
+    configs = [str(c) for c in spec.get("configs") or []]
+    extra = [str(a) for a in spec.get("args") or []]
+    for config in configs + [str(c) for c in product.get("config", []) + zipped.get("config", [])]:
+        if not Path(config).is_file():
+            raise UserError(f"{path}: config file not found: {config}")
+    slurm = spec.get("slurm") or {}
+    if not isinstance(slurm, dict) or set(slurm) - SLURM_KEYS:
+        raise UserError(f"{path}: 'slurm' takes {', '.join(sorted(SLURM_KEYS))}; got {slurm!r}")
+    template = spec.get("run_name") or "-".join([*(f"{{{k}}}" for k in (*product, *zipped)), "s{seed}"])
+    directory = Path(spec.get("runs_dir", "runs")) / name
+
+    zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
+    runs = []
+    for combo in itertools.product(*product.values()):
+        for zip_row in zip_rows:
+            values = dict(zip(product, combo)) | zip_row
+            for seed in seeds:
+                run_name = _fill(template, values | {"seed": seed}, path)
+                args = ["fit", *(a for c in configs for a in ("--config", c))]
+                for key, value in values.items():
+                    args += ["--config", str(value)] if key == "config" else [f"--{key}", _cli_value(value)]
+                args += [
+                    "--seed_everything", str(seed),
+                    "--trainer.logger.init_args.save_dir", str(directory),
+                    "--trainer.logger.init_args.name", run_name,
+                    "--trainer.logger.init_args.version", "",
+                    *extra,
+                ]  # fmt: skip
+                runs.append(Run(run_name, seed, values, args, directory / run_name))
+    names = [run.name for run in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(
+            f"{path}: run_name {template!r} gives duplicate run names ({', '.join(duplicates[:5])}): add the varying keys"
+        )
+    return Grid(name, runs, directory, slurm)
+
+
+def validate(grid: Grid) -> None:
+    """Parse every run's arguments as the run will, building nothing (about 0.2 s a run)."""
+    from jsonargparse import ArgumentError
+
+    from experiments.cli import validate as validate_args
+
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    for run in grid.runs:
+        try:
+            with warnings.catch_warnings():  # LightningCLI warns that sys.argv is not what it parses
+                warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+                warnings.filterwarnings("ignore", message=".*was deprecated.*")  # jsonargparse APIs Lightning calls
+                validate_args(run.args)
+        except (ArgumentError, UserError) as error:
+            raise UserError(f"grid run {run.name}: {one_line(error)}") from None
+
+
+def _fill(template: str, values: dict, path: Path) -> str:
+    def value(match: re.Match) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise UserError(f"{path}: run_name uses {{{key}}}, which is not an axis key or 'seed'")
+        return short(values[key])
+
+    name = re.sub(r"\{([^{}]+)\}", value, template)
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name)
+
+
+def short(value: object) -> str:
+    """How a value reads in a run name: a config file by its stem, numbers compactly."""
+    if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+        return Path(value).stem
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if not isinstance(value, (dict, list)) else json.dumps(value, separators=(",", ":"))
+
+
+def _cli_value(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # numbers, booleans, lists and dicts as JSON, which the parser reads
