@@ -4,9 +4,12 @@
     zeroshot   zero-shot classification, retrieval, linear probes  -> OUT/zeroshot.json
     geometry   PCA, modality gap and its shift, uniformity/alignment, t-SNE  -> OUT/geometry.json
     probes     text-only pair similarities, grounded caption selection  -> OUT/probes.json
-    report     all of the above + OUT/report.md + the run's TensorBoard
+    consistency  CyCLIP's consistency of the zero-shot and k-NN classifiers  -> OUT/consistency.json
+    report     zeroshot, geometry and probes + OUT/report.md + the run's TensorBoard
     compare    ``python -m analysis compare runs/<grid>``: runs' TensorBoard curves and final
                metrics by group (seeds pooled)  -> compare.{json,md,png}
+    claims     ``python -m analysis claims runs [--out docs/claims]``: each paper's claim from
+               its claim experiment: paired effect, 95% interval, verdict  -> claims.{md,json}
 
 --ckpt takes a .ckpt file or a run directory (its newest checkpoints/last.ckpt). OUT defaults
 to <run directory>/analysis. A user mistake prints one ``error:`` line and exits with 2
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from common.errors import exit_on_user_error
 
-COMMANDS = ("embed", "zeroshot", "geometry", "probes", "report")
+COMMANDS = ("embed", "zeroshot", "geometry", "probes", "consistency", "report")
 
 
 def _positive(text: str) -> int:
@@ -37,7 +40,9 @@ def parser() -> argparse.ArgumentParser:
     from analysis.suite_specs import SPECS
 
     main = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[1])
-    commands = main.add_subparsers(dest="command", required=True, metavar="{" + ",".join((*COMMANDS, "compare")) + "}")
+    commands = main.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join((*COMMANDS, "compare", "claims")) + "}"
+    )
     for name in COMMANDS:
         sub = commands.add_parser(name)
         sub.add_argument("--ckpt", required=True, help="a .ckpt file or a run directory")
@@ -70,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare")
     compare.add_argument("runs", help="a folder of runs, e.g. runs/variants")
     compare.add_argument("--out", help="output directory (default: the folder of runs)")
+    claims = commands.add_parser("claims")
+    claims.add_argument("source", help="a runs root holding the claim grids' folders (runs), or docs/claims")
+    claims.add_argument("--out", default="docs/claims", help="output directory (default: docs/claims)")
+    claims.add_argument("--registry", help="the claims registry (default: experiments/claims/claims.yaml)")
+    claims.add_argument("--claim", nargs="+", dest="only", help="only these claim ids")
     return main
 
 
@@ -82,6 +92,12 @@ def run(argv: list[str] | None = None) -> dict:
         table = compare(args.runs, args.out)
         print((Path(args.out or args.runs) / "compare.md").read_text())
         return table
+    if args.command == "claims":
+        from analysis.claims import REGISTRY, claims
+
+        summary = claims(args.source, args.out, args.registry or REGISTRY, args.only)
+        print((Path(args.out) / "claims.md").read_text())
+        return summary["counts"]
     from analysis import commands, report
     from analysis.checkpoint import load_checkpoint, run_directory
     from analysis.embed import EmbedOptions
@@ -113,6 +129,8 @@ def run(argv: list[str] | None = None) -> dict:
         result = result["metrics"] | {"figures": result["figures"]}
     elif args.command == "probes":
         result = commands.probe_analysis(loaded, probe_suites, out, options=options)["metrics"]
+    elif args.command == "consistency":
+        result = commands.consistency_analysis(loaded, suites, out, options=options)
     else:
         result = report.write_report(
             loaded, suites, probe_suites, out, tensorboard=args.tensorboard, linear_probe=args.linear_probe,

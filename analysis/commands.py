@@ -205,3 +205,18 @@ def probe_analysis(
     }
     write_json(out / "probes.json", result)
     return result
+
+
+def consistency_analysis(
+    loaded: LoadedCheckpoint, suites: list, out: Path, options: EmbedOptions = DEFAULT_OPTIONS
+) -> dict[str, float]:
+    """CyCLIP's consistency scores on every classification suite with a train split (the labelled
+    k-NN references) -> ``out/consistency.json``."""
+    from analysis.consistency import suite_consistency
+
+    metrics = suite_consistency(loaded, [s for s in suites if isinstance(s, ClassificationSuite)], options=options)
+    write_json(
+        out / "consistency.json",
+        {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step, "metrics": metrics},
+    )
+    return metrics

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from common.errors import UserError
 from experiments.checkpointing import SPECIAL_CKPT_PATHS, check_resumable, readable_checkpoint
+from experiments.precision import use_float32_without_native_bf16
 from variants.module import ContrastiveModule
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -82,6 +83,7 @@ class CLI(LightningCLI):
         config = self.config.get(self.subcommand, {}) if self.subcommand else self.config
         if config.get("ckpt_path") and config.get("model", {}).get("init_from"):
             config["model"]["init_from"] = None
+        use_float32_without_native_bf16(config["trainer"])
 
     def before_fit(self) -> None:
         # `--ckpt_path last` resumes from last.ckpt; if that file is unreadable (a crash while the

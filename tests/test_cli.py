@@ -25,9 +25,9 @@ HELPERS = {"base.yaml", "smoke.yaml"}  # not presets: defaults and the shrink sw
 _SOCKET_TROUBLE = re.compile(r"Address already in use|EADDRINUSE|Connection refused|Connection reset by peer")
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="", MASTER_PORT=str(free_port()))
+    env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="", MASTER_PORT=str(free_port()), **extra_env)
     return subprocess.run(
         [sys.executable, "-m", "experiments", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -94,15 +94,16 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
 @pytest.mark.ddp
 @pytest.mark.parametrize("preset", ["clip", "slip", "filip"])
 def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
-    """The DDP preset under bf16-mixed: global embeddings (CLIP), SSL views through the
-    globally normalised projector (SLIP), token gathers and frozen global heads (FILIP)."""
+    """The DDP preset under bf16-mixed (kept even on a CPU without native bf16, where runs would
+    switch to float32): global embeddings (CLIP), SSL views through the globally normalised
+    projector (SLIP), token gathers and frozen global heads (FILIP)."""
     ddp = CONFIGS / "trainer" / "ddp_cpu.yaml"
     args = ("fit", *preset_args(CONFIGS / f"{preset}.yaml"), "--config", str(SMOKE), "--config", str(ddp))
-    result = run_cli(*args, cwd=tmp_path / "first")
+    result = run_cli(*args, cwd=tmp_path / "first", CLIP_VARIANTS_KEEP_BF16="1")
     if result.returncode != 0 and _SOCKET_TROUBLE.search(result.stderr):
         # The free port can be taken between choosing it and binding it: retry once on a new
         # port, only for socket errors (any other failure fails the test).
-        result = run_cli(*args, cwd=tmp_path / "retry")
+        result = run_cli(*args, cwd=tmp_path / "retry", CLIP_VARIANTS_KEEP_BF16="1")
         tmp_path = tmp_path / "retry"
     else:
         tmp_path = tmp_path / "first"

@@ -104,3 +104,19 @@ def test_a_checkpoint_to_resume_from_is_checked_before_the_trainer_reads_it(tmp_
     torch.save({"state_dict": good["state_dict"]}, tmp_path / "weights.ckpt")
     with pytest.raises(UserError, match="use --model.init_from PATH"):
         check_resumable(tmp_path / "weights.ckpt")
+
+
+def test_bf16_runs_switch_to_float32_only_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.precision import cpu_has_native_bf16, cpu_precision
+
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
+    sapphire_rapids = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n"
+    graviton3 = "Features\t: fp asimd sve bf16 i8mm\n"
+    assert not cpu_has_native_bf16(zen3) and cpu_has_native_bf16(sapphire_rapids) and cpu_has_native_bf16(graviton3)
+    cpu = {"precision": "bf16-mixed", "accelerator": "cpu"}
+    assert cpu_precision(cpu, zen3) == "32-true"
+    assert cpu_precision(cpu, sapphire_rapids) is None
+    assert cpu_precision({"precision": "32-true", "accelerator": "cpu"}, zen3) is None
+    assert cpu_precision({"precision": "bf16-mixed", "accelerator": "gpu"}, zen3) is None
+    monkeypatch.setenv("CLIP_VARIANTS_KEEP_BF16", "1")
+    assert cpu_precision(cpu, zen3) is None

@@ -1,0 +1,437 @@
+"""Verdicts on what papers claim: ``python -m analysis claims SOURCE [--out docs/claims]``.
+
+A claim is data (``experiments/claims/claims.yaml``): a paper and what it says, the per-run
+metric that decides it, two arms of a claim experiment (a grid whose arms are paired by seed:
+the same seed gives both the same data order and initial towers) or one arm against a stated
+value, and the expected direction, with an optional non-inferiority margin.
+
+For each claim the paired differences d_s = arm_s - baseline_s over the seeds both arms finished
+get a Student-t 95% interval (``analysis.stats``; kept inside the range a difference of the
+metric can take). With the expected direction as + and the margin m (0 for a superiority claim):
+
+    reproduced     the interval lies above -m      (for "less": below +m)
+    contradicted   the interval lies below -m      (for "less": above +m)
+    inconclusive   otherwise, or fewer than 2 paired seeds
+
+SOURCE is a folder of runs (``runs``: each experiment's runs in ``runs/<grid name>/<run>/``);
+metrics a run did not log (linear probe, consistency) are computed from its checkpoint and cached
+in ``<run>/analysis/claims.json``. Each experiment's per-run values are written to
+``OUT/runs/<experiment>.csv``, small enough to commit; given a folder holding such CSVs
+(``docs/claims``) instead, the verdicts are recomputed from them without any run.
+Writes ``OUT/claims.md``, ``OUT/claims.json`` and one figure per experiment, ``OUT/<experiment>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from analysis.stats import format_estimate, mean_ci, metric_bounds
+from common.errors import UserError
+from common.files import save_figure, write_json, write_text
+
+REGISTRY = Path(__file__).resolve().parents[1] / "experiments" / "claims" / "claims.yaml"
+CLAIM_KEYS = {
+    "id",
+    "experiment",
+    "paper",
+    "where",
+    "says",
+    "metric",
+    "arm",
+    "baseline",
+    "baseline_value",
+    "expect",
+    "margin",
+}
+EXPERIMENT_KEYS = {"grid", "figure", "wall_time"}
+SEED = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
+VERDICTS = ("reproduced", "contradicted", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One check of one paper's claim (see the module docstring and the registry's header)."""
+
+    id: str
+    experiment: str
+    paper: str
+    says: str
+    metric: str
+    arm: str
+    expect: str
+    where: str = ""
+    baseline: str | None = None
+    baseline_value: float | None = None
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    grid: str
+    figure: dict = field(default_factory=dict)
+    wall_time: str | None = None
+
+    def grid_name(self, root: Path) -> str:
+        """The folder the grid writes its runs to (its ``name``, default the file's stem)."""
+        path = root / self.grid
+        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if not isinstance(spec, dict):
+            raise UserError(f"claims: experiment {self.id}: grid file {path} not found or not a mapping")
+        return str(spec.get("name", path.stem))
+
+
+def load_registry(path: str | Path = REGISTRY) -> tuple[dict[str, Experiment], list[Claim]]:
+    """Read and check the registry: every key known, every claim's experiment declared, an arm and
+    either a baseline or a baseline_value, expect one of greater/less, a margin >= 0."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"claims registry not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or set(spec) - {"experiments", "claims"}:
+        raise UserError(f"{path}: a claims registry is a mapping with 'experiments' and 'claims'")
+    experiments = {}
+    for name, entry in (spec.get("experiments") or {}).items():
+        if not isinstance(entry, dict) or "grid" not in entry or set(entry) - EXPERIMENT_KEYS:
+            raise UserError(
+                f"{path}: experiment {name}: give 'grid' (and optionally {', '.join(sorted(EXPERIMENT_KEYS - {'grid'}))})"
+            )
+        experiments[name] = Experiment(name, **entry)
+    claims = []
+    for i, entry in enumerate(spec.get("claims") or []):
+        where = f"{path}: claims[{i}]"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: a claim is a mapping")
+        unknown = set(entry) - CLAIM_KEYS
+        missing = {"id", "experiment", "paper", "says", "metric", "arm", "expect"} - set(entry)
+        if unknown or missing:
+            raise UserError(
+                f"{where} ({entry.get('id', '?')}): unknown keys {sorted(unknown)}, missing {sorted(missing)}"
+            )
+        if entry["experiment"] not in experiments:
+            raise UserError(f"{where} ({entry['id']}): experiment {entry['experiment']!r} is not under 'experiments'")
+        if (entry.get("baseline") is None) == (entry.get("baseline_value") is None):
+            raise UserError(
+                f"{where} ({entry['id']}): give exactly one of 'baseline' (an arm) or 'baseline_value' (a number)"
+            )
+        if entry["expect"] not in ("greater", "less"):
+            raise UserError(f"{where} ({entry['id']}): expect is 'greater' or 'less', got {entry['expect']!r}")
+        if not (isinstance(entry.get("margin", 0.0), (int, float)) and entry.get("margin", 0.0) >= 0):
+            raise UserError(f"{where} ({entry['id']}): margin must be a number >= 0")
+        claims.append(Claim(**entry))
+    ids = [c.id for c in claims]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{path}: claim ids must be unique: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return experiments, claims
+
+
+# ---- per-run values ------------------------------------------------------------------------
+def split_run_name(name: str) -> tuple[str, int | None]:
+    """ "mmd-s3" -> ("mmd", 3): the arm (group) and the seed of a grid's run."""
+    match = SEED.match(name)
+    return (match["group"], int(match["seed"])) if match else (name, None)
+
+
+def runs_of(folder: Path, metrics: Iterable[str], compute: bool = True) -> list[dict]:
+    """One row per finished run under ``folder`` (a grid's folder): {"run", "group", "seed",
+    "metrics"}, with the requested metrics from metrics.json or, when a run did not log them,
+    computed from its checkpoint (cached in <run>/analysis/claims.json)."""
+    rows = []
+    wanted = list(dict.fromkeys(metrics))
+    for metrics_path in sorted(folder.glob("*/metrics.json")):
+        run = metrics_path.parent
+        status = run / "grid_status.json"
+        if status.is_file() and json.loads(status.read_text()).get("status") != "finished":
+            continue
+        group, seed = split_run_name(run.name)
+        logged = json.loads(metrics_path.read_text())
+        values = {m: float(logged[m]) for m in wanted if isinstance(logged.get(m), (int, float))}
+        missing = [m for m in wanted if m not in values]
+        if missing and compute:
+            values |= checkpoint_metrics(run, missing)
+        rows.append({"run": run.name, "group": group, "seed": seed, "metrics": values})
+    return rows
+
+
+def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
+    """Metrics no run logs, from the run's checkpoint: linear probes (``linear_probe/shapesworld/
+    <task>/top1``) and consistency scores (``consistency/shapesworld/...``); cached per run."""
+    cache_path = run / "analysis" / "claims.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    todo = [n for n in names if n not in cache]
+    if todo:
+        from analysis import consistency, zeroshot
+        from analysis.checkpoint import load_checkpoint
+        from analysis.suite_specs import SuiteOptions, load_suites
+        from datamodules.suites import ClassificationSuite
+
+        checkpoint = run / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise UserError(f"claims: {run} has no checkpoints/last.ckpt to compute {', '.join(todo)} from")
+        loaded = load_checkpoint(checkpoint)
+        suites = [s for s in load_suites(["shapesworld"], loaded, SuiteOptions()) if isinstance(s, ClassificationSuite)]
+        if any(n.startswith("linear_probe/") for n in todo):
+            for suite in suites:
+                if f"linear_probe/{suite.name}/top1" in todo:
+                    cache |= zeroshot.metric_names([zeroshot.linear_probe(loaded, suite)])
+        if any(n.startswith("consistency/") for n in todo):
+            cache |= consistency.suite_consistency(loaded, suites)
+        write_json(cache_path, cache)
+    unknown = [n for n in names if n not in cache]
+    if unknown:
+        raise UserError(
+            f"claims: no run of {run.parent.name} logs {', '.join(unknown)}, and the analysis cannot compute it"
+        )
+    return {n: float(cache[n]) for n in names}
+
+
+def runs_csv(rows: list[dict], metrics: list[str]) -> str:
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["run", "group", "seed", *metrics])
+    for row in rows:
+        writer.writerow([row["run"], row["group"], row["seed"], *(row["metrics"].get(m, "") for m in metrics)])
+    return table.getvalue()
+
+
+def read_runs_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        metrics = [c for c in reader.fieldnames or [] if c not in ("run", "group", "seed")]
+        return [
+            {
+                "run": r["run"],
+                "group": r["group"],
+                "seed": int(r["seed"]) if r["seed"] else None,
+                "metrics": {m: float(r[m]) for m in metrics if r[m] not in ("", None)},
+            }
+            for r in reader
+        ]
+
+
+# ---- verdicts ------------------------------------------------------------------------------
+def verdict(claim: Claim, rows: list[dict]) -> dict:
+    """The paired effect of one claim over its rows, its interval and the verdict."""
+    by_seed: dict[str, dict[int | None, float]] = {}
+    for row in rows:
+        if claim.metric in row["metrics"]:
+            by_seed.setdefault(row["group"], {})[row["seed"]] = row["metrics"][claim.metric]
+    arm = by_seed.get(claim.arm, {})
+    bounds = metric_bounds(claim.metric)
+    if claim.baseline is not None:
+        base = by_seed.get(claim.baseline, {})
+        seeds = sorted(s for s in arm if s in base and s is not None)
+        differences = [arm[s] - base[s] for s in seeds]
+        base_stats = mean_ci([base[s] for s in seeds], bounds=bounds)
+        diff_bounds = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    else:
+        seeds = sorted(s for s in arm if s is not None)
+        differences = [arm[s] - claim.baseline_value for s in seeds]
+        base_stats = {"mean": claim.baseline_value, "std": None, "ci95": None, "n": 0, "clipped": False}
+        diff_bounds = None if bounds is None else (bounds[0] - claim.baseline_value, bounds[1] - claim.baseline_value)
+    effect = mean_ci(differences, bounds=diff_bounds)
+    sign = 1.0 if claim.expect == "greater" else -1.0
+    if effect["ci95"] is None:
+        outcome = "inconclusive"
+    else:
+        low, high = sorted(sign * bound for bound in effect["ci95"])
+        outcome = "reproduced" if low > -claim.margin else "contradicted" if high < -claim.margin else "inconclusive"
+    return {
+        "claim": asdict(claim),
+        "seeds": seeds,
+        "arm": mean_ci([arm[s] for s in seeds], bounds=bounds),
+        "baseline": base_stats,
+        "effect": effect,
+        "differences": differences,
+        "verdict": outcome,
+    }
+
+
+def _scale(metric: str) -> float:
+    """Fractions are shown in %, everything else as it is."""
+    return 100.0 if metric_bounds(metric) == (0.0, 1.0) else 1.0
+
+
+def _estimate(stats: dict, metric: str) -> str:
+    scale = _scale(metric)
+    return format_estimate(stats, scale=scale, digits=1 if scale == 100.0 else 3)
+
+
+def markdown(results: list[dict], experiments: dict[str, Experiment], missing: dict[str, str]) -> str:
+    lines = [
+        "# What the suite reproduces",
+        "",
+        "Each row is one check of a paper's claim on ShapesWorld: the paired difference arm - baseline over",
+        "seeds (the same seed gives both arms the same data order and initial towers), its Student-t 95%",
+        "interval (kept inside the metric's range, † where that cut it), and the verdict: reproduced when",
+        "the interval lies on the claimed side (beyond the non-inferiority margin, where one is given),",
+        "contradicted when it lies on the other side, inconclusive otherwise. Fractions are in %",
+        "(percentage points for differences). Generated by `python -m analysis claims`; the per-run",
+        "values are in `runs/<experiment>.csv`, the registry in `experiments/claims/claims.yaml`.",
+        "",
+        "| claim | paper | metric | arm vs baseline | arm | baseline | effect [95% CI] | n | verdict |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        c = Claim(**r["claim"])
+        base = c.baseline if c.baseline is not None else f"value {c.baseline_value:g}"
+        rule = (
+            f"{'>' if c.expect == 'greater' else '<'} {'-' if c.expect == 'greater' else '+'}{_scale(c.metric) * c.margin:g}"
+            if c.margin
+            else f"{'>' if c.expect == 'greater' else '<'} 0"
+        )
+        lines.append(
+            f"| {c.says} | {c.paper}, {c.where} | `{c.metric}` | {c.arm} vs {base} (expect {rule}) | "
+            f"{_estimate(r['arm'], c.metric)} | {_estimate(r['baseline'], c.metric) if c.baseline else base} | "
+            f"{_estimate(r['effect'], c.metric)} | {len(r['seeds'])} | **{r['verdict']}** |"
+        )
+    if missing:
+        lines += ["", "Not run yet (no runs and no committed per-run CSV):", ""]
+        lines += [f"- {experiment}: {why}" for experiment, why in missing.items()]
+    timed = [e for e in experiments.values() if e.wall_time]
+    if timed:
+        lines += ["", "| experiment | grid | measured wall time |", "| --- | --- | --- |"]
+        lines += [f"| {e.id} | `{e.grid}` | {e.wall_time} |" for e in timed]
+    return "\n".join(lines) + "\n"
+
+
+# ---- figures -------------------------------------------------------------------------------
+def figure(experiment: Experiment, rows: list[dict]) -> Figure | None:
+    """The experiment's figure as its registry entry describes it; None without one."""
+    spec = experiment.figure
+    if not spec:
+        return None
+    values: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        for metric, value in row["metrics"].items():
+            values.setdefault(metric, {}).setdefault(row["group"], []).append(value)
+    if spec.get("kind") == "line":
+        return _line_figure(experiment.id, spec, values.get(spec["metric"], {}))
+    if spec.get("kind") == "bars":
+        return _bars_figure(experiment.id, spec, values)
+    raise UserError(f"claims: experiment {experiment.id}: figure kind must be 'line' or 'bars'")
+
+
+def _line_figure(title: str, spec: dict, groups: dict[str, list[float]]) -> Figure:
+    metric, scale = spec["metric"], _scale(spec["metric"])
+    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (label, points) in enumerate((spec.get("series") or {}).items()):
+        xs, means, lows, highs = [], [], [], []
+        for group, x in points.items():
+            seeds = groups.get(group, [])
+            if not seeds:
+                continue
+            stats = mean_ci(seeds, bounds=metric_bounds(metric))
+            ax.scatter([x] * len(seeds), [scale * v for v in seeds], color=f"C{i}", s=12, alpha=0.5)
+            xs.append(x)
+            means.append(scale * stats["mean"])
+            low, high = stats["ci95"] or (stats["mean"], stats["mean"])
+            lows.append(scale * (stats["mean"] - low))
+            highs.append(scale * (high - stats["mean"]))
+        if xs:
+            ax.errorbar(
+                xs, means, yerr=[lows, highs], color=f"C{i}", marker="o", capsize=3, label=f"{label} (mean, 95% CI)"
+            )
+    for j, (label, group) in enumerate((spec.get("lines") or {}).items()):
+        seeds = groups.get(group, [])
+        if seeds:
+            ax.axhline(
+                scale * float(np.mean(seeds)),
+                color="k",
+                linestyle="--",
+                linewidth=1,
+                label=f"{label} (mean of {len(seeds)})",
+            )
+    if spec.get("log_x"):
+        ax.set_xscale("log")
+    ax.set_xlabel(spec.get("x_label", ""))
+    ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _bars_figure(title: str, spec: dict, values: dict[str, dict[str, list[float]]]) -> Figure:
+    metrics, arms = spec["metrics"], spec["arms"]
+    fig = Figure(figsize=(3.2 * len(metrics), 3.4), layout="constrained")
+    for k, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        scale = _scale(metric)
+        for i, arm in enumerate(arms):
+            seeds = values.get(metric, {}).get(arm, [])
+            if not seeds:
+                continue
+            stats = mean_ci(seeds, bounds=metric_bounds(metric))
+            low, high = stats["ci95"] or (stats["mean"], stats["mean"])
+            ax.bar(i, scale * stats["mean"], color=f"C{i}", alpha=0.6,
+                   yerr=[[scale * (stats["mean"] - low)], [scale * (high - stats["mean"])]], capsize=4)  # fmt: skip
+            ax.scatter([i] * len(seeds), [scale * v for v in seeds], color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(arms)), arms)
+        ax.set_title(metric.replace("/shapesworld_test/", "/").replace("/shapesworld/", "/"), fontsize=8)
+    fig.suptitle(f"{title}: mean, 95% CI and each seed", fontsize=9)
+    return fig
+
+
+# ---- the command ---------------------------------------------------------------------------
+def claims(
+    source: str | Path, out: str | Path = "docs/claims", registry: str | Path = REGISTRY, only: list[str] | None = None
+) -> dict:
+    """Verdicts of every claim in the registry (or the ``only`` ids) from ``source`` into ``out``."""
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise UserError(
+            f"claims: {source} is not a folder (a runs root such as runs/, or a folder of per-run CSVs such as docs/claims)"
+        )
+    experiments, all_claims = load_registry(registry)
+    selected = [c for c in all_claims if not only or c.id in only]
+    if only and len(selected) != len(set(only)):
+        unknown = sorted(set(only) - {c.id for c in all_claims})
+        raise UserError(
+            f"claims: unknown claim id(s) {', '.join(unknown)}; known: {', '.join(c.id for c in all_claims)}"
+        )
+    root = Path(registry).resolve().parents[2]  # grid paths in the registry are relative to the repository
+    results, missing, rows_by_experiment = [], {}, {}
+    for experiment in dict.fromkeys(c.experiment for c in selected):
+        spec = experiments[experiment]
+        metrics = list(dict.fromkeys(
+            [c.metric for c in selected if c.experiment == experiment]
+            + ([spec.figure["metric"]] if "metric" in spec.figure else []) + list(spec.figure.get("metrics", []))
+        ))  # fmt: skip
+        folder = source / spec.grid_name(root)
+        committed = source / "runs" / f"{experiment}.csv"
+        if folder.is_dir():
+            rows = runs_of(folder, metrics)
+            write_text(out / "runs" / f"{experiment}.csv", runs_csv(rows, metrics))
+        elif committed.is_file():
+            rows = read_runs_csv(committed)
+            if out.resolve() != source.resolve():
+                write_text(out / "runs" / f"{experiment}.csv", committed.read_text())
+        else:
+            missing[experiment] = f"python -m experiments grid {spec.grid}"
+            continue
+        rows_by_experiment[experiment] = rows
+        fig = figure(spec, rows)
+        if fig is not None:
+            save_figure(fig, out / f"{experiment}.png")
+    for claim in selected:
+        if claim.experiment in rows_by_experiment:
+            results.append(verdict(claim, rows_by_experiment[claim.experiment]))
+    summary = {
+        "claims": results,
+        "not_run": missing,
+        "counts": {v: sum(r["verdict"] == v for r in results) for v in VERDICTS},
+    }
+    write_json(out / "claims.json", summary)
+    write_text(out / "claims.md", markdown(results, experiments, missing))
+    return summary
