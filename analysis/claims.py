@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
+from analysis.results import split_run_name
 from analysis.stats import format_estimate, mean_ci, metric_bounds
 from common.errors import UserError
 from common.files import save_figure, write_json, write_text
@@ -54,7 +54,6 @@ CLAIM_KEYS = {
     "margin",
 }
 EXPERIMENT_KEYS = {"grid", "figure", "wall_time"}
-SEED = re.compile(r"^(?P<group>.+)-s(?P<seed>\d+)$")
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
 
 
@@ -128,6 +127,8 @@ def load_registry(path: str | Path = REGISTRY) -> tuple[dict[str, Experiment], l
             raise UserError(f"{where} ({entry['id']}): expect is 'greater' or 'less', got {entry['expect']!r}")
         if not (isinstance(entry.get("margin", 0.0), (int, float)) and entry.get("margin", 0.0) >= 0):
             raise UserError(f"{where} ({entry['id']}): margin must be a number >= 0")
+        if entry.get("baseline_value") is not None and not isinstance(entry["baseline_value"], (int, float)):
+            raise UserError(f"{where} ({entry['id']}): baseline_value must be a number")
         claims.append(Claim(**entry))
     ids = [c.id for c in claims]
     if len(set(ids)) != len(ids):
@@ -136,26 +137,28 @@ def load_registry(path: str | Path = REGISTRY) -> tuple[dict[str, Experiment], l
 
 
 # ---- per-run values ------------------------------------------------------------------------
-def split_run_name(name: str) -> tuple[str, int | None]:
-    """ "mmd-s3" -> ("mmd", 3): the arm (group) and the seed of a grid's run."""
-    match = SEED.match(name)
-    return (match["group"], int(match["seed"])) if match else (name, None)
-
-
-def runs_of(folder: Path, metrics: Iterable[str], compute: bool = True) -> list[dict]:
-    """One row per finished run under ``folder`` (a grid's folder): {"run", "group", "seed",
-    "metrics"}, with the requested metrics from metrics.json or, when a run did not log them,
-    computed from its checkpoint (cached in <run>/analysis/claims.json)."""
+def runs_of(
+    folder: Path, metrics: Iterable[str], groups: Iterable[str] | None = None, compute: bool = True
+) -> list[dict]:
+    """One row per finished run under ``folder`` (a grid's folder; only the ``groups`` given):
+    {"run", "group", "seed", "metrics"}, with the requested metrics from metrics.json or, when a
+    run did not log them, computed from its checkpoint (cached in <run>/analysis/claims.json). A
+    metric logged as non-finite ("nan") stays NaN and counts as missing in the statistics."""
     rows = []
     wanted = list(dict.fromkeys(metrics))
+    keep = None if groups is None else set(groups)
     for metrics_path in sorted(folder.glob("*/metrics.json")):
         run = metrics_path.parent
         status = run / "grid_status.json"
         if status.is_file() and json.loads(status.read_text()).get("status") != "finished":
             continue
         group, seed = split_run_name(run.name)
+        if keep is not None and group not in keep:
+            continue
         logged = json.loads(metrics_path.read_text())
-        values = {m: float(logged[m]) for m in wanted if isinstance(logged.get(m), (int, float))}
+        values = {
+            m: float(logged[m]) for m in wanted if isinstance(logged.get(m), (int, float, str)) and _number(logged[m])
+        }
         missing = [m for m in wanted if m not in values]
         if missing and compute:
             values |= checkpoint_metrics(run, missing)
@@ -163,11 +166,23 @@ def runs_of(folder: Path, metrics: Iterable[str], compute: bool = True) -> list[
     return rows
 
 
+def _number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
     """Metrics no run logs, from the run's checkpoint: linear probes (``linear_probe/shapesworld/
     <task>/top1``) and consistency scores (``consistency/shapesworld/...``); cached per run."""
     cache_path = run / "analysis" / "claims.json"
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else ""
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if cache.pop("checkpoint", stamp) != stamp:  # computed from another checkpoint (a re-run): recompute
+        cache = {}
     todo = [n for n in names if n not in cache]
     if todo:
         from analysis import consistency, zeroshot
@@ -175,7 +190,6 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
         from analysis.suite_specs import SuiteOptions, load_suites
         from datamodules.suites import ClassificationSuite
 
-        checkpoint = run / "checkpoints" / "last.ckpt"
         if not checkpoint.is_file():
             raise UserError(f"claims: {run} has no checkpoints/last.ckpt to compute {', '.join(todo)} from")
         loaded = load_checkpoint(checkpoint)
@@ -186,7 +200,7 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
                     cache |= zeroshot.metric_names([zeroshot.linear_probe(loaded, suite)])
         if any(n.startswith("consistency/") for n in todo):
             cache |= consistency.suite_consistency(loaded, suites)
-        write_json(cache_path, cache)
+        write_json(cache_path, cache | {"checkpoint": stamp})
     unknown = [n for n in names if n not in cache]
     if unknown:
         raise UserError(
@@ -410,8 +424,11 @@ def claims(
         ))  # fmt: skip
         folder = source / spec.grid_name(root)
         committed = source / "runs" / f"{experiment}.csv"
+        groups = {g for c in selected if c.experiment == experiment for g in (c.arm, c.baseline) if g is not None}
+        groups |= set(spec.figure.get("arms", [])) | set((spec.figure.get("lines") or {}).values())
+        groups |= {g for series in (spec.figure.get("series") or {}).values() for g in series}
         if folder.is_dir():
-            rows = runs_of(folder, metrics)
+            rows = runs_of(folder, metrics, groups)
             write_text(out / "runs" / f"{experiment}.csv", runs_csv(rows, metrics))
         elif committed.is_file():
             rows = read_runs_csv(committed)

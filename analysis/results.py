@@ -19,14 +19,19 @@ import yaml
 from analysis.stats import group_summary, markdown_table, mean_ci, metric_bounds
 from variants.module import ContrastiveModule
 
-SEED_SUFFIX = re.compile(r"[-_]s(eed)?\d+$")
+SEED_SUFFIX = re.compile(r"[-_]s(?:eed)?(?P<seed>\d+)$")
 HEADLINE_PREFIXES = ("zeroshot/", "retrieval/")
+
+
+def split_run_name(name: str) -> tuple[str, int | None]:
+    """ "mmd-s3" -> ("mmd", 3): a run's group (the run name without its seed) and its seed."""
+    match = SEED_SUFFIX.search(name)
+    return (name[: match.start()], int(match["seed"])) if match else (name, None)
 
 
 def group_of(run: str) -> str:
     """ "clip-s0" -> "clip"; "clip/version_3" -> "clip" (seeds and versions are one group)."""
-    run = re.sub(r"/version_\d+$", "", run)
-    return SEED_SUFFIX.sub("", run)
+    return split_run_name(re.sub(r"/version_\d+$", "", run))[0]
 
 
 def collect_runs(root: str | Path) -> list[dict]:

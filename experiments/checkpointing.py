@@ -54,8 +54,9 @@ class StepCheckpoint(ModelCheckpoint):
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
-def check_resumable(path: str | Path) -> None:
-    """A ``--ckpt_path`` file must be a training checkpoint this run can resume from; else one
+def check_resumable(path: str | Path, training: bool = True) -> None:
+    """A ``--ckpt_path`` file must be a checkpoint the command can use (for ``fit``, with the
+    training state to resume from; for test/validate/predict, weights are enough); else one
     UserError naming the cause (missing, unreadable or truncated, refused by
     ``torch.load(weights_only=True)``, or weights without the training state) and the fix."""
     path = Path(path)
@@ -78,7 +79,9 @@ def check_resumable(path: str | Path) -> None:
         raise UserError(
             f"--ckpt_path {path}: not a readable checkpoint (truncated, or not a torch file): {reason}"
         ) from None
-    if not isinstance(checkpoint, dict) or not {"state_dict", "optimizer_states", "loops"} <= set(checkpoint):
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"--ckpt_path {path}: not a Lightning checkpoint (it holds no state_dict)")
+    if training and not {"optimizer_states", "loops"} <= set(checkpoint):
         raise UserError(
             f"--ckpt_path {path}: not a training checkpoint (no optimizer or loop state to resume); to start a new "
             "run from its weights use --model.init_from PATH"

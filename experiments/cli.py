@@ -110,41 +110,63 @@ class CLI(LightningCLI):
 
 
 def _check_before_parsing(args: list[str]) -> None:
-    """What must be refused before LightningCLI parses, in the usual places (the command line and
-    the --config files): a link target set by hand (jsonargparse fills it after parsing and
-    silently drops the given value: a tower's embed_dim would be lost), and a --ckpt_path file that
-    is not a training checkpoint (LightningCLI reads it while parsing, with a traceback)."""
-    found = [arg.split("=")[0] for arg in args if any(arg.split("=")[0] == f"--{t}" for t in EMBED_DIM_TARGETS)]
-    configs = _values_of("--config", args)
-    ckpt_paths = _values_of("--ckpt_path", args)
-    for config in configs:
-        path = Path(config)
-        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
-        if isinstance(spec, dict) and isinstance(spec.get("ckpt_path"), str):
-            ckpt_paths.append(spec["ckpt_path"])
-        model = spec.get("model") if isinstance(spec, dict) else None
-        if not isinstance(model, dict):
-            continue
-        for key in ("vision_tower", "text_tower"):
-            if "embed_dim" in ((model.get(key) or {}).get("init_args") or {}):
-                found.append(f"model.{key}.init_args.embed_dim in {config}")
-        for i, term in enumerate(model.get("terms") or []):
-            if isinstance(term, dict) and "embed_dim" in (term.get("init_args") or {}):
-                found.append(f"model.terms[{i}].init_args.embed_dim in {config}")
-    if found:
+    """What must be refused before LightningCLI parses, read from the command line and the
+    --config files in the order the parser applies them: a link target set by hand to another
+    value than the top-level embed_dim (jsonargparse fills a link target after parsing and drops
+    the given value; the same value, as in a run's own saved config.yaml, is harmless), and a
+    --ckpt_path file that is not a checkpoint (LightningCLI reads it while parsing, with a traceback)."""
+    embed_dim: object = 128
+    by_hand: list[tuple[str, object]] = []  # (where, value)
+    ckpt_path: object = None
+    targets = {f"--{t}" for t in EMBED_DIM_TARGETS}
+    for option, value in [("--config", str(CONFIGS / "base.yaml")), *_options(args)]:
+        if option == "--config":
+            spec = _read_yaml(value)
+            embed_dim = spec.get("embed_dim", embed_dim)
+            ckpt_path = spec.get("ckpt_path", ckpt_path)
+            model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+            for key in ("vision_tower", "text_tower"):
+                init_args = (model.get(key) or {}).get("init_args") or {} if isinstance(model.get(key), dict) else {}
+                if "embed_dim" in init_args:
+                    by_hand.append((f"model.{key}.init_args.embed_dim in {value}", init_args["embed_dim"]))
+            for i, term in enumerate(model.get("terms") or []):
+                if isinstance(term, dict) and "embed_dim" in (term.get("init_args") or {}):
+                    by_hand.append((f"model.terms[{i}].init_args.embed_dim in {value}", term["init_args"]["embed_dim"]))
+        elif option == "--embed_dim":
+            embed_dim = value
+        elif option == "--ckpt_path":
+            ckpt_path = value
+        elif option in targets:
+            by_hand.append((option, value))
+    conflicting = [where for where, given in by_hand if given is not None and str(given) != str(embed_dim)]
+    if conflicting:
         raise UserError(
-            f"embed_dim is set once, at the top level (`embed_dim: 128` in a config, or --embed_dim), and linked "
-            f"to both towers and the terms; remove {', '.join(found)}"
+            f"embed_dim is set once, at the top level (`embed_dim: {embed_dim}` in a config, or --embed_dim), and "
+            f"linked to both towers and the terms; remove {', '.join(conflicting)}"
         )
-    for ckpt_path in ckpt_paths[-1:]:  # the last one given wins, as in the parser
-        if ckpt_path not in SPECIAL_CKPT_PATHS:
-            check_resumable(ckpt_path)
+    if isinstance(ckpt_path, str) and ckpt_path not in SPECIAL_CKPT_PATHS:
+        check_resumable(ckpt_path, training=args[:1] == ["fit"])
 
 
-def _values_of(option: str, args: list[str]) -> list[str]:
-    """Every value of ``option`` in ``args``, given as ``--option value`` or ``--option=value``."""
-    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == option]
-    return values + [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{option}=")]
+def _options(args: list[str]) -> list[tuple[str, str]]:
+    """``--option value`` and ``--option=value`` pairs of ``args``, in order."""
+    pairs = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            option, value = arg.split("=", 1)
+            pairs.append((option, value))
+        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            pairs.append((arg, args[i + 1]))
+    return pairs
+
+
+def _read_yaml(path: str) -> dict:
+    """A --config file as a mapping; {} when it is missing or not YAML (the parser then says so)."""
+    try:
+        spec = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
 
 
 def validate(args: list[str]) -> None:

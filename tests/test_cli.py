@@ -116,6 +116,20 @@ def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["devices"] == 2
 
 
+def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: Path) -> None:
+    """A claim's "at init" arm: max_steps 0 trains nothing, saves the initial towers as last.ckpt
+    and evaluates them (the modality gap of untrained towers, Mind the Gap's cone effect)."""
+    result = run_cli(
+        "fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), "--trainer.max_steps", "0", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "runs").glob("*/version_0")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 0 and metrics["geometry/shapesworld_test/modality_gap"] > 0.1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -120,3 +120,31 @@ def test_bf16_runs_switch_to_float32_only_on_a_cpu_without_native_bf16(monkeypat
     assert cpu_precision({"precision": "bf16-mixed", "accelerator": "gpu"}, zen3) is None
     monkeypatch.setenv("CLIP_VARIANTS_KEEP_BF16", "1")
     assert cpu_precision(cpu, zen3) is None
+
+
+def test_embed_dim_by_hand_is_refused_only_when_it_differs_and_the_last_ckpt_path_wins(tmp_path: Path) -> None:
+    import yaml
+
+    from experiments.cli import _check_before_parsing
+
+    saved = tmp_path / "config.yaml"  # a run's own saved config keeps a term's linked embed_dim
+    saved.write_text(
+        yaml.safe_dump({"embed_dim": 64, "model": {"terms": [{"class_path": "t", "init_args": {"embed_dim": 64}}]}})
+    )
+    _check_before_parsing(["fit", "--config", str(saved)])
+    with pytest.raises(UserError, match=r"remove model.terms\[0\].init_args.embed_dim in"):
+        _check_before_parsing(["fit", "--config", str(saved), "--embed_dim", "32"])
+    with pytest.raises(UserError, match="remove --model.vision_tower.init_args.embed_dim"):
+        _check_before_parsing(["fit", "--model.vision_tower.init_args.embed_dim", "16"])
+    (tmp_path / "broken.yaml").write_text("model: [unclosed")
+    _check_before_parsing(["fit", "--config", str(tmp_path / "broken.yaml")])  # left to the parser's own message
+    resume = tmp_path / "resume.yaml"
+    resume.write_text(yaml.safe_dump({"ckpt_path": str(tmp_path / "missing.ckpt")}))
+    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}}, tmp_path / "good.ckpt")
+    _check_before_parsing(["fit", "--config", str(resume), "--ckpt_path", str(tmp_path / "good.ckpt")])
+    with pytest.raises(UserError, match="missing.ckpt: no such file"):
+        _check_before_parsing(["fit", "--ckpt_path", str(tmp_path / "good.ckpt"), "--config", str(resume)])
+    torch.save({"state_dict": {}}, tmp_path / "weights.ckpt")  # enough to test, not to resume
+    _check_before_parsing(["test", "--ckpt_path", str(tmp_path / "weights.ckpt")])
+    with pytest.raises(UserError, match="not a training checkpoint"):
+        _check_before_parsing(["fit", "--ckpt_path", str(tmp_path / "weights.ckpt")])

@@ -155,9 +155,10 @@ class ContrastiveModule(pl.LightningModule):
             return
         training = self.vision_tower.training
         self.vision_tower.eval()
+        dtype = next(self.vision_tower.parameters()).dtype  # bf16-true / 16-true runs cast the weights
         try:
-            self.vision_tower(torch.zeros(2, 3, size, size, device=self.device))
-        except Exception as error:  # the backbone's own complaint, whatever its type
+            self.vision_tower(torch.zeros(2, 3, size, size, device=self.device, dtype=dtype))
+        except (RuntimeError, ValueError, AssertionError) as error:  # what a wrong size raises in timm/torch
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(
                 f"the vision tower ({getattr(self.vision_tower, 'model_name', type(self.vision_tower).__name__)}) "
