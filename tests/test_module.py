@@ -40,14 +40,7 @@ def test_a_term_expecting_another_embedding_size_fails_at_construction() -> None
 def test_a_view_term_without_views_in_the_data_names_the_data_option(tmp_path) -> None:
     datamodule = tiny_data()
     module = small_module(terms=[InfoNCE(), SimCLR(hidden_dim=16, out_dim=8)], vocab_size=datamodule.vocab_size)
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     with pytest.raises(UserError, match="set data.init_args.views"):
         trainer.fit(module, datamodule)
 
@@ -130,18 +123,16 @@ def tiny_data() -> ShapesWorldDataModule:
     return ShapesWorldDataModule(image_size=32, batch_size=4, train_samples=16, context_length=8, num_workers=0)
 
 
+def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    """A CPU trainer that writes no logs or checkpoints and shows no progress bar."""
+    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      default_root_dir=tmp_path, **kwargs)  # fmt: skip
+
+
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) -> None:
     datamodule = tiny_data()
     module = small_module(terms=[InfoNCE(), NaNTerm(weight=0.5)], vocab_size=datamodule.vocab_size)
-    trainer = pl.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=0)
     with pytest.raises(NonFiniteLossError, match=r"at step 0: term 'nanterm' returned nan \(weight 0.5\)"):
         trainer.fit(module, datamodule)
 
@@ -149,15 +140,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) 
 def test_accumulating_gradients_is_refused_with_an_explanation(tmp_path) -> None:
     datamodule = tiny_data()
     module = small_module(vocab_size=datamodule.vocab_size)
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accumulate_grad_batches=2,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
     with pytest.raises(UserError, match="accumulate_grad_batches > 1 does not make a larger contrastive batch"):
         trainer.fit(module, datamodule)
 
