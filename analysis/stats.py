@@ -5,7 +5,7 @@ A metric's value over seeds is summarised by its mean, sample standard deviation
 Student-t 95% confidence interval of the mean. Metrics that are fractions (accuracy, recall,
 pointing-game hits: every name under zeroshot/, retrieval/, linear_probe/, consistency/,
 explain/, probes/.../acc) live in [0, 1], and so does their true mean: an interval that leaves
-[0, 1] is clipped to it. Clipping never removes the true mean from the interval, so the
+[0, 1] is clipped to it (the modality gap likewise to [0, 2]). Clipping never removes the true mean from the interval, so the
 coverage stays at least 95%; a clipped bound is marked in tables (``†``) so a reader sees that
 the t interval's symmetric width was cut. Text-probe similarities are cosines, in [-1, 1].
 """
@@ -30,6 +30,8 @@ def metric_bounds(name: str) -> tuple[float, float] | None:
         return (0.0, 1.0)
     if name.startswith("probes/") and name.endswith("_similarity"):
         return (-1.0, 1.0)
+    if name.startswith("geometry/") and name.endswith("modality_gap"):
+        return (0.0, 2.0)  # the distance between two means of unit vectors
     return None
 
 
@@ -49,11 +51,11 @@ def mean_ci(
     if n < 2:
         return {"mean": mean, "std": None, "ci95": None, "n": 1, "clipped": False}
     std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     low, high = mean - half, mean + half
     clipped = False
     if bounds is not None:
-        clipped = low < bounds[0] or high > bounds[1]
+        clipped = bool(low < bounds[0] or high > bounds[1])
         low, high = max(low, bounds[0]), min(high, bounds[1])
     return {"mean": mean, "std": std, "ci95": [low, high], "n": n, "clipped": clipped}
 

@@ -38,7 +38,8 @@ def test_which_metrics_are_bounded() -> None:
     assert metric_bounds("linear_probe/digits/top1") == (0.0, 1.0)
     assert metric_bounds("probes/shapesworld/negation/acc") == (0.0, 1.0)
     assert metric_bounds("probes/text/english/synonym_similarity") == (-1.0, 1.0)
-    assert metric_bounds("geometry/modality_gap") is None
+    assert metric_bounds("geometry/modality_gap") == (0.0, 2.0)
+    assert metric_bounds("geometry/effective_rank_image") is None
     assert metric_bounds("train/loss") is None
 
 
