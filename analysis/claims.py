@@ -55,6 +55,7 @@ CLAIM_KEYS = {
 }
 EXPERIMENT_KEYS = {"grid", "figure", "wall_time"}
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
+TEST_PREFIXES = ("zeroshot/", "retrieval/", "geometry/")  # the test metrics a run logs
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def runs_of(
 ) -> list[dict]:
     """One row per finished run under ``folder`` (a grid's folder; only the ``groups`` given):
     {"run", "group", "seed", "metrics"}, with the requested metrics from metrics.json or, when a
-    run did not log them, computed from its checkpoint (cached in <run>/analysis/claims.json). A
+    run did not log them, computed from its checkpoint (cached in <run>/analysis/claims.json); every
+    other test metric the run logged comes along (context for a reader of the per-run CSV). A
     metric logged as non-finite ("nan") stays NaN and counts as missing in the statistics."""
     rows = []
     wanted = list(dict.fromkeys(metrics))
@@ -157,7 +159,9 @@ def runs_of(
             continue
         logged = json.loads(metrics_path.read_text())
         values = {
-            m: float(logged[m]) for m in wanted if isinstance(logged.get(m), (int, float, str)) and _number(logged[m])
+            m: float(logged[m])
+            for m in [*wanted, *sorted(k for k in logged if k.startswith(TEST_PREFIXES) and "_test/" in k)]
+            if isinstance(logged.get(m), (int, float, str)) and _number(logged[m])
         }
         missing = [m for m in wanted if m not in values]
         if missing and compute:
@@ -429,7 +433,8 @@ def claims(
         groups |= {g for series in (spec.figure.get("series") or {}).values() for g in series}
         if folder.is_dir():
             rows = runs_of(folder, metrics, groups)
-            write_text(out / "runs" / f"{experiment}.csv", runs_csv(rows, metrics))
+            columns = metrics + sorted({m for row in rows for m in row["metrics"]} - set(metrics))
+            write_text(out / "runs" / f"{experiment}.csv", runs_csv(rows, columns))
         elif committed.is_file():
             rows = read_runs_csv(committed)
             if out.resolve() != source.resolve():
