@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +40,8 @@ from analysis.stats import format_estimate, mean_ci, metric_bounds
 from common.errors import UserError
 from common.files import save_figure, write_json, write_text
 
-REGISTRY = Path(__file__).resolve().parents[1] / "experiments" / "claims" / "claims.yaml"
+REPOSITORY = Path(__file__).resolve().parents[1]  # grid paths in a registry are relative to it
+REGISTRY = REPOSITORY / "experiments" / "claims" / "claims.yaml"
 CLAIM_KEYS = {
     "id",
     "experiment",
@@ -149,15 +151,11 @@ def runs_of(
     rows = []
     wanted = list(dict.fromkeys(metrics))
     keep = None if groups is None else set(groups)
-    for metrics_path in sorted(folder.glob("*/metrics.json")):
-        run = metrics_path.parent
-        status = run / "grid_status.json"
-        if status.is_file() and json.loads(status.read_text()).get("status") != "finished":
-            continue
+    for run in finished_runs(folder):
         group, seed = split_run_name(run.name)
         if keep is not None and group not in keep:
             continue
-        logged = json.loads(metrics_path.read_text())
+        logged = json.loads((run / "metrics.json").read_text())
         values = {
             m: float(logged[m])
             for m in [*wanted, *sorted(k for k in logged if k.startswith(TEST_PREFIXES) and "_test/" in k)]
@@ -168,6 +166,16 @@ def runs_of(
             values |= checkpoint_metrics(run, missing)
         rows.append({"run": run.name, "group": group, "seed": seed, "metrics": values})
     return rows
+
+
+def finished_runs(folder: Path) -> list[Path]:
+    """The runs under a grid's folder that wrote metrics.json and that the grid did not mark unfinished."""
+    runs = []
+    for metrics_path in sorted(folder.glob("*/metrics.json")):
+        status = metrics_path.parent / "grid_status.json"
+        if not status.is_file() or json.loads(status.read_text()).get("status") == "finished":
+            runs.append(metrics_path.parent)
+    return runs
 
 
 def _number(value: object) -> bool:
@@ -183,10 +191,11 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
     <task>/top1``) and consistency scores (``consistency/shapesworld/...``); cached per run."""
     cache_path = run / "analysis" / "claims.json"
     checkpoint = run / "checkpoints" / "last.ckpt"
-    stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else ""
+    stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else None
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    if cache.pop("checkpoint", stamp) != stamp:  # computed from another checkpoint (a re-run): recompute
+    if stamp is not None and cache.pop("checkpoint", None) != stamp:  # from another checkpoint (a re-run)
         cache = {}
+    cache.pop("checkpoint", None)  # kept when the checkpoint was deleted: its values still stand
     todo = [n for n in names if n not in cache]
     if todo:
         from analysis import consistency, zeroshot
@@ -204,7 +213,7 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
                     cache |= zeroshot.metric_names([zeroshot.linear_probe(loaded, suite)])
         if any(n.startswith("consistency/") for n in todo):
             cache |= consistency.suite_consistency(loaded, suites)
-        write_json(cache_path, cache | {"checkpoint": stamp})
+        write_json(cache_path, cache | {"checkpoint": stamp})  # the checkpoint exists here
     unknown = [n for n in names if n not in cache]
     if unknown:
         raise UserError(
@@ -241,8 +250,8 @@ def read_runs_csv(path: Path) -> list[dict]:
 def verdict(claim: Claim, rows: list[dict]) -> dict:
     """The paired effect of one claim over its rows, its interval and the verdict."""
     by_seed: dict[str, dict[int | None, float]] = {}
-    for row in rows:
-        if claim.metric in row["metrics"]:
+    for row in rows:  # a non-finite value is missing: its seed is paired with nothing
+        if math.isfinite(row["metrics"].get(claim.metric, math.nan)):
             by_seed.setdefault(row["group"], {})[row["seed"]] = row["metrics"][claim.metric]
     arm = by_seed.get(claim.arm, {})
     bounds = metric_bounds(claim.metric)
@@ -332,7 +341,8 @@ def figure(experiment: Experiment, rows: list[dict]) -> Figure | None:
     values: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         for metric, value in row["metrics"].items():
-            values.setdefault(metric, {}).setdefault(row["group"], []).append(value)
+            if math.isfinite(value):
+                values.setdefault(metric, {}).setdefault(row["group"], []).append(value)
     if spec.get("kind") == "line":
         return _line_figure(experiment.id, spec, values.get(spec["metric"], {}))
     if spec.get("kind") == "bars":
@@ -418,7 +428,6 @@ def claims(
         raise UserError(
             f"claims: unknown claim id(s) {', '.join(unknown)}; known: {', '.join(c.id for c in all_claims)}"
         )
-    root = Path(registry).resolve().parents[2]  # grid paths in the registry are relative to the repository
     results, missing, rows_by_experiment = [], {}, {}
     for experiment in dict.fromkeys(c.experiment for c in selected):
         spec = experiments[experiment]
@@ -426,12 +435,15 @@ def claims(
             [c.metric for c in selected if c.experiment == experiment]
             + ([spec.figure["metric"]] if "metric" in spec.figure else []) + list(spec.figure.get("metrics", []))
         ))  # fmt: skip
-        folder = source / spec.grid_name(root)
+        folder = source / spec.grid_name(REPOSITORY)
         committed = source / "runs" / f"{experiment}.csv"
         groups = {g for c in selected if c.experiment == experiment for g in (c.arm, c.baseline) if g is not None}
         groups |= set(spec.figure.get("arms", [])) | set((spec.figure.get("lines") or {}).values())
         groups |= {g for series in (spec.figure.get("series") or {}).values() for g in series}
-        if folder.is_dir():
+        # A grid folder may be shared with other experiments (claims-variants): it stands for this
+        # experiment only once every group this experiment needs has a finished run there.
+        finished = {split_run_name(run.name)[0] for run in finished_runs(folder)} if folder.is_dir() else set()
+        if groups <= finished:
             rows = runs_of(folder, metrics, groups)
             columns = metrics + sorted({m for row in rows for m in row["metrics"]} - set(metrics))
             write_text(out / "runs" / f"{experiment}.csv", runs_csv(rows, columns))
@@ -440,7 +452,8 @@ def claims(
             if out.resolve() != source.resolve():
                 write_text(out / "runs" / f"{experiment}.csv", committed.read_text())
         else:
-            missing[experiment] = f"python -m experiments grid {spec.grid}"
+            absent = ", ".join(sorted(groups - finished))
+            missing[experiment] = f"no finished runs of {absent}: python -m experiments grid {spec.grid}"
             continue
         rows_by_experiment[experiment] = rows
         fig = figure(spec, rows)

@@ -13,7 +13,8 @@ f740441, and no current file computes it). That code defines, for each test imag
     in-modal label   p_k(x) = majority label of the k training images nearest to x
                               (cosine of image embeddings); on a tie the vote is retaken over
                               k-1, k-2, ... neighbours until one label wins
-    consistency@k  = fraction of test images with z(x) == p_k(x)        (k = 1, 3, 5, 10)
+    consistency@k  = fraction of test images with z(x) == p_k(x)        (k = 1, 3, 5, 10 here; the
+                                                                     official default adds 30)
 
 so a consistency score is one number per k: the agreement of the cross-modal (image-text)
 classifier with the in-modal (image-image) one, with no ground-truth label involved. The

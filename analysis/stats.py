@@ -20,7 +20,8 @@ from scipy import stats as scipy_stats
 FRACTION_PREFIXES = ("zeroshot/", "retrieval/", "linear_probe/", "consistency/", "explain/")
 CLIPPED_MARK = "†"
 CLIPPED_NOTE = (
-    f"{CLIPPED_MARK} the t interval was clipped to the range the metric cannot leave (a fraction: [0, 100]%)."
+    f"{CLIPPED_MARK} the t interval was clipped to the range the metric cannot leave"
+    " (a fraction: [0, 100]%; a modality gap: [0, 2])."
 )
 
 

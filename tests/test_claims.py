@@ -3,6 +3,7 @@ paired results (each verdict), the registry's checks, and every claim grid parse
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from analysis.claims import Claim, claims, load_registry, read_runs_csv, runs_csv, verdict
 from analysis.consistency import consistency_scores, knn_labels
+from analysis.results import split_run_name
 from common.errors import UserError
 
 from helpers import REPO
@@ -64,6 +66,10 @@ def _claim(**kwargs) -> Claim:
         ([0.40, 0.42, 0.41, 0.43, 0.40], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.0, "contradicted"),
         ([0.50, 0.56, 0.45, 0.53, 0.49], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.0, "inconclusive"),
         ([0.40, 0.42, 0.41, 0.43, 0.40], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.0, "reproduced"),
+        ([0.60, 0.62, 0.61, 0.63, 0.60], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.0, "contradicted"),
+        ([0.51, 0.52, 0.52, 0.51, 0.52], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "reproduced"),  # not higher by 2
+        ([0.60, 0.62, 0.61, 0.63, 0.60], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "contradicted"),
+        ([0.52, 0.50, 0.55, 0.53, 0.51], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "inconclusive"),
         ([0.50, 0.50, 0.51, 0.49, 0.50], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "reproduced"),  # non-inferior
         ([0.40, 0.42, 0.41, 0.43, 0.40], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "contradicted"),
         ([0.47, 0.50, 0.48, 0.51, 0.49], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "inconclusive"),
@@ -93,6 +99,19 @@ def test_differences_are_paired_by_seed_and_unpaired_seeds_are_left_out() -> Non
     assert result["seeds"] == [0, 1] and result["differences"] == pytest.approx([0.1, 0.1])
     one = verdict(_claim(baseline="clip", expect="greater"), rows[:1] + rows[3:4])
     assert one["verdict"] == "inconclusive" and one["effect"]["ci95"] is None
+
+
+def test_a_non_finite_value_is_missing_and_its_seed_unpaired() -> None:
+    values = {"arm": [0.6, 0.7, float("nan"), 0.65], "clip": [0.5, 0.55, 0.5, float("nan")]}
+    rows = [
+        {"run": f"{g}-s{s}", "group": g, "seed": s, "metrics": {"zeroshot/x/top1": v}}
+        for g, vs in values.items()
+        for s, v in enumerate(vs)
+    ]
+    result = verdict(_claim(baseline="clip", expect="greater"), rows)
+    assert result["seeds"] == [0, 1] and result["differences"] == pytest.approx([0.1, 0.15])
+    assert result["arm"]["n"] == result["baseline"]["n"] == result["effect"]["n"] == 2
+    assert result["arm"]["mean"] - result["baseline"]["mean"] == pytest.approx(result["effect"]["mean"])
 
 
 def test_a_claim_against_a_stated_value_and_intervals_that_stay_in_range() -> None:
@@ -148,13 +167,38 @@ def test_verdicts_from_committed_per_run_csvs(tmp_path: Path) -> None:
         claims(source, tmp_path / "out", only=["no-such-claim"])
 
 
+def test_a_shared_grid_folder_stands_for_an_experiment_only_with_all_its_arms(tmp_path: Path) -> None:
+    """claims-variants holds CLIP's runs for three experiments: without CyCLIP's runs the
+    cyclip experiment is 'not run' (its committed CSV, if any, is used), not a CLIP-only table."""
+    metric = "zeroshot/shapesworld_test/shape/top1"
+    for group in ("clip", "mmd", "adversarial"):
+        for seed in range(2):
+            run = tmp_path / "runs" / "claims-variants" / f"{group}-s{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({metric: 0.5, "geometry/shapesworld_test/modality_gap": 0.8}))
+    unfinished = tmp_path / "runs" / "claims-variants" / "cyclip-s0"
+    unfinished.mkdir()
+    (unfinished / "metrics.json").write_text(json.dumps({metric: 0.5}))
+    (unfinished / "grid_status.json").write_text(json.dumps({"status": "running"}))
+    summary = claims(tmp_path / "runs", tmp_path / "out", only=["mmd-keeps-zero-shot", "cyclip-keeps-zero-shot"])
+    assert [r["claim"]["id"] for r in summary["claims"]] == ["mmd-keeps-zero-shot"]
+    assert "cyclip" in summary["not_run"]["cyclip-consistency"]
+    assert not (tmp_path / "out" / "runs" / "cyclip-consistency.csv").exists()
+
+
 @pytest.mark.slow
 def test_every_claim_grid_parses_as_its_runs_will(monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.grid import load_grid, validate
 
     monkeypatch.chdir(REPO)  # grid files name their configs relative to the repository
-    experiments, _ = load_registry()
+    experiments, all_claims = load_registry()
     for experiment in experiments.values():
         grid = load_grid(experiment.grid)
         assert len(grid.runs) >= 10 and len({run.seed for run in grid.runs}) >= 5, experiment.id
+        groups = {split_run_name(run.name)[0] for run in grid.runs}
+        spec = experiment.figure
+        named = {g for c in all_claims if c.experiment == experiment.id for g in (c.arm, c.baseline) if g}
+        named |= set(spec.get("arms", [])) | set((spec.get("lines") or {}).values())
+        named |= {g for series in (spec.get("series") or {}).values() for g in series}
+        assert named <= groups, f"{experiment.id}: the registry names arms its grid does not run: {named - groups}"
         validate(grid)
