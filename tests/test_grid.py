@@ -37,6 +37,7 @@ def test_product_zip_and_seeds_expand_into_named_runs(tmp_path: Path) -> None:
     assert len(grid.runs) == 2 * 2 * 2 * 2
     names = [run.name for run in grid.runs]
     assert names[0] == "clip-0.001-1-3-s0" and len(set(names)) == len(names)
+    assert all(name.endswith("-s0") for name in names[:8])  # every arm's first seed comes first
     run = next(r for r in grid.runs if r.name == "siglip-0.0005-2-4-s1")
     assert run.seed == 1 and run.values["trainer.max_steps"] == 4 and run.values["model.warmup_steps"] == 2
     args = run.args

@@ -85,10 +85,12 @@ def load_grid(path: str | Path) -> Grid:
 
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
     runs = []
-    for combo in itertools.product(*product.values()):
-        for zip_row in zip_rows:
-            values = dict(zip(product, combo)) | zip_row
-            for seed in seeds:
+    # Seeds outermost: a grid stopped part-way has every arm at its first seeds, so paired
+    # comparisons can already be read.
+    for seed in seeds:
+        for combo in itertools.product(*product.values()):
+            for zip_row in zip_rows:
+                values = dict(zip(product, combo)) | zip_row
                 run_name = _fill(template, values | {"seed": seed}, path)
                 args = ["fit", *(a for c in configs for a in ("--config", c))]
                 for key, value in values.items():
