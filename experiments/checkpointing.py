@@ -77,10 +77,13 @@ def check_resumable(path: str | Path, training: bool = True) -> None:
         # torch's weights-only preamble says nothing about this file: keep the unpickler's own reason
         reason = next((line for line in lines if line.startswith("Unsupported")), lines[0])
         raise UserError(
-            f"--ckpt_path {path}: not a readable checkpoint (truncated, or not a torch file): {reason}"
+            f"--ckpt_path {path}: not a readable checkpoint (truncated, or not a torch file: {reason}); give a "
+            "checkpoint a fit wrote (<run>/checkpoints/last.ckpt) and copied whole"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"--ckpt_path {path}: not a Lightning checkpoint (it holds no state_dict)")
+        raise UserError(
+            f"--ckpt_path {path}: not a Lightning checkpoint (it holds no state_dict); give a checkpoint a fit wrote"
+        )
     if training and not {"optimizer_states", "loops"} <= set(checkpoint):
         raise UserError(
             f"--ckpt_path {path}: not a training checkpoint (no optimizer or loop state to resume); to start a new "
