@@ -187,8 +187,8 @@ def _number(value: object) -> bool:
 
 
 def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
-    """Metrics no run logs, from the run's checkpoint: linear probes (``linear_probe/shapesworld/
-    <task>/top1``) and consistency scores (``consistency/shapesworld/...``); cached per run."""
+    """Metrics no run logs, from the run's checkpoint: linear probes on the embeddings or the
+    vision trunk (``linear_probe/shapesworld/<task>/top1``, ``linear_probe_trunk/...``) and consistency scores (``consistency/shapesworld/...``); cached per run."""
     cache_path = run / "analysis" / "claims.json"
     checkpoint = run / "checkpoints" / "last.ckpt"
     stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else None
@@ -207,10 +207,11 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
             raise UserError(f"claims: {run} has no checkpoints/last.ckpt to compute {', '.join(todo)} from")
         loaded = load_checkpoint(checkpoint)
         suites = [s for s in load_suites(["shapesworld"], loaded, SuiteOptions()) if isinstance(s, ClassificationSuite)]
-        if any(n.startswith("linear_probe/") for n in todo):
+        for kind in ("linear_probe", "linear_probe_trunk"):
             for suite in suites:
-                if f"linear_probe/{suite.name}/top1" in todo:
-                    cache |= zeroshot.metric_names([zeroshot.linear_probe(loaded, suite)])
+                if f"{kind}/{suite.name}/top1" in todo:
+                    probe = zeroshot.linear_probe(loaded, suite, trunk=kind == "linear_probe_trunk")
+                    cache |= zeroshot.metric_names([probe])
         if any(n.startswith("consistency/") for n in todo):
             cache |= consistency.suite_consistency(loaded, suites)
         write_json(cache_path, cache | {"checkpoint": stamp})  # the checkpoint exists here

@@ -89,8 +89,11 @@ def embed_images(
     tokens: bool = False,
     options: EmbedOptions = DEFAULT_OPTIONS,
     desc: str = "images",
+    trunk: bool = False,
 ) -> ImageEmbeddings:
-    """Global (and, with ``tokens``, patch) embeddings of every image of ``dataset``."""
+    """Global (and, with ``tokens``, patch) embeddings of every image of ``dataset``; with
+    ``trunk``, the vision backbone's pooled features instead (before the projection, unnormalised:
+    what SLIP and MoCo-style linear probes read)."""
     if len(dataset) == 0:
         raise UserError(f"{desc}: the suite has no images")
     loader = DataLoader(
@@ -102,7 +105,10 @@ def embed_images(
     images, patch_tokens, labels = [], [], []
     with autocast(options.precision):
         for batch in tqdm(loader, desc=f"embed {desc}", unit="batch", leave=False, disable=None):
-            record = loaded.model.image_record(batch["image"], tokens=tokens)
+            if trunk:
+                record = Encoded(image=loaded.model.vision_tower.pooled(batch["image"]))
+            else:
+                record = loaded.model.image_record(batch["image"], tokens=tokens)
             images.append(record.image.float())
             if tokens:
                 patch_tokens.append(record.image_tokens.float())

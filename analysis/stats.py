@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from scipy import stats as scipy_stats
 
-FRACTION_PREFIXES = ("zeroshot/", "retrieval/", "linear_probe/", "consistency/", "explain/")
+FRACTION_PREFIXES = ("zeroshot/", "retrieval/", "linear_probe/", "linear_probe_trunk/", "consistency/", "explain/")
 CLIPPED_MARK = "†"
 CLIPPED_NOTE = (
     f"{CLIPPED_MARK} the t interval was clipped to the range the metric cannot leave"

@@ -153,23 +153,34 @@ def fit_linear_probe(
 
 @torch.inference_mode()
 def linear_probe(
-    loaded: LoadedCheckpoint, suite: ClassificationSuite, seed: int = 0, options: EmbedOptions = DEFAULT_OPTIONS
+    loaded: LoadedCheckpoint,
+    suite: ClassificationSuite,
+    seed: int = 0,
+    options: EmbedOptions = DEFAULT_OPTIONS,
+    trunk: bool = False,
 ) -> dict:
-    """Linear probe on the frozen, normalised global image embeddings."""
+    """Linear probe on the frozen, normalised global image embeddings; with ``trunk``, on the
+    vision backbone's pooled features before the projection (SLIP's protocol, Mu et al. 2021,
+    section 4: a linear classifier on the frozen image encoder), standardised with the training
+    split's mean and std. Records task "linear_probe" or "linear_probe_trunk"."""
     if suite.train is None:
         raise UserError(f"suite {suite.name} has no training split for a linear probe")
-    train = embed_images(loaded, suite.train, desc=f"{suite.name} train", options=options)
-    test = embed_images(loaded, suite.test, desc=f"{suite.name} test", options=options)
+    train = embed_images(loaded, suite.train, desc=f"{suite.name} train", options=options, trunk=trunk)
+    test = embed_images(loaded, suite.test, desc=f"{suite.name} test", options=options, trunk=trunk)
     train_y = train.labels.numpy()
     if len(np.unique(train_y)) < 2:
         raise UserError(f"suite {suite.name}: the linear probe needs at least 2 classes in the training split")
-    probe, chosen = fit_linear_probe(train.encoded.image.numpy(), train_y, seed)
+    train_x, test_x = train.encoded.image.numpy(), test.encoded.image.numpy()
+    if trunk:  # unnormalised features at the backbone's scale: standardise on the training split
+        mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    probe, chosen = fit_linear_probe(train_x, train_y, seed)
     classes = len(suite.classnames)
     scores = torch.full((len(test.labels), classes), -np.inf, dtype=torch.float64)
-    log_proba = probe.predict_log_proba(test.encoded.image.numpy())
+    log_proba = probe.predict_log_proba(test_x)
     scores[:, torch.as_tensor(probe.classes_)] = torch.as_tensor(log_proba, dtype=torch.float64)
     metrics = {f"lp_{key}": value for key, value in classification_metrics(scores, test.labels).items()}
-    result = record(loaded, suite.name, "linear_probe", metrics | chosen)
+    result = record(loaded, suite.name, "linear_probe_trunk" if trunk else "linear_probe", metrics | chosen)
     if loaded.global_note:
         result["note"] = loaded.global_note
     return result
@@ -177,7 +188,7 @@ def linear_probe(
 
 def metric_names(records: list[dict]) -> dict[str, float]:
     """Records -> the suite's stable scalar names (zeroshot/<suite>/top1, retrieval/<suite>/i2t_R@1,
-    linear_probe/<suite>/top1) for TensorBoard and tables."""
+    linear_probe/<suite>/top1, linear_probe_trunk/<suite>/top1) for TensorBoard and tables."""
     flat = {}
     for rec in records:
         m, name = rec["metrics"], rec["dataset"]
@@ -193,6 +204,6 @@ def metric_names(records: list[dict]) -> dict[str, float]:
                 for ours, theirs in (("i2t", "text"), ("t2i", "image")):
                     if m[f"{theirs}_retrieval_recall@{k}"] is not None:
                         flat[f"retrieval/{name}/{ours}_R@{k}"] = m[f"{theirs}_retrieval_recall@{k}"]
-        elif rec["task"] == "linear_probe":
-            flat[f"linear_probe/{name}/top1"] = m["lp_acc1"]
+        elif rec["task"] in ("linear_probe", "linear_probe_trunk"):
+            flat[f"{rec['task']}/{name}/top1"] = m["lp_acc1"]
     return flat

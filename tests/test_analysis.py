@@ -17,9 +17,9 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import load_checkpoint
-from analysis.embed import EmbedOptions, embed_texts
+from analysis.embed import EmbedOptions, embed_images, embed_texts
 from analysis.probes import selection_probe, text_pair_similarities, wilson_interval
-from analysis.zeroshot import fit_linear_probe, zeroshot_classification, zeroshot_retrieval
+from analysis.zeroshot import fit_linear_probe, linear_probe, metric_names, zeroshot_classification, zeroshot_retrieval
 from common.errors import UserError
 from common.files import write_atomic, write_json
 from datamodules.shapesworld import render, sample_scene
@@ -214,6 +214,25 @@ def test_linear_probe_picks_the_regularisation_with_the_best_validation_accuracy
     refit = LogisticRegression(C=chosen["C"], max_iter=2000).fit(x, y)
     np.testing.assert_allclose(probe.coef_, refit.coef_)
     assert probe.score(x, y) > 0.9
+
+
+@pytest.mark.slow
+def test_trunk_linear_probe_reads_the_backbone_before_the_projection(clip) -> None:
+    """SLIP's protocol: the probe sees the trunk's pooled features (the backbone's width, not the
+    embedding's), standardised on the training split; its metric has its own name."""
+    images = scenes(40, seed=3)
+    items = Items([{"image": x, "label": i % 2} for i, x in enumerate(images)])
+    suite = ClassificationSuite("toy", ["a", "b"], ["{}"], items, train=items)
+    trunk = embed_images(clip, suite.test, trunk=True).encoded.image
+    with torch.no_grad():
+        batch = torch.stack([clip.image_transform(x) for x in images])
+        expected = clip.model.vision_tower.pooled(batch)
+    torch.testing.assert_close(trunk, expected, rtol=1e-4, atol=1e-5)
+    assert trunk.shape[1] == clip.model.vision_tower.feature_dim != clip.model.encode_image(batch[:1]).shape[1]
+    result = linear_probe(clip, suite, trunk=True)
+    assert result["task"] == "linear_probe_trunk"
+    names = metric_names([result, linear_probe(clip, suite)])
+    assert set(names) == {"linear_probe_trunk/toy/top1", "linear_probe/toy/top1"}
 
 
 # ---- the command line ----------------------------------------------------------------------
