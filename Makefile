@@ -16,7 +16,7 @@ $(VENV)/.setup-dev: $(VENV)/.setup
 
 setup: $(VENV)/.setup  ## install the project into .venv
 
-demo: setup  ## train the demo preset on ShapesWorld (~3 min on 2 CPU cores), then write its analysis report
+demo: setup  ## train the demo preset on ShapesWorld (3-12 min on 2 CPU cores), then write its analysis report
 	$(PY) -m experiments fit --config experiments/configs/clip.yaml --config experiments/configs/demo.yaml
 	$(PY) -m analysis report --ckpt runs/demo
 
