@@ -7,6 +7,7 @@ applies the given ``--config`` files in order and ``--key value`` overrides. The
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -36,7 +37,8 @@ class ParsedOnly(Exception):
 class CLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True, parse_only: bool = False) -> None:
         self.parse_only = parse_only
-        _check_before_parsing(list(args or []))
+        args = sys.argv[1:] if args is None else list(args)
+        _check_before_parsing(args)
         base = {"default_config_files": [str(CONFIGS / "base.yaml")]}
         super().__init__(
             ContrastiveModule,
@@ -46,7 +48,8 @@ class CLI(LightningCLI):
             # Parse errors are raised, not printed with the full usage: __main__ prints one line.
             parser_kwargs={"exit_on_error": False} | {sub: dict(base, exit_on_error=False) for sub in SUBCOMMANDS},
             save_config_kwargs={"overwrite": True},
-            args=args,
+            # The command line itself goes in as None: Lightning warns when given args equal to sys.argv.
+            args=None if args == sys.argv[1:] else args,
             run=run,
         )
 
