@@ -150,7 +150,7 @@ def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: 
             ["--model.vision_tower.init_args.model_name", "vit_tiny_patch16_224", "--data.init_args.image_size", "32"],
             "the vision tower (vit_tiny_patch16_224) cannot take the data's 32 px images",
         ),
-        (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file)"),
+        (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file: "),
         (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
         (["--ckpt_path", "WEIGHTS"], "not a training checkpoint (no optimizer or loop state to resume)"),
     ],
