@@ -188,7 +188,8 @@ def _number(value: object) -> bool:
 
 def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
     """Metrics no run logs, from the run's checkpoint: linear probes on the embeddings or the
-    vision trunk (``linear_probe/shapesworld/<task>/top1``, ``linear_probe_trunk/...``) and consistency scores (``consistency/shapesworld/...``); cached per run."""
+    vision trunk (``linear_probe/shapesworld/<task>/top1``, ``linear_probe_trunk/...``) and
+    consistency scores (``consistency/shapesworld/...``); cached per run."""
     cache_path = run / "analysis" / "claims.json"
     checkpoint = run / "checkpoints" / "last.ckpt"
     stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else None
