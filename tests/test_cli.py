@@ -51,6 +51,14 @@ def test_every_preset_has_a_header_with_its_command() -> None:
         assert "Should" in header, f"{path.name}: the header must say what the run should reach"
 
 
+def test_the_large_batch_preset_splits_its_batch_into_whole_micro_batches() -> None:
+    path = CONFIGS / "trainer" / "large_batch.yaml"
+    assert "python -m experiments fit" in path.read_text().split("\nmodel:")[0]
+    config = yaml.safe_load(path.read_text())
+    batch, micro = config["data"]["init_args"]["batch_size"], config["model"]["micro_batch_size"]
+    assert batch % micro == 0 and batch // micro > 1
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_shrunk_fit_writes_config_events_checkpoint_and_metrics(preset: Path, tmp_path: Path) -> None:
     result = run_cli("fit", *preset_args(preset), "--config", str(SMOKE), cwd=tmp_path)
@@ -96,9 +104,12 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
 def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
     """The DDP preset under bf16-mixed (kept even on a CPU without native bf16, where runs would
     switch to float32): global embeddings (CLIP), SSL views through the globally normalised
-    projector (SLIP), token gathers and frozen global heads (FILIP)."""
+    projector in micro-batches with gradient caching (SLIP), token gathers and frozen global
+    heads (FILIP)."""
     ddp = CONFIGS / "trainer" / "ddp_cpu.yaml"
     args = ("fit", *preset_args(CONFIGS / f"{preset}.yaml"), "--config", str(SMOKE), "--config", str(ddp))
+    if preset == "slip":  # and gradient caching: each process's 8 rows in micro-batches of 4
+        args += ("--model.micro_batch_size", "4")
     result = run_cli(*args, cwd=tmp_path / "first", CLIP_VARIANTS_KEEP_BF16="1")
     if result.returncode != 0 and _SOCKET_TROUBLE.search(result.stderr):
         # The free port can be taken between choosing it and binding it: retry once on a new

@@ -141,8 +141,24 @@ def test_accumulating_gradients_is_refused_with_an_explanation(tmp_path) -> None
     datamodule = tiny_data()
     module = small_module(vocab_size=datamodule.vocab_size)
     trainer = quiet_trainer(tmp_path, max_steps=2, accumulate_grad_batches=2)
-    with pytest.raises(UserError, match="accumulate_grad_batches > 1 does not make a larger contrastive batch"):
+    with pytest.raises(UserError, match="accumulate_grad_batches > 1 does not make a larger contrastive batch.*"
+                       "model.micro_batch_size to what fits in memory"):  # fmt: skip
         trainer.fit(module, datamodule)
+
+
+def test_a_fit_in_micro_batches_trains_and_warns_once_about_the_towers_batchnorm(tmp_path) -> None:
+    """Lightning's step with gradient caching: the loss comes back, the weights move, and a tower
+    with BatchNorm (ResNet) is named in one warning (it normalises per micro-batch)."""
+    datamodule = tiny_data()
+    module = small_module(vocab_size=datamodule.vocab_size, micro_batch_size=2)
+    before = module.text_tower.proj.weight.detach().clone()
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    with pytest.warns(
+        UserWarning, match=r"BatchNorm in the vision_tower \(\d+ BatchNorm layers\) normalises each micro-batch"
+    ):
+        trainer.fit(module, datamodule)
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not torch.equal(module.text_tower.proj.weight, before)
 
 
 def test_zero_shot_and_retrieval_metrics_from_a_perfect_model(tmp_path) -> None:

@@ -5,6 +5,7 @@ each term's own contract."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from helpers.terms import (
     TOY_VISION,
     all_term_classes,
     build_term,
-    ddp_batchnorm,
+    case_id,
     ddp_gradients,
     run_two_processes,
     toy_batch,
@@ -72,37 +73,52 @@ def test_bf16_autocast_keeps_the_loss_math_in_float32(cls: type[Term]) -> None:
     outputs["loss"].backward()
 
 
+DDP_CASES = [(cls,) for cls in TERMS] + [
+    (InfoNCE, Cyclic, MMD),
+    (InfoNCE, SimCLR),
+    (Sigmoid, TokenwiseInfoNCE, Adversarial),
+]
+N_GLOBAL = 8
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every DDP case below, computed by one pair of gloo processes."""
+    out = tmp_path_factory.mktemp("ddp")
+    run_two_processes(ddp_gradients, DDP_CASES, N_GLOBAL, str(out))
+    return out
+
+
 @pytest.mark.ddp
-@pytest.mark.parametrize(
-    "classes",
-    [(cls,) for cls in TERMS] + [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial)],
-    ids=lambda classes: "+".join(c.__name__ for c in classes),
-)
-def test_ddp_gradients_equal_single_process_on_the_global_batch(classes: tuple[type[Term], ...], tmp_path) -> None:
+@pytest.mark.parametrize("classes", DDP_CASES, ids=case_id)
+def test_ddp_gradients_equal_single_process_on_the_global_batch(
+    classes: tuple[type[Term], ...], ddp_results: Path
+) -> None:
     """DESIGN.md's distributed rule: 2 gloo processes with local batch b give the same
-    parameter gradients as one process with batch 2b (1e-9 relative, float64)."""
-    n = 8
+    parameter gradients as one process with batch 2b (1e-9 relative, float64), also when each
+    process encodes its rows in micro-batches with gradient caching."""
     single = toy_model(*classes)
-    single(*toy_batch(n)).backward()
-    run_two_processes(ddp_gradients, classes, n, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single(*toy_batch(N_GLOBAL)).backward()
     expected = {name: p.grad for name, p in single.named_parameters() if p.grad is not None}
-    assert ranks[0].keys() == expected.keys()
-    for name, grad in expected.items():
-        torch.testing.assert_close(ranks[0][name], ranks[1][name], msg=f"ranks differ on {name}")
-        torch.testing.assert_close(ranks[0][name], grad, rtol=1e-9, atol=1e-12, msg=f"{name} differs from single")
+    for kind in ("plain", "cached"):
+        ranks = [torch.load(ddp_results / f"{case_id(classes)}-{kind}{r}.pt") for r in range(2)]
+        assert ranks[0].keys() == expected.keys(), kind
+        for name, grad in expected.items():
+            torch.testing.assert_close(ranks[0][name], ranks[1][name], msg=f"{kind}: ranks differ on {name}")
+            torch.testing.assert_close(
+                ranks[0][name], grad, rtol=1e-9, atol=1e-12, msg=f"{kind}: {name} differs from single"
+            )
 
 
 @pytest.mark.ddp
-def test_global_batchnorm_across_two_processes_is_batchnorm_on_the_global_batch(tmp_path) -> None:
-    n = 8
+def test_global_batchnorm_across_two_processes_is_batchnorm_on_the_global_batch(ddp_results: Path) -> None:
+    n = N_GLOBAL
     torch.manual_seed(0)
     reference = torch.nn.BatchNorm1d(5).double()
     x = (torch.randn(n, 5, dtype=torch.float64) * 3 + 1).requires_grad_()
     y = reference(x)
     (y * torch.arange(5, dtype=torch.float64)).sum().backward()
-    run_two_processes(ddp_batchnorm, n, str(tmp_path))
-    halves = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
+    halves = [torch.load(ddp_results / f"bn{r}.pt") for r in range(2)]
     torch.testing.assert_close(torch.cat([h["y"] for h in halves]), y.detach())
     # d(sum of both ranks' outputs)/dx: each rank's local gradient covers the global statistics
     torch.testing.assert_close(torch.cat([h["grad"] for h in halves]), x.grad)

@@ -13,10 +13,12 @@ from collections import defaultdict
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from common.batch import Batch
 from common.errors import NonFiniteLossError, UserError
+from variants.grad_cache import encode_in_micro_batches
 from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
 from variants.objectives.base import Term
 from variants.towers import Encoded, TextTower, VisionTower
@@ -41,6 +43,10 @@ class ContrastiveModule(pl.LightningModule):
             towers must have the checkpoint's shapes; any terms can be trained from there.
         fused_optimizer: AdamW's fused kernel (one pass over all parameters; faster than the
             multi-tensor path on a CPU, see benchmarks/RESULTS.md).
+        micro_batch_size: run the towers on micro-batches of this many rows and compute the terms
+            on the whole (per-process) batch: the exact gradient of the large contrastive batch at
+            the memory of a micro-batch (gradient caching, ``variants.grad_cache``; one extra
+            forward per step). It must divide the per-process batch. None: one forward per step.
     """
 
     def __init__(
@@ -56,8 +62,14 @@ class ContrastiveModule(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         init_from: str | None = None,
         fused_optimizer: bool = True,
+        micro_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        if micro_batch_size is not None and not (isinstance(micro_batch_size, int) and micro_batch_size > 0):
+            raise UserError(
+                f"model.micro_batch_size must be a positive number of rows, got {micro_batch_size!r}; "
+                "leave it unset (null) for one forward per step"
+            )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -115,7 +127,20 @@ class ContrastiveModule(pl.LightningModule):
         return Encoded(text=text, text_tokens=text_tokens, text_mask=mask if tokens else None)
 
     def encode(self, batch: Batch) -> Encoded:
-        """Everything the terms need from one training batch, and nothing more."""
+        """Everything the terms need from one training batch, and nothing more; in micro-batches
+        of ``micro_batch_size`` rows with gradient caching when it is set."""
+        size = self.hparams.micro_batch_size
+        if size is None:
+            return self._encode(batch)
+        rows = batch["image"].shape[0]
+        if rows % size:
+            raise UserError(
+                f"model.micro_batch_size {size} does not divide this process's batch of {rows} rows: "
+                "choose a micro-batch size that divides data.init_args.batch_size"
+            )
+        return encode_in_micro_batches(self._encode, batch, size, (self.vision_tower, self.text_tower))
+
+    def _encode(self, batch: Batch) -> Encoded:
         images = self.image_record(batch["image"], tokens="image_tokens" in self.needs)
         texts = self.text_record(batch["text"], tokens="text_tokens" in self.needs)
         views = None
@@ -140,9 +165,23 @@ class ContrastiveModule(pl.LightningModule):
         if self.trainer.accumulate_grad_batches > 1:
             raise UserError(
                 "trainer.accumulate_grad_batches > 1 does not make a larger contrastive batch: "
-                "each micro-batch would only see its own negatives. Use a larger "
-                "data.batch_size or more devices instead"
+                "each micro-batch would only see its own negatives. Set data.init_args.batch_size to the "
+                "contrastive batch and model.micro_batch_size to what fits in memory (gradient caching), "
+                "or use more devices"
             )
+        if self.hparams.micro_batch_size is not None:
+            norms = [
+                f"{name} ({sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules())} BatchNorm layers)"
+                for name, tower in (("vision_tower", self.vision_tower), ("text_tower", self.text_tower))
+                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules())
+            ]
+            if norms:
+                rank_zero_warn(
+                    f"model.micro_batch_size {self.hparams.micro_batch_size}: BatchNorm in the {', '.join(norms)} "
+                    "normalises each micro-batch with its own statistics, so the step is not exactly the plain "
+                    "step on the whole batch (as under DDP, where it normalises each process's rows); "
+                    "BatchNorm-free towers (ViTs, the text tower) and the terms' own layers are exact"
+                )
         self._check_image_size(getattr(getattr(self.trainer.datamodule, "image_transform", None), "image_size", None))
 
     @torch.no_grad()
@@ -173,8 +212,7 @@ class ContrastiveModule(pl.LightningModule):
         for term in self.terms.values():
             term.progress = progress  # type: ignore[assignment]  # a Term's float, not a submodule
         encoded = self.encode(batch)
-        outputs = {name: term(encoded) for name, term in self.terms.items()}
-        total = sum(self.terms[name].weight * out["loss"] for name, out in outputs.items())
+        total, outputs = self.objective(encoded)
         # Every rank must take the same decision, or the healthy ones would wait forever.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True):
             self._raise_non_finite(outputs)
@@ -187,6 +225,12 @@ class ContrastiveModule(pl.LightningModule):
             self._log_batch_accuracy(encoded, batch_size)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
         return total
+
+    def objective(self, encoded: Encoded) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """(weighted total loss, each term's outputs) on one batch's record."""
+        outputs = {name: term(encoded) for name, term in self.terms.items()}
+        total = sum(self.terms[name].weight * out["loss"] for name, out in outputs.items())
+        return total, outputs
 
     @torch.no_grad()
     def _log_batch_accuracy(self, encoded: Encoded, batch_size: int) -> None:

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from timm.layers import get_act_layer
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from common.errors import UserError
+from common.errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class VisionTower(nn.Module):
             with oneDNN, and the layout tensor cores prefer); numerics are unchanged.
         attention: how a ViT's attention layers compute, see :func:`use_attention_kernel`
             ("auto": explicit matmuls on a CPU under bf16, where they are faster, else fused).
+        grad_checkpointing: recompute the backbone's blocks in the backward instead of keeping
+            their activations (timm's ``set_grad_checkpointing``; gradients unchanged, one more
+            forward of the blocks). A model timm cannot checkpoint is refused by name.
     """
 
     def __init__(
@@ -128,11 +132,14 @@ class VisionTower(nn.Module):
         model_kwargs: dict | None = None,
         channels_last: bool = True,
         attention: AttentionKernel = "auto",
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.model_name, self.embed_dim, self.channels_last = model_name, embed_dim, channels_last
         self.backbone = _create_backbone(model_name, pretrained, **(model_kwargs or {}))
         use_attention_kernel(self.backbone, attention)
+        if grad_checkpointing:
+            _checkpoint_backbone(self.backbone, model_name)
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         # Pooled features and tokens both have the backbone's width.
@@ -196,6 +203,10 @@ class TextTower(nn.Module):
             BERT's [CLS]) or "mean" (mean over the real tokens).
         norm_eps: epsilon of the blocks' LayerNorms (timm's 1e-6; OpenAI's weights use 1e-5).
         attention: how the blocks' attention computes, see :func:`use_attention_kernel`.
+        dropout: dropout on the attention weights and after each block's attention and MLP
+            projections (timm's ``attn_drop`` / ``proj_drop``; CLIP trains without).
+        grad_checkpointing: recompute each block in the backward instead of keeping its
+            activations (``torch.utils.checkpoint``; gradients unchanged, one more forward).
     """
 
     def __init__(
@@ -213,8 +224,12 @@ class TextTower(nn.Module):
         pool: Literal["eot", "first", "mean"] = "eot",
         norm_eps: float = 1e-6,
         attention: AttentionKernel = "auto",
+        dropout: float = 0.0,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise UserError(f"text tower dropout must be in [0, 1), got {dropout}")
         if width % heads:
             raise UserError(f"text tower width {width} is not divisible by heads {heads}")
         if pool not in ("eot", "first", "mean"):
@@ -226,7 +241,7 @@ class TextTower(nn.Module):
             )
         self.embed_dim, self.token_dim = embed_dim, width
         self.context_length, self.pad_id = context_length, pad_id
-        self.causal, self.pool = causal, pool
+        self.causal, self.pool, self.grad_checkpointing = causal, pool, grad_checkpointing
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.blocks = nn.ModuleList(
@@ -235,6 +250,8 @@ class TextTower(nn.Module):
                 heads,
                 mlp_ratio=mlp_ratio,
                 qkv_bias=True,
+                proj_drop=dropout,
+                attn_drop=dropout,
                 act_layer=_activation(act_layer),
                 norm_layer=partial(nn.LayerNorm, eps=norm_eps),  # type: ignore[arg-type]  # timm calls it like a class
             )
@@ -275,7 +292,10 @@ class TextTower(nn.Module):
         # key mask is needed. Bidirectional: padding is masked out of every row's keys.
         attn_mask = None if self.causal else mask[:, None, None, :]
         for block in self.blocks:
-            x = block(x, attn_mask=attn_mask, is_causal=self.causal)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask=attn_mask, is_causal=self.causal, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask, is_causal=self.causal)
         x = self.ln_final(x)
         if self.pool == "eot":
             pooled = x[torch.arange(x.shape[0], device=x.device), last]
@@ -286,6 +306,16 @@ class TextTower(nn.Module):
             pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
         embedding = F.normalize(self.proj(pooled), dim=-1)
         return embedding, (x if return_tokens else None), mask
+
+
+def _checkpoint_backbone(backbone: nn.Module, model_name: str) -> None:
+    try:
+        backbone.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError, AttributeError) as error:
+        raise UserError(
+            f"timm cannot checkpoint '{model_name}' ({one_line(error) or type(error).__name__}): set "
+            "grad_checkpointing: false for this vision tower, or use a model timm can checkpoint (ResNets, ViTs)"
+        ) from None
 
 
 def _activation(name: str) -> type[nn.Module]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import variants.objectives
+from variants.grad_cache import concatenate, encode_in_micro_batches, micro_batches
 from variants.objectives.base import Term
 from variants.towers import Encoded
 
@@ -50,10 +51,12 @@ def build_term(cls: type[Term], **kwargs) -> Term:
 
 
 class ToyTowers(nn.Module):
-    """Linear 'encoders' over fixed random features, producing every field of Encoded."""
+    """Linear 'encoders' over fixed random features, producing every field of Encoded; with
+    ``dropout`` > 0 each encoder's input goes through its own dropout (random draws to replay)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         self.image = nn.Linear(FEATURES, EMBED)
         self.text = nn.Linear(FEATURES, EMBED)
         self.image_tokens = nn.Linear(FEATURES, IMAGE_WIDTH)
@@ -61,6 +64,7 @@ class ToyTowers(nn.Module):
         self.views = nn.Linear(FEATURES, IMAGE_WIDTH)
 
     def forward(self, image_x: torch.Tensor, text_x: torch.Tensor, lengths: torch.Tensor) -> Encoded:
+        image_x, text_x = self.drop(image_x), self.drop(text_x)
         mask = torch.arange(text_x.shape[1])[None] < lengths[:, None]
         valid = mask.to(text_x.dtype)[..., None]
         # Two 'augmented views': different subsets of the patches through the view trunk.
@@ -76,12 +80,27 @@ class ToyTowers(nn.Module):
 
 
 class ToyModel(nn.Module):
-    def __init__(self, terms: list[Term]) -> None:
+    """Toy towers and terms; ``forward`` returns the weighted total loss. ``micro_batch_size``
+    encodes with gradient caching; ``chunked`` encodes micro-batch by micro-batch WITH autograd
+    (the reference a cached step must equal when the towers draw random numbers)."""
+
+    def __init__(self, terms: list[Term], dropout: float = 0.0) -> None:
         super().__init__()
-        self.towers, self.terms = ToyTowers(), nn.ModuleList(terms)
+        self.towers, self.terms = ToyTowers(dropout), nn.ModuleList(terms)
+        self.micro_batch_size: int | None = None
+        self.chunked = False
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
+        return self.towers(batch["image"], batch["text"], batch["lengths"])
 
     def forward(self, image_x: torch.Tensor, text_x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        encoded = self.towers(image_x, text_x, lengths)
+        batch = {"image": image_x, "text": text_x, "lengths": lengths}
+        if self.micro_batch_size is None:
+            encoded = self.encode(batch)
+        elif self.chunked:
+            encoded = concatenate([self.encode(chunk) for chunk in micro_batches(batch, self.micro_batch_size)])
+        else:
+            encoded = encode_in_micro_batches(self.encode, batch, self.micro_batch_size, self.towers)
         return sum(term.weight * term(encoded)["loss"] for term in self.terms)
 
 
@@ -94,9 +113,13 @@ def toy_batch(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tupl
     return image_x, text_x, lengths
 
 
-def toy_model(*classes: type[Term], dtype: torch.dtype = torch.float64) -> ToyModel:
+def toy_model(
+    *classes: type[Term], dtype: torch.dtype = torch.float64, micro_batch_size: int | None = None, dropout: float = 0.0
+) -> ToyModel:
     torch.manual_seed(0)
-    return ToyModel([build_term(cls) for cls in classes]).to(dtype)
+    model = ToyModel([build_term(cls) for cls in classes], dropout).to(dtype)
+    model.micro_batch_size = micro_batch_size
+    return model
 
 
 def free_port() -> int:
@@ -121,18 +144,35 @@ def _entry(rank: int, port: int, fn: Callable, args: tuple) -> None:
         dist.destroy_process_group()
 
 
-def ddp_gradients(rank: int, world: int, classes: tuple[type[Term], ...], n_global: int, out_dir: str) -> None:
-    """One DDP step on this rank's half of the global toy batch; saves the averaged grads.
-    Ranks get captions of different padded lengths, as batches padded to their own longest
-    caption do."""
-    model = toy_model(*classes)
-    ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)  # unused token layers
+def term_cases() -> list[tuple[type[Term], ...]]:
+    """Every term alone, then the multi-term presets' combinations (SLIP, CyCLIP + MMD, ...)."""
+    from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, TokenwiseInfoNCE
+
+    combined = [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial)]
+    return [(cls,) for cls in all_term_classes()] + combined  # type: ignore[misc]
+
+
+def case_id(classes: tuple[type[Term], ...]) -> str:
+    return "+".join(c.__name__ for c in classes)
+
+
+def ddp_gradients(rank: int, world: int, cases: list[tuple[type[Term], ...]], n_global: int, out_dir: str) -> None:
+    """For each case (a tuple of term classes): one DDP step on this rank's half of the global
+    toy batch, once plain and once in micro-batches of 2 rows with gradient caching; saves both
+    averaged gradients. Ranks get captions of different padded lengths, as batches padded to their
+    own longest caption do. Then the GlobalBatchNorm1d case. All cases share one pair of
+    processes: starting them costs more than the cases."""
     image_x, text_x, lengths = toy_batch(n_global)
     rows = slice(rank * n_global // world, (rank + 1) * n_global // world)
     local_text = text_x[rows, : LENGTH - rank]  # rank 1's batch is padded one position less
-    ddp(image_x[rows], local_text, lengths[rows]).backward()
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    torch.save(grads, os.path.join(out_dir, f"rank{rank}.pt"))
+    for classes in cases:
+        for micro_batch_size, kind in ((None, "plain"), (2, "cached")):
+            model = toy_model(*classes, micro_batch_size=micro_batch_size)
+            ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)  # unused token layers
+            ddp(image_x[rows], local_text, lengths[rows]).backward()
+            grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+            torch.save(grads, os.path.join(out_dir, f"{case_id(classes)}-{kind}{rank}.pt"))
+    ddp_batchnorm(rank, world, n_global, out_dir)
 
 
 def ddp_batchnorm(rank: int, world: int, n_global: int, out_dir: str) -> None:
