@@ -27,6 +27,7 @@ from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.suites.shapesworld import shapesworld_suites
 
 from helpers import REPO
+from helpers.cli_cases import run_cases
 
 FP32 = ("--trainer.precision", "32-true", "--data.init_args.test_samples", "24")
 
@@ -311,26 +312,38 @@ def test_digits_suite_through_the_cli(trained_run, tmp_path: Path) -> None:
     )  # pixels are decodable
 
 
+ANALYSIS_BAD_INPUT = [
+    (["zeroshot", "--ckpt", "missing.ckpt"], "checkpoint not found: missing.ckpt"),
+    (["zeroshot", "--ckpt", "corrupt.ckpt"], "cannot read checkpoint"),
+    (["zeroshot", "--ckpt", "RUN", "--suite", "imagenet"], "unknown suite 'imagenet'"),
+    (["zeroshot", "--ckpt", "RUN", "--suite", "cifar10"], "needs a path"),
+    (["zeroshot", "--ckpt", "RUN", "--suite", "imagefolder:nowhere"], "nowhere"),
+]
+
+
+@pytest.fixture(scope="module")
+def analysis_bad_input(trained_run, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[dict, Path]]:
+    """Every case of ANALYSIS_BAD_INPUT, run by ``python -m analysis``'s entry point in one
+    interpreter (helpers/cli_cases.py), each in its own folder."""
+    run, cases, folders = str(trained_run("clip")), [], []
+    for args, _ in ANALYSIS_BAD_INPUT:
+        folder = tmp_path_factory.mktemp("analysis-bad-input")
+        (folder / "corrupt.ckpt").write_bytes(b"not a checkpoint at all")
+        command = [run if a == "RUN" else a for a in args] + ["--out", str(folder / "out")]
+        cases.append({"package": "analysis", "args": command, "cwd": str(folder)})
+        folders.append(folder)
+    return list(zip(run_cases(cases, str(REPO)), folders, strict=True))
+
+
 @pytest.mark.cli
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["zeroshot", "--ckpt", "missing.ckpt"], "checkpoint not found: missing.ckpt"),
-        (["zeroshot", "--ckpt", "corrupt.ckpt"], "cannot read checkpoint"),
-        (["zeroshot", "--ckpt", "RUN", "--suite", "imagenet"], "unknown suite 'imagenet'"),
-        (["zeroshot", "--ckpt", "RUN", "--suite", "cifar10"], "needs a path"),
-        (["zeroshot", "--ckpt", "RUN", "--suite", "imagefolder:nowhere"], "nowhere"),
-    ],
-)
-def test_bad_input_ends_with_one_line(args: list[str], message: str, trained_run, tmp_path: Path) -> None:
-    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint at all")
-    run = str(trained_run("clip"))
-    result = analysis_cli(*[run if a == "RUN" else a for a in args], "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and message in lines[-1], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "out").exists()  # nothing half-written
+@pytest.mark.parametrize("case", range(len(ANALYSIS_BAD_INPUT)), ids=[m for _, m in ANALYSIS_BAD_INPUT])
+def test_bad_input_ends_with_one_line(case: int, analysis_bad_input: list[tuple[dict, Path]]) -> None:
+    (outcome, folder), message = analysis_bad_input[case], ANALYSIS_BAD_INPUT[case][1]
+    assert outcome["returncode"] == 2, outcome["stderr"][-2000:]
+    lines = outcome["stderr"].strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], outcome["stderr"][-2000:]
+    assert "Traceback" not in outcome["stderr"]
+    assert not (folder / "out").exists()  # nothing half-written
 
 
 def test_checkpoints_that_do_not_describe_themselves_are_refused(trained_run, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from helpers import CONFIGS, REPO
+from helpers.cli_cases import run_cases
 from helpers.terms import free_port
 
 pytestmark = pytest.mark.cli  # every test here runs `python -m experiments`
@@ -141,57 +142,76 @@ def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: 
     assert metrics["global_step"] == 0 and metrics["geometry/shapesworld_test/modality_gap"] > 0.1
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
-        (["--config", "BAD_YAML"], "does not accept option 'model.lrr'"),
-        (["--model.terms+=variants.objectives.NoSuchTerm"], "'variants.objectives.NoSuchTerm'"),
-        (["--data.init_args.batch_size", "1.5"], "Parser key \"batch_size\": Expected a <class 'int'>"),
-        (
-            ["--model.vision_tower.init_args.model_name", "resnet10x"],
-            "unknown timm model name 'resnet10x'; did you mean resnet10t",
-        ),
-        (["--model.text_tower.init_args.embed_dim", "64"], "embed_dim is set once, at the top level"),
-        (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be >= 1, got 0"),
-        (["--data.init_args.num_workers", "-1"], "data.init_args.num_workers must be >= 0, got -1"),
-        (["--data.init_args.max_objects", "10"], "ShapesWorld needs 1 <= min_objects <= max_objects <= 9"),
-        (["--data.init_args.context_length", "1"], "context_length must be >= 3 to hold the start token"),
-        (
-            ["--model.vision_tower.init_args.model_name", "vit_tiny_patch16_224", "--data.init_args.image_size", "32"],
-            "the vision tower (vit_tiny_patch16_224) cannot take the data's 32 px images",
-        ),
-        (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file: "),
-        (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
-        (["--ckpt_path", "WEIGHTS"], "not a training checkpoint (no optimizer or loop state to resume)"),
-    ],
-    ids=[
-        "unknown-key",
-        "unknown-key-in-yaml",
-        "unknown-class-path",
-        "wrong-type",
-        "unknown-timm-model",
-        "embed-dims",
-        "batch-size-0",
-        "workers-negative",
-        "too-many-objects",
-        "context-1",
-        "image-size",
-        "ckpt-garbage",
-        "ckpt-missing",
-        "ckpt-weights-only",
-    ],  # fmt: skip
-)
-def test_bad_input_ends_with_one_line_naming_the_cause(args: list[str], message: str, tmp_path: Path) -> None:
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("model:\n  lrr: 0.1\n")
-    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
-    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "weights.ckpt")
-    files = {"BAD_YAML": bad_yaml, "NOT_A_CKPT": tmp_path / "garbage.ckpt", "WEIGHTS": tmp_path / "weights.ckpt"}
-    args = [str(files[a]) if a in files else a for a in args]
-    result = run_cli("fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), *args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+# (arguments, what the one error line must say); files named in capitals are made by the fixture.
+BAD_INPUT = [
+    (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
+    (["--config", "BAD_YAML"], "does not accept option 'model.lrr'"),
+    (["--model.terms+=variants.objectives.NoSuchTerm"], "'variants.objectives.NoSuchTerm'"),
+    (["--data.init_args.batch_size", "1.5"], "Parser key \"batch_size\": Expected a <class 'int'>"),
+    (
+        ["--model.vision_tower.init_args.model_name", "resnet10x"],
+        "unknown timm model name 'resnet10x'; did you mean resnet10t",
+    ),
+    (["--model.text_tower.init_args.embed_dim", "64"], "embed_dim is set once, at the top level"),
+    (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be >= 1, got 0"),
+    (["--data.init_args.num_workers", "-1"], "data.init_args.num_workers must be >= 0, got -1"),
+    (["--data.init_args.max_objects", "10"], "ShapesWorld needs 1 <= min_objects <= max_objects <= 9"),
+    (["--data.init_args.context_length", "1"], "context_length must be >= 3 to hold the start token"),
+    (
+        ["--model.vision_tower.init_args.model_name", "vit_tiny_patch16_224", "--data.init_args.image_size", "32"],
+        "the vision tower (vit_tiny_patch16_224) cannot take the data's 32 px images",
+    ),
+    (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file: "),
+    (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+    (["--ckpt_path", "WEIGHTS"], "not a training checkpoint (no optimizer or loop state to resume)"),
+    (["--model.micro_batch_size", "0"], "model.micro_batch_size must be a positive number of rows, got 0"),
+    (["--model.micro_batch_size", "3"], "model.micro_batch_size 3 does not divide this process's batch of 8 rows"),
+]
+BAD_INPUT_IDS = [
+    "unknown-key",
+    "unknown-key-in-yaml",
+    "unknown-class-path",
+    "wrong-type",
+    "unknown-timm-model",
+    "embed-dims",
+    "batch-size-0",
+    "workers-negative",
+    "too-many-objects",
+    "context-1",
+    "image-size",
+    "ckpt-garbage",
+    "ckpt-missing",
+    "ckpt-weights-only",
+    "micro-batch-0",
+    "micro-batch-not-dividing",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, Path]]:
+    """Every bad-input case, run in one interpreter (helpers/cli_cases.py), each in its own folder."""
+    cases, folders = [], {}
+    for case_id, (args, _) in zip(BAD_INPUT_IDS, BAD_INPUT, strict=True):
+        folder = folders[case_id] = tmp_path_factory.mktemp(case_id)
+        bad_yaml = folder / "bad.yaml"
+        bad_yaml.write_text("model:\n  lrr: 0.1\n")
+        (folder / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, folder / "weights.ckpt")
+        files = {"BAD_YAML": bad_yaml, "NOT_A_CKPT": folder / "garbage.ckpt", "WEIGHTS": folder / "weights.ckpt"}
+        args = [str(files[a]) if a in files else a for a in args]
+        fit = ["fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), *args]
+        cases.append({"package": "experiments", "args": fit, "cwd": str(folder)})
+    outcomes = run_cases(cases, str(REPO))
+    return {case_id: (outcome, folders[case_id]) for case_id, outcome in zip(BAD_INPUT_IDS, outcomes, strict=True)}
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=BAD_INPUT_IDS)
+def test_bad_input_ends_with_one_line_naming_the_cause(
+    args: list[str], message: str, bad_input_results: dict[str, tuple[dict, Path]], request: pytest.FixtureRequest
+) -> None:
+    outcome, folder = bad_input_results[request.node.callspec.id]
+    assert outcome["returncode"] == 2, outcome["stderr"][-2000:]
+    assert "Traceback" not in outcome["stderr"] and "usage:" not in outcome["stderr"]
+    errors = [line for line in outcome["stderr"].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], outcome["stderr"][-2000:]
+    assert not (folder / "runs").exists() or not list((folder / "runs").rglob("*.ckpt"))
