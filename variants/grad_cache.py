@@ -108,14 +108,15 @@ class _Replay:
         self.encode, self.chunks, self.modules, self.params = encode, chunks, modules, params
         self.names: tuple[str, ...] = ()
         self.rng: list[tuple[torch.Tensor, tuple[list, list]]] = []
-        tensors = [v for v in chunks[0].values() if isinstance(v, torch.Tensor)]
+        tensors = self._chunk_tensors(chunks[0])
         self.device_type = tensors[0].device.type if tensors else "cpu"
         self.autocast = (
             torch.is_autocast_enabled(self.device_type),
             torch.get_autocast_dtype(self.device_type),
         )
 
-    def _chunk_tensors(self, chunk: dict[str, Any]) -> list[torch.Tensor]:
+    @staticmethod
+    def _chunk_tensors(chunk: dict[str, Any]) -> list[torch.Tensor]:
         return [v for v in chunk.values() if isinstance(v, torch.Tensor)]
 
     def first_pass(self) -> tuple[torch.Tensor, ...]:
