@@ -170,11 +170,12 @@ class ContrastiveModule(pl.LightningModule):
                 "or use more devices"
             )
         if self.hparams.micro_batch_size is not None:
-            norms = [
-                f"{name} ({sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules())} BatchNorm layers)"
-                for name, tower in (("vision_tower", self.vision_tower), ("text_tower", self.text_tower))
-                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules())
-            ]
+            towers = {"vision_tower": self.vision_tower, "text_tower": self.text_tower}
+            counts = {
+                name: sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in t.modules())
+                for name, t in towers.items()
+            }
+            norms = [f"{name} ({n} BatchNorm layers)" for name, n in counts.items() if n]
             if norms:
                 rank_zero_warn(
                     f"model.micro_batch_size {self.hparams.micro_batch_size}: BatchNorm in the {', '.join(norms)} "
