@@ -142,56 +142,50 @@ def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: 
     assert metrics["global_step"] == 0 and metrics["geometry/shapesworld_test/modality_gap"] > 0.1
 
 
-# (arguments, what the one error line must say); files named in capitals are made by the fixture.
-BAD_INPUT = [
-    (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
-    (["--config", "BAD_YAML"], "does not accept option 'model.lrr'"),
-    (["--model.terms+=variants.objectives.NoSuchTerm"], "'variants.objectives.NoSuchTerm'"),
-    (["--data.init_args.batch_size", "1.5"], "Parser key \"batch_size\": Expected a <class 'int'>"),
-    (
+# id: (arguments, what the one error line must say); files named in capitals are made by the fixture.
+BAD_INPUT = {
+    "unknown-key": (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
+    "unknown-key-in-yaml": (["--config", "BAD_YAML"], "does not accept option 'model.lrr'"),
+    "unknown-class-path": (["--model.terms+=variants.objectives.NoSuchTerm"], "'variants.objectives.NoSuchTerm'"),
+    "wrong-type": (["--data.init_args.batch_size", "1.5"], "Parser key \"batch_size\": Expected a <class 'int'>"),
+    "unknown-timm-model": (
         ["--model.vision_tower.init_args.model_name", "resnet10x"],
         "unknown timm model name 'resnet10x'; did you mean resnet10t",
     ),
-    (["--model.text_tower.init_args.embed_dim", "64"], "embed_dim is set once, at the top level"),
-    (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be >= 1, got 0"),
-    (["--data.init_args.num_workers", "-1"], "data.init_args.num_workers must be >= 0, got -1"),
-    (["--data.init_args.max_objects", "10"], "ShapesWorld needs 1 <= min_objects <= max_objects <= 9"),
-    (["--data.init_args.context_length", "1"], "context_length must be >= 3 to hold the start token"),
-    (
+    "embed-dims": (["--model.text_tower.init_args.embed_dim", "64"], "embed_dim is set once, at the top level"),
+    "batch-size-0": (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be >= 1, got 0"),
+    "workers-negative": (["--data.init_args.num_workers", "-1"], "data.init_args.num_workers must be >= 0, got -1"),
+    "too-many-objects": (
+        ["--data.init_args.max_objects", "10"],
+        "ShapesWorld needs 1 <= min_objects <= max_objects <= 9",
+    ),
+    "context-1": (["--data.init_args.context_length", "1"], "context_length must be >= 3 to hold the start token"),
+    "image-size": (
         ["--model.vision_tower.init_args.model_name", "vit_tiny_patch16_224", "--data.init_args.image_size", "32"],
         "the vision tower (vit_tiny_patch16_224) cannot take the data's 32 px images",
     ),
-    (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file: "),
-    (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
-    (["--ckpt_path", "WEIGHTS"], "not a training checkpoint (no optimizer or loop state to resume)"),
-    (["--model.micro_batch_size", "0"], "model.micro_batch_size must be a positive number of rows, got 0"),
-    (["--model.micro_batch_size", "3"], "model.micro_batch_size 3 does not divide this process's batch of 8 rows"),
-]
-BAD_INPUT_IDS = [
-    "unknown-key",
-    "unknown-key-in-yaml",
-    "unknown-class-path",
-    "wrong-type",
-    "unknown-timm-model",
-    "embed-dims",
-    "batch-size-0",
-    "workers-negative",
-    "too-many-objects",
-    "context-1",
-    "image-size",
-    "ckpt-garbage",
-    "ckpt-missing",
-    "ckpt-weights-only",
-    "micro-batch-0",
-    "micro-batch-not-dividing",
-]  # fmt: skip
+    "ckpt-garbage": (["--ckpt_path", "NOT_A_CKPT"], "not a readable checkpoint (truncated, or not a torch file: "),
+    "ckpt-missing": (["--ckpt_path", "missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+    "ckpt-weights-only": (
+        ["--ckpt_path", "WEIGHTS"],
+        "not a training checkpoint (no optimizer or loop state to resume)",
+    ),
+    "micro-batch-0": (
+        ["--model.micro_batch_size", "0"],
+        "model.micro_batch_size must be a positive number of rows, got 0",
+    ),
+    "micro-batch-not-dividing": (
+        ["--model.micro_batch_size", "3"],
+        "model.micro_batch_size 3 does not divide this process's batch of 8 rows",
+    ),
+}
 
 
 @pytest.fixture(scope="module")
 def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, Path]]:
     """Every bad-input case, run in one interpreter (helpers/cli_cases.py), each in its own folder."""
     cases, folders = [], {}
-    for case_id, (args, _) in zip(BAD_INPUT_IDS, BAD_INPUT, strict=True):
+    for case_id, (args, _) in BAD_INPUT.items():
         folder = folders[case_id] = tmp_path_factory.mktemp(case_id)
         bad_yaml = folder / "bad.yaml"
         bad_yaml.write_text("model:\n  lrr: 0.1\n")
@@ -202,10 +196,10 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
         fit = ["fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), *args]
         cases.append({"package": "experiments", "args": fit, "cwd": str(folder)})
     outcomes = run_cases(cases, str(REPO))
-    return {case_id: (outcome, folders[case_id]) for case_id, outcome in zip(BAD_INPUT_IDS, outcomes, strict=True)}
+    return {case_id: (outcome, folders[case_id]) for case_id, outcome in zip(BAD_INPUT, outcomes, strict=True)}
 
 
-@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=BAD_INPUT_IDS)
+@pytest.mark.parametrize(("args", "message"), list(BAD_INPUT.values()), ids=list(BAD_INPUT))
 def test_bad_input_ends_with_one_line_naming_the_cause(
     args: list[str], message: str, bad_input_results: dict[str, tuple[dict, Path]], request: pytest.FixtureRequest
 ) -> None:
