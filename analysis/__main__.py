@@ -5,6 +5,9 @@
     geometry   PCA, modality gap and its shift, uniformity/alignment, t-SNE  -> OUT/geometry.json
     probes     text-only pair similarities, grounded caption selection  -> OUT/probes.json
     consistency  CyCLIP's consistency of the zero-shot and k-NN classifiers  -> OUT/consistency.json
+    explain    heat maps (Grad-CAM, attention relevance, FILIP's word-patch alignment) and word
+               importance; a pointing game against ShapesWorld's object positions  -> OUT/explain.json,
+               or one pair with --image PATH --text "..."  -> OUT/explain/<caption>.png
     report     zeroshot, geometry and probes + OUT/report.md + the run's TensorBoard
     compare    ``python -m analysis compare runs/<grid>``: runs' TensorBoard curves and final
                metrics by group (seeds pooled)  -> compare.{json,md,png}
@@ -24,9 +27,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from common.errors import exit_on_user_error
+from common.errors import UserError, exit_on_user_error
 
-COMMANDS = ("embed", "zeroshot", "geometry", "probes", "consistency", "report")
+COMMANDS = ("embed", "zeroshot", "geometry", "probes", "consistency", "explain", "report")
 
 
 def _positive(text: str) -> int:
@@ -72,6 +75,13 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--tsne-points", dest="tsne_points", type=_positive, default=2000)
         if name == "report":
             sub.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+        if name == "explain":
+            from analysis.explain import METHODS
+
+            sub.add_argument("--image", help="explain this image (with --text) instead of the pointing game")
+            sub.add_argument("--text", help="the caption to explain --image with")
+            sub.add_argument("--method", nargs="+", choices=METHODS, help="default: every method the towers allow")
+            sub.add_argument("--examples", type=_positive, default=8, help="pointing-game items drawn in the figure")
     compare = commands.add_parser("compare")
     compare.add_argument("runs", help="a folder of runs, e.g. runs/variants")
     compare.add_argument("--out", help="output directory (default: the folder of runs)")
@@ -103,6 +113,8 @@ def run(argv: list[str] | None = None) -> dict:
     from analysis.embed import EmbedOptions
     from analysis.suite_specs import SuiteOptions, load_probe_suites, load_suites
 
+    if args.command == "explain":
+        _check_explain_args(args)
     loaded = load_checkpoint(args.ckpt)
     out = (
         Path(args.out)
@@ -113,7 +125,9 @@ def run(argv: list[str] | None = None) -> dict:
         samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed
     )
     options = EmbedOptions(batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
-    suites = load_suites(args.suite, loaded, suite_options) if hasattr(args, "suite") else []
+    suites = (
+        load_suites(args.suite, loaded, suite_options) if hasattr(args, "suite") and args.command != "explain" else []
+    )
     probe_suites = load_probe_suites(args.probes, loaded, suite_options) if hasattr(args, "probes") else []
     print(f"{args.command}: {loaded.name} (step {loaded.global_step}) from {loaded.path}", file=sys.stderr)
     if args.command == "embed":
@@ -131,14 +145,33 @@ def run(argv: list[str] | None = None) -> dict:
         result = commands.probe_analysis(loaded, probe_suites, out, options=options)["metrics"]
     elif args.command == "consistency":
         result = commands.consistency_analysis(loaded, suites, out, options=options)
+    elif args.command == "explain":
+        from analysis.explain.command import explain_pair, explain_pointing
+
+        if args.image:
+            result = explain_pair(loaded, args.image, args.text, out, args.method)
+        else:
+            result = explain_pointing(loaded, out, args.method, args.samples, min(args.batch_size, 64), args.examples)
+            result = result["pointing"] | {"metrics": result["metrics"]}
     else:
         result = report.write_report(
             loaded, suites, probe_suites, out, tensorboard=args.tensorboard, linear_probe=args.linear_probe,
-            tsne_points=args.tsne_points, seed=args.seed, options=options,
+            tsne_points=args.tsne_points, seed=args.seed, options=options, explain_samples=args.samples,
         )  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"results in {out}", file=sys.stderr)
     return result
+
+
+def _check_explain_args(args: argparse.Namespace) -> None:
+    """Before the checkpoint loads: --image and --text go together; the pointing game needs ShapesWorld."""
+    if bool(args.image) != bool(args.text):
+        raise UserError("explain: give --image and --text together (one pair), or neither (the pointing game)")
+    if not args.image and args.suite != ["shapesworld"]:
+        raise UserError(
+            f"explain: the pointing game needs object positions, which only ShapesWorld records; got --suite "
+            f"{' '.join(args.suite)}: use --suite shapesworld, or --image PATH --text CAPTION for your own images"
+        )
 
 
 def main() -> None:

@@ -52,6 +52,7 @@ CLAIM_KEYS = {
     "arm",
     "baseline",
     "baseline_value",
+    "baseline_metric",
     "expect",
     "margin",
 }
@@ -74,7 +75,12 @@ class Claim:
     where: str = ""
     baseline: str | None = None
     baseline_value: float | None = None
+    baseline_metric: str | None = None  # the baseline's own metric when it differs (another method's score)
     margin: float = 0.0
+
+    @property
+    def base_metric(self) -> str:
+        return self.baseline_metric or self.metric
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,10 @@ def load_registry(path: str | Path = REGISTRY) -> tuple[dict[str, Experiment], l
             raise UserError(f"{where} ({entry['id']}): expect is 'greater' or 'less', got {entry['expect']!r}")
         if not (isinstance(entry.get("margin", 0.0), (int, float)) and entry.get("margin", 0.0) >= 0):
             raise UserError(f"{where} ({entry['id']}): margin must be a number >= 0")
+        if entry.get("baseline_metric") is not None and entry.get("baseline") is None:
+            raise UserError(
+                f"{where} ({entry['id']}): baseline_metric names the metric of a baseline arm; give 'baseline'"
+            )
         if entry.get("baseline_value") is not None and not isinstance(entry["baseline_value"], (int, float)):
             raise UserError(f"{where} ({entry['id']}): baseline_value must be a number")
         claims.append(Claim(**entry))
@@ -188,8 +198,10 @@ def _number(value: object) -> bool:
 
 def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
     """Metrics no run logs, from the run's checkpoint: linear probes on the embeddings or the
-    vision trunk (``linear_probe/shapesworld/<task>/top1``, ``linear_probe_trunk/...``) and
-    consistency scores (``consistency/shapesworld/...``); cached per run."""
+    vision trunk (``linear_probe/shapesworld/<task>/top1``, ``linear_probe_trunk/...``),
+    consistency scores (``consistency/shapesworld/...``), grounded probes
+    (``probes/shapesworld/<probe>/acc``) and the explanations' pointing game
+    (``explain/<method>/...``; NaN for a method the run's towers do not allow); cached per run."""
     cache_path = run / "analysis" / "claims.json"
     checkpoint = run / "checkpoints" / "last.ckpt"
     stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else None
@@ -215,13 +227,31 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
                     cache |= zeroshot.metric_names([probe])
         if any(n.startswith("consistency/") for n in todo):
             cache |= consistency.suite_consistency(loaded, suites)
+        if any(n.startswith("probes/") for n in todo):
+            from analysis.probes import selection_probe
+            from analysis.suite_specs import load_probe_suites
+
+            for suite in load_probe_suites(["shapesworld"], loaded, SuiteOptions()):
+                if f"probes/{suite.name}/acc" in todo:
+                    cache[f"probes/{suite.name}/acc"] = selection_probe(loaded, suite)["acc"]
+        if any(n.startswith("explain/") for n in todo):
+            from analysis.explain import METHODS, available_methods
+            from analysis.explain.command import explain_pointing
+
+            applicable = available_methods(loaded.model)
+            if applicable:
+                cache |= explain_pointing(loaded, run / "analysis", methods=applicable)["metrics"]
+            not_applicable = set(METHODS) - set(
+                applicable
+            )  # e.g. FILIP's alignment of a CLIP run: missing, not an error
+            cache |= {n: math.nan for n in todo if n.startswith("explain/") and n.split("/")[1] in not_applicable}
         write_json(cache_path, cache | {"checkpoint": stamp})  # the checkpoint exists here
     unknown = [n for n in names if n not in cache]
     if unknown:
         raise UserError(
             f"claims: no run of {run.parent.name} logs {', '.join(unknown)}, and the analysis cannot compute it"
         )
-    return {n: float(cache[n]) for n in names}
+    return {n: math.nan if cache[n] is None else float(cache[n]) for n in names}
 
 
 def runs_csv(rows: list[dict], metrics: list[str]) -> str:
@@ -251,14 +281,15 @@ def read_runs_csv(path: Path) -> list[dict]:
 # ---- verdicts ------------------------------------------------------------------------------
 def verdict(claim: Claim, rows: list[dict]) -> dict:
     """The paired effect of one claim over its rows, its interval and the verdict."""
-    by_seed: dict[str, dict[int | None, float]] = {}
-    for row in rows:  # a non-finite value is missing: its seed is paired with nothing
-        if math.isfinite(row["metrics"].get(claim.metric, math.nan)):
-            by_seed.setdefault(row["group"], {})[row["seed"]] = row["metrics"][claim.metric]
-    arm = by_seed.get(claim.arm, {})
+
+    def by_seed(group: str, metric: str) -> dict[int | None, float]:
+        values = {r["seed"]: r["metrics"].get(metric, math.nan) for r in rows if r["group"] == group}
+        return {seed: v for seed, v in values.items() if math.isfinite(v)}  # a non-finite value is missing
+
+    arm = by_seed(claim.arm, claim.metric)
     bounds = metric_bounds(claim.metric)
     if claim.baseline is not None:
-        base = by_seed.get(claim.baseline, {})
+        base = by_seed(claim.baseline, claim.base_metric)
         seeds = sorted(s for s in arm if s in base and s is not None)
         differences = [arm[s] - base[s] for s in seeds]
         base_stats = mean_ci([base[s] for s in seeds], bounds=bounds)
@@ -319,8 +350,9 @@ def markdown(results: list[dict], experiments: dict[str, Experiment], missing: d
             if c.margin
             else f"{'>' if c.expect == 'greater' else '<'} 0"
         )
+        metric = f"`{c.metric}`" + (f" vs `{c.baseline_metric}`" if c.baseline_metric else "")
         lines.append(
-            f"| {c.says} | {c.paper}, {c.where} | `{c.metric}` | {c.arm} vs {base} (expect {rule}) | "
+            f"| {c.says} | {c.paper}, {c.where} | {metric} | {c.arm} vs {base} (expect {rule}) | "
             f"{_estimate(r['arm'], c.metric)} | {_estimate(r['baseline'], c.metric) if c.baseline else base} | "
             f"{_estimate(r['effect'], c.metric)} | {len(r['seeds'])} | **{r['verdict']}** |"
         )
@@ -434,7 +466,7 @@ def claims(
     for experiment in dict.fromkeys(c.experiment for c in selected):
         spec = experiments[experiment]
         metrics = list(dict.fromkeys(
-            [c.metric for c in selected if c.experiment == experiment]
+            [m for c in selected if c.experiment == experiment for m in (c.metric, c.base_metric)]
             + ([spec.figure["metric"]] if "metric" in spec.figure else []) + list(spec.figure.get("metrics", []))
         ))  # fmt: skip
         folder = source / spec.grid_name(REPOSITORY)

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import LoadedCheckpoint
 from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from analysis.stats import wilson_interval
 from datamodules.suites import ProbeSuite
 from variants.towers import Encoded
 
@@ -43,16 +42,6 @@ ENGLISH_PAIRS = {
         ("a photo with people", "a photo without people"),
     ],
 }
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (sound near 0 and 1, unlike p +- 2se)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
-"""One checkpoint's full analysis: zero-shot, geometry and probes into a report directory
-(JSON, PNG figures, a markdown summary) and into the run's TensorBoard (scalars, figures and
-the embedding projector)."""
+"""One checkpoint's full analysis: zero-shot, geometry, probes and (on ShapesWorld) the
+explanations' pointing game into a report directory (JSON, PNG figures, a markdown summary) and
+into the run's TensorBoard (scalars, figures and overlays as images, the embedding projector)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from PIL import Image
 from analysis.checkpoint import LoadedCheckpoint, run_directory
 from analysis.commands import geometry_analysis, probe_analysis, zeroshot_benchmarks
 from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from analysis.explain import available_methods
+from analysis.explain.command import explain_pointing
 from common.files import write_json, write_text
 from datamodules.suites import ClassificationSuite
 
@@ -29,21 +31,26 @@ def write_report(
     seed: int = 0,
     projector_points: int = 500,
     options: EmbedOptions = DEFAULT_OPTIONS,
+    explain_samples: int | None = None,
 ) -> dict:
-    """Run every analysis, write ``out/report.md`` and ``out/report.json``; returns the latter."""
+    """Run every analysis, write ``out/report.md`` and ``out/report.json``; returns the latter.
+    The pointing game runs when the suites include ShapesWorld and a method applies to the towers
+    (``explain_samples`` items: default the run's test_samples)."""
     (out / "report.json").unlink(missing_ok=True)  # never left beside results of another pass
     zeroshot = zeroshot_benchmarks(loaded, suites, out, linear_probe=linear_probe, seed=seed, options=options)
     geometry = geometry_analysis(loaded, suites, out, tsne_points=tsne_points, seed=seed, options=options)
     probes = probe_analysis(loaded, probe_suites, out, options=options)
-    metrics = zeroshot["metrics"] | geometry["metrics"] | probes["metrics"]
+    explained = None
+    if any(s.name.startswith("shapesworld") for s in suites) and available_methods(loaded.model):
+        explained = explain_pointing(loaded, out, samples=explain_samples, batch_size=min(options.batch_size, 64))
+    metrics = zeroshot["metrics"] | geometry["metrics"] | probes["metrics"] | (explained or {}).get("metrics", {})
     summary = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step, "metrics": metrics}
     write_json(out / "report.json", summary)
-    write_text(out / "report.md", markdown(loaded, zeroshot, geometry, probes, out))
+    write_text(out / "report.md", markdown(loaded, zeroshot, geometry, probes, out, explained))
     if tensorboard:
         log_dir = run_directory(loaded.path) or out / "tensorboard"
-        to_tensorboard(
-            loaded, log_dir, metrics, geometry["figures"] | probes["figures"], suites, projector_points, options
-        )
+        figures = geometry["figures"] | probes["figures"] | (explained or {}).get("figures", {})
+        to_tensorboard(loaded, log_dir, metrics, figures, suites, projector_points, options)
         summary["tensorboard"] = str(log_dir)
     return summary
 
@@ -104,7 +111,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def markdown(loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: dict, out: Path) -> str:
+def markdown(
+    loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: dict, out: Path, explained: dict | None = None
+) -> str:
     """The human summary of a report directory, figures linked relatively."""
     lines = [f"# Analysis of {loaded.name} (step {loaded.global_step})", "", f"Checkpoint: `{loaded.path}`", ""]
     if loaded.global_note:
@@ -154,9 +163,42 @@ def markdown(loaded: LoadedCheckpoint, zeroshot: dict, geometry: dict, probes: d
             + " |"
         )
     lines.append("")
-    figures = geometry["figures"] | probes["figures"]
+    if explained:
+        lines += _explain_section(explained)
+    figures = (
+        geometry["figures"] | probes["figures"] | ({"explain": explained["figures"]["explain"]} if explained else {})
+    )
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{name}]({os.path.relpath(path, out)})" for name, path in figures.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def _explain_section(explained: dict) -> list[str]:
+    """The pointing game's table: one row per method and query."""
+    world = explained["world"]
+    lines = [
+        "## Pointing game (explanations against ShapesWorld's object positions)",
+        "",
+        f"{world['samples']} scenes of 2-{max(2, world['max_objects'])} objects; a hit when the heat map's maximum lies in "
+        "the named object's box (ties share the hit); chance: the box's share of the image. "
+        "`python -m analysis explain` (`explain.json`, overlays in `explain/`).",
+        "",
+        "| method | query | pointing % | 95% CI | chance % | heat inside % | n |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    queries = {
+        "query": '"a red circle"',
+        "shape_query": '"a circle"',
+        "word_color": "its colour word",
+        "word_shape": "its shape word",
+    }
+    for method, kinds in explained["pointing"].items():
+        for kind, r in kinds.items():
+            low, high = r["ci95"]
+            lines.append(
+                f"| {method} | {queries.get(kind, kind)} | {_pct(r['pointing'])} | {_pct(low)}-{_pct(high)} | "
+                f"{_pct(r['chance'])} | {_pct(r['heat_inside'])} | {r['n']} |"
+            )
+    return [*lines, ""]

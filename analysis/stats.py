@@ -36,6 +36,17 @@ def metric_bounds(name: str) -> tuple[float, float] | None:
     return None
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sound near 0 and 1, unlike p +- 2se).
+    ``successes`` may be fractional (the pointing game splits a hit among tied maxima)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def mean_ci(
     values: Iterable[float | None], confidence: float = 0.95, bounds: tuple[float, float] | None = None
 ) -> dict:

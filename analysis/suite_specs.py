@@ -38,7 +38,7 @@ class SuiteOptions:
     seed: int = 0
 
 
-def _shapesworld_world(loaded: LoadedCheckpoint, samples: int | None) -> dict:
+def shapesworld_world(loaded: LoadedCheckpoint, samples: int | None) -> dict:
     """The run's world (seed, image size, objects, test size) when it trained on ShapesWorld, so
     the numbers reproduce its test table; defaults otherwise."""
     h = getattr(loaded.datamodule, "hparams", {})
@@ -62,7 +62,7 @@ def load_suites(
                 f"suite {kind!r} needs a path: --suite {kind}:{'JSON' if kind in ('coco', 'flickr30k') else 'DIR'}"
             )
         if kind == "shapesworld":
-            world = _shapesworld_world(loaded, options.samples)
+            world = shapesworld_world(loaded, options.samples)
             suites += shapesworld_suites(probe_train_samples=2 * world["samples"], **world)
         elif kind == "digits":
             suites.append(digits_suite(seed=options.seed))
@@ -82,7 +82,7 @@ def load_probe_suites(specs: list[str], loaded: LoadedCheckpoint, options: Suite
     suites: list[ProbeSuite] = []
     for spec in specs:
         if spec == "shapesworld":
-            world = _shapesworld_world(loaded, options.samples)
+            world = shapesworld_world(loaded, options.samples)
             suites += shapesworld_probes(world["seed"], world["image_size"], world["samples"])
         elif spec.endswith(".json") or Path(spec).exists():
             suites.append(probe_file_suite(spec, images_root=options.images_root))

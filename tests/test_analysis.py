@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import load_checkpoint
 from analysis.embed import EmbedOptions, embed_images, embed_texts
-from analysis.probes import selection_probe, text_pair_similarities, wilson_interval
+from analysis.probes import selection_probe, text_pair_similarities
+from analysis.stats import wilson_interval
 from analysis.zeroshot import fit_linear_probe, linear_probe, metric_names, zeroshot_classification, zeroshot_retrieval
 from common.errors import UserError
 from common.files import write_atomic, write_json
@@ -261,11 +263,15 @@ def test_report_writes_json_figures_markdown_and_tensorboard(trained_run, tmp_pa
     assert "geometry/modality_gap" in report and "probes/shapesworld/negation/acc" in report
     assert "zeroshot/shapesworld/color_shape_heldout/top1" in report
     assert "![tsne](figures/tsne.png)" in (out / "report.md").read_text()
+    # The pointing game of the ResNet tower's Grad-CAM (its section, metrics, figure and overlays).
+    assert 0.0 <= report["explain/gradcam/pointing"] <= 1.0 and "explain/relevance/pointing" not in report
+    assert "## Pointing game" in (out / "report.md").read_text() and (out / "figures" / "explain.png").is_file()
     assert not list(out.rglob("*.tmp"))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
-    assert "analysis/tsne" in events.Tags()["images"]
+    assert "analysis/tsne" in events.Tags()["images"] and "analysis/explain" in events.Tags()["images"]
+    assert any(tag.startswith("analysis/explain_") for tag in events.Tags()["images"])  # one overlay per item
     assert "geometry/modality_gap" in events.Tags()["scalars"]
     assert (run / "projector_config.pbtxt").is_file()
 
@@ -318,6 +324,18 @@ ANALYSIS_BAD_INPUT = [
     (["zeroshot", "--ckpt", "RUN", "--suite", "imagenet"], "unknown suite 'imagenet'"),
     (["zeroshot", "--ckpt", "RUN", "--suite", "cifar10"], "needs a path"),
     (["zeroshot", "--ckpt", "RUN", "--suite", "imagefolder:nowhere"], "nowhere"),
+    (["explain", "--ckpt", "RUN", "--image", "scene.png"], "give --image and --text together"),
+    (["explain", "--ckpt", "RUN", "--suite", "digits"], "only ShapesWorld records"),
+    (
+        ["explain", "--ckpt", "RUN", "--image", "scene.png", "--text", "zebra giraffe"],
+        "unknown to the checkpoint's tokenizer",
+    ),
+    (
+        ["explain", "--ckpt", "RUN", "--image", "missing.png", "--text", "a red circle"],
+        "--image missing.png does not exist",
+    ),
+    (["explain", "--ckpt", "RUN", "--method", "relevance"], "relevance needs a ViT vision tower"),
+    (["explain", "--ckpt", "RUN", "--image", "corrupt.ckpt", "--text", "a red circle"], "not an image PIL can read"),
 ]
 
 
@@ -329,6 +347,7 @@ def analysis_bad_input(trained_run, tmp_path_factory: pytest.TempPathFactory) ->
     for args, _ in ANALYSIS_BAD_INPUT:
         folder = tmp_path_factory.mktemp("analysis-bad-input")
         (folder / "corrupt.ckpt").write_bytes(b"not a checkpoint at all")
+        Image.fromarray(scenes(1)[0].permute(1, 2, 0).numpy()).save(folder / "scene.png")
         command = [run if a == "RUN" else a for a in args] + ["--out", str(folder / "out")]
         cases.append({"package": "analysis", "args": command, "cwd": str(folder)})
         folders.append(folder)

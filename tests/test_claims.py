@@ -115,6 +115,22 @@ def test_a_non_finite_value_is_missing_and_its_seed_unpaired() -> None:
     assert result["arm"]["mean"] - result["baseline"]["mean"] == pytest.approx(result["effect"]["mean"])
 
 
+def test_a_baseline_metric_pairs_two_metrics_by_seed() -> None:
+    """FILIP's alignment against CLIP's relevance: each arm's own metric, paired by seed; the other
+    method's value in the same rows (CLIP's alignment, FILIP's relevance) is not read."""
+    rows = [
+        {"run": f"{g}-s{s}", "group": g, "seed": s,
+         "metrics": {"explain/alignment/pointing": a, "explain/relevance/pointing": r}}
+        for g, values in (("filip", [(0.6, 0.0), (0.7, 0.0), (0.65, 0.0)]), ("clip", [(0.9, 0.3), (0.9, 0.35), (0.9, 0.4)]))
+        for s, (a, r) in enumerate(values)
+    ]  # fmt: skip
+    claim = _claim(metric="explain/alignment/pointing", arm="filip", baseline="clip", expect="greater")
+    assert verdict(claim, rows)["verdict"] == "contradicted"  # alignment against alignment
+    paired = verdict(dataclasses.replace(claim, baseline_metric="explain/relevance/pointing"), rows)
+    assert paired["verdict"] == "reproduced" and paired["differences"] == pytest.approx([0.3, 0.35, 0.25])
+    assert paired["baseline"]["mean"] == pytest.approx(0.35)
+
+
 def test_a_claim_against_a_stated_value_and_intervals_that_stay_in_range() -> None:
     rows = [
         {"run": f"init-s{s}", "group": "init", "seed": s, "metrics": {"geometry/x/modality_gap": v}}
@@ -147,6 +163,11 @@ def test_the_registry_is_checked(tmp_path: Path) -> None:
     bad["claims"][0] |= {"expect": "greater", "baseline_value": 0.1}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(UserError, match="exactly one of 'baseline'"):
+        load_registry(tmp_path / "r.yaml")
+    bad["claims"][0] |= {"baseline_metric": "m2"}
+    del bad["claims"][0]["baseline"]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(UserError, match="baseline_metric names the metric of a baseline arm"):
         load_registry(tmp_path / "r.yaml")
 
 

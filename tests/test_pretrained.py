@@ -256,6 +256,9 @@ def test_suite_checkpoint_is_analysed_like_a_trained_run(tmp_path):
     metrics = metrics["metrics"]
     assert 0.0 <= metrics["zeroshot/shapesworld/shape/top1"] <= 1.0 and "geometry/modality_gap" in metrics
     assert "probes/shapesworld/negation/acc" in metrics
+    # The explanations of a ViT: Grad-CAM on the last block's tokens, relevance, word-patch alignment.
+    assert all(0 <= metrics[f"explain/{m}/pointing"] <= 1 for m in ("gradcam", "relevance", "alignment"))
+    assert (tmp_path / "report" / "figures" / "explain.png").stat().st_size > 5000
 
 
 @pytest.mark.cli

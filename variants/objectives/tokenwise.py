@@ -118,5 +118,13 @@ class TokenwiseInfoNCE(Term):
         with full_precision(image.device):
             return filip_similarity(image, text, texts.text_mask, self.chunk_size)
 
+    def token_similarities(self, images: Encoded, texts: Encoded) -> torch.Tensor:
+        """[B, L, P] cosines of text b's tokens to image b's patches, in the projected token space
+        (row b with row b): FILIP's word-patch alignment, whose max over P each word's t2i term
+        takes. Padding rows are left in (mask them with ``texts.text_mask``)."""
+        image, text = self._project(images, "image"), self._project(texts, "text")
+        with full_precision(image.device):
+            return text @ image.transpose(1, 2)
+
     def post_step(self) -> None:
         self.logit_scale.clamp_()
