@@ -220,6 +220,16 @@ def test_word_spans_cover_each_words_tokens(tokenizer: str) -> None:
         assert any(stop - start > 1 for start, stop in spans)  # a word of several BPE tokens
 
 
+def test_alignment_maps_average_the_words_that_name_the_object() -> None:
+    """ "a red circle": the query's map spans "red circle" (the article names nothing), each word its own."""
+    from analysis.explain.pointing import _roles
+
+    assert _roles(TOKENIZER, "a red circle", {"color": "red", "shape": "circle"}, each=True) == {
+        "query": (2, 4), "color": (2, 3), "shape": (3, 4)
+    }  # fmt: skip
+    assert _roles(TOKENIZER, "a circle", {"shape": "circle"}, each=False) == {"query": (2, 3)}
+
+
 def test_a_caption_of_unknown_words_is_refused() -> None:
     assert check_caption(TOKENIZER, "a zebra") == ["a", "zebra"]  # one known word is enough
     with pytest.raises(UserError, match="unknown to the checkpoint's tokenizer"):

@@ -20,8 +20,9 @@ def _show(
         span = float(values.max() - values.min())
         ax.imshow((values - values.min()) / span if span > 0 else np.zeros_like(values), cmap="jet", alpha=0.5,
                   vmin=0, vmax=1)  # fmt: skip
-        peak = np.unravel_index(int(values.argmax()), values.shape)
-        ax.plot(peak[1], peak[0], marker="x", color="white", markersize=8, mew=2)
+        if span > 0:  # a flat map has no maximum to mark
+            peak = np.unravel_index(int(values.argmax()), values.shape)
+            ax.plot(peak[1], peak[0], marker="x", color="white", markersize=8, mew=2)
     if box is not None:
         top, left, bottom, right = box
         ax.add_patch(
@@ -37,7 +38,8 @@ def _words(ax, importance: list[tuple[str, float]]) -> None:
     bound = float(np.abs(values).max()) or 1.0
     ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
     for k, (word, value) in enumerate(importance):
-        ax.text(k, 0, f"{word}\n{value:+.2f}", ha="center", va="center", fontsize=8)
+        dark = abs(value) > 0.6 * bound
+        ax.text(k, 0, f"{word}\n{value:+.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title("leave-one-word-out: logit(caption) - logit(without the word)", fontsize=7)

@@ -87,7 +87,9 @@ def pointing_game(
     """Every method on every item: {"results": {method: {query kind: summary}}, "examples": [...]}.
 
     Query kinds: "query" ("a red circle"), "shape_query" ("a circle"), and for alignment
-    "word_color" and "word_shape" (the map of that word alone, within "a red circle").
+    "word_color" and "word_shape" (the map of that word alone, within "a red circle"). Gradient
+    methods explain the logit of the whole query; alignment maps average the naming words' rows
+    ("red circle", "circle").
     ``examples``: the first items with their maps, for the figures.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -99,7 +101,7 @@ def pointing_game(
         for kind in QUERIES:
             texts = batch[kind]
             spans = [
-                _roles(tokenizer, text, words if kind == "query" else None)
+                _roles(tokenizer, text, words if kind == "query" else {"shape": words["shape"]}, kind == "query")
                 for text, words in zip(texts, batch["words"], strict=True)
             ]
             ids = tokenizer(texts, pad_to_context=False)
@@ -117,14 +119,15 @@ def pointing_game(
     return {"results": results, "examples": kept[:examples], "n": len(scenes)}
 
 
-def _roles(tokenizer, text: str, words: dict | None) -> dict[str, tuple[int, int]]:
-    """Token spans of the whole query and, for "a <color> <shape>", of its colour and shape words."""
+def _roles(tokenizer, text: str, words: dict[str, str], each: bool) -> dict[str, tuple[int, int]]:
+    """Token spans of the words that name the object ("query": from the first to the last of
+    ``words``, so "red circle" in "a red circle": the article names nothing) and, with ``each``, of
+    every one of them by its role ("color", "shape")."""
     parts = text.split()
     spans = word_spans(tokenizer, parts)
-    roles = {"query": (spans[0][0], spans[-1][1])}
-    if words is not None:
-        roles |= {role: spans[parts.index(word)] for role, word in words.items()}
-    return roles
+    named = {role: spans[parts.index(word)] for role, word in words.items()}
+    roles = {"query": (min(a for a, _ in named.values()), max(b for _, b in named.values()))}
+    return roles | (named if each else {})
 
 
 def _keep(kept: list[dict], batch: dict, method: str, heat: torch.Tensor, examples: int) -> None:
