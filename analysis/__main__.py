@@ -148,7 +148,7 @@ def run(argv: list[str] | None = None) -> dict:
     elif args.command == "explain":
         from analysis.explain.command import explain_pair, explain_pointing
 
-        if args.image:
+        if args.image is not None:
             result = explain_pair(loaded, args.image, args.text, out, args.method)
         else:
             result = explain_pointing(loaded, out, args.method, args.samples, min(args.batch_size, 64), args.examples)
@@ -165,9 +165,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 def _check_explain_args(args: argparse.Namespace) -> None:
     """Before the checkpoint loads: --image and --text go together; the pointing game needs ShapesWorld."""
-    if bool(args.image) != bool(args.text):
+    if (args.image is None) != (args.text is None):
         raise UserError("explain: give --image and --text together (one pair), or neither (the pointing game)")
-    if not args.image and args.suite != ["shapesworld"]:
+    if args.image is None and args.suite != ["shapesworld"]:
         raise UserError(
             f"explain: the pointing game needs object positions, which only ShapesWorld records; got --suite "
             f"{' '.join(args.suite)}: use --suite shapesworld, or --image PATH --text CAPTION for your own images"

@@ -59,6 +59,9 @@ CLAIM_KEYS = {
 EXPERIMENT_KEYS = {"grid", "figure", "wall_time"}
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
 TEST_PREFIXES = ("zeroshot/", "retrieval/", "geometry/")  # the test metrics a run logs
+# Raise when the definition of a metric computed from checkpoints changes: every run's cached
+# values (<run>/analysis/claims.json) are then recomputed, not read back stale.
+METRICS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -204,9 +207,10 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
     (``explain/<method>/...``; NaN for a method the run's towers do not allow); cached per run."""
     cache_path = run / "analysis" / "claims.json"
     checkpoint = run / "checkpoints" / "last.ckpt"
-    stamp = f"{checkpoint.stat().st_mtime_ns}:{checkpoint.stat().st_size}" if checkpoint.is_file() else None
+    stat = checkpoint.stat() if checkpoint.is_file() else None
+    stamp = f"{stat.st_mtime_ns}:{stat.st_size}:{METRICS_VERSION}" if stat is not None else None
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    if stamp is not None and cache.pop("checkpoint", None) != stamp:  # from another checkpoint (a re-run)
+    if stamp is not None and cache.pop("checkpoint", None) != stamp:  # another checkpoint (a re-run) or definition
         cache = {}
     cache.pop("checkpoint", None)  # kept when the checkpoint was deleted: its values still stand
     todo = [n for n in names if n not in cache]
@@ -292,8 +296,10 @@ def verdict(claim: Claim, rows: list[dict]) -> dict:
         base = by_seed(claim.baseline, claim.base_metric)
         seeds = sorted(s for s in arm if s in base and s is not None)
         differences = [arm[s] - base[s] for s in seeds]
-        base_stats = mean_ci([base[s] for s in seeds], bounds=bounds)
-        diff_bounds = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+        base_bounds = metric_bounds(claim.base_metric)
+        base_stats = mean_ci([base[s] for s in seeds], bounds=base_bounds)
+        both = bounds is not None and base_bounds is not None
+        diff_bounds = (bounds[0] - base_bounds[1], bounds[1] - base_bounds[0]) if both else None
     else:
         seeds = sorted(s for s in arm if s is not None)
         differences = [arm[s] - claim.baseline_value for s in seeds]
@@ -353,7 +359,7 @@ def markdown(results: list[dict], experiments: dict[str, Experiment], missing: d
         metric = f"`{c.metric}`" + (f" vs `{c.baseline_metric}`" if c.baseline_metric else "")
         lines.append(
             f"| {c.says} | {c.paper}, {c.where} | {metric} | {c.arm} vs {base} (expect {rule}) | "
-            f"{_estimate(r['arm'], c.metric)} | {_estimate(r['baseline'], c.metric) if c.baseline else base} | "
+            f"{_estimate(r['arm'], c.metric)} | {_estimate(r['baseline'], c.base_metric) if c.baseline else base} | "
             f"{_estimate(r['effect'], c.metric)} | {len(r['seeds'])} | **{r['verdict']}** |"
         )
     if missing:

@@ -5,6 +5,7 @@ into the run's TensorBoard (scalars, figures and overlays as images, the embeddi
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from analysis.commands import geometry_analysis, probe_analysis, zeroshot_benchm
 from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
 from analysis.explain import available_methods
 from analysis.explain.command import explain_pointing
+from common.errors import UserError
 from common.files import write_json, write_text
 from datamodules.suites import ClassificationSuite
 
@@ -42,7 +44,10 @@ def write_report(
     probes = probe_analysis(loaded, probe_suites, out, options=options)
     explained = None
     if any(s.name.startswith("shapesworld") for s in suites) and available_methods(loaded.model):
-        explained = explain_pointing(loaded, out, samples=explain_samples, batch_size=min(options.batch_size, 64))
+        try:
+            explained = explain_pointing(loaded, out, samples=explain_samples, batch_size=min(options.batch_size, 64))
+        except UserError as error:  # a tower the methods cannot read: the rest of the report still stands
+            warnings.warn(f"report: no pointing game: {error}")
     metrics = zeroshot["metrics"] | geometry["metrics"] | probes["metrics"] | (explained or {}).get("metrics", {})
     summary = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step, "metrics": metrics}
     write_json(out / "report.json", summary)

@@ -15,6 +15,7 @@ from test_analysis import FP32
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from analysis.explain.gradcam import gradcam
 from analysis.explain.maps import available_methods, query_maps
 from analysis.explain.pointing import score_map, upsample
 from analysis.explain.relevance import relevance
@@ -28,7 +29,7 @@ from datamodules.tokenizer.clip import CLIPTokenizer, default_vocab
 from datamodules.tokenizer.word import WordTokenizer
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE, TokenwiseInfoNCE
-from variants.towers import TextTower, VisionTower
+from variants.towers import Encoded, TextTower, VisionTower, use_attention_kernel
 
 EMBED = 8
 WORDS = ["a", "red", "circle", "blue", "square"]
@@ -138,6 +139,76 @@ def test_relevance_marks_the_attended_patch_that_raises_the_score(raises: int, l
     assert model.vision_tower.backbone.grad_checkpointing == (raises == 1)
 
 
+def _reference_vit(vit: VisionTransformer, images: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+    """timm's ViT forward written out op by op: (final tokens, each block's attention
+    probabilities [B, heads, N, N], each block's input tokens)."""
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+    attentions, inputs = [], []
+    for block in vit.blocks:
+        inputs.append(x)
+        h = block.norm1(x)
+        batch, n, width = h.shape
+        heads = block.attn.num_heads
+        q, k, v = block.attn.qkv(h).reshape(batch, n, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attention = ((q * block.attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attentions.append(attention)
+        x = x + block.ls1(block.attn.proj((attention @ v).transpose(1, 2).reshape(batch, n, width)))
+        x = x + block.ls2(block.mlp(block.norm2(x)))
+    return vit.norm(x), attentions, inputs
+
+
+@pytest.mark.parametrize("scoring", ["clip", "filip"])
+def test_relevance_and_vit_gradcam_equal_the_formulas_on_a_random_vit(scoring: str) -> None:
+    """2 blocks x 2 heads, random weights: relevance is eq. 5-6 over the attention probabilities of
+    the written-out forward (rows: the class token for CLIP, the mean of the patch rows for FILIP,
+    whose score reads only patches); ViT Grad-CAM weights the last block's input patch tokens by
+    their mean gradient."""
+    torch.manual_seed(3)
+    vit = VisionTransformer(img_size=12, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=0)
+    term = TokenwiseInfoNCE(token_dim=4) if scoring == "filip" else InfoNCE()
+    model = _model(vit, 8, [term])
+    if scoring == "filip":
+        term.image_proj = nn.Linear(8, 4, bias=False)
+    use_attention_kernel(vit, "auto")
+    images = torch.randn(3, 3, 12, 12)
+    texts = text_record(model, TOKENIZER(["a red circle", "a blue square", "red"]))
+    with torch.enable_grad():
+        pixels = images.clone().requires_grad_(True)
+        tokens, attentions, inputs = _reference_vit(vit, pixels)
+        if scoring == "filip":
+            i2t, _ = term.score(Encoded(image_tokens=tokens[:, 1:]), texts)
+            logits = i2t.diagonal() * term.logit_scale()
+        else:
+            embedding = F.normalize(model.vision_tower.proj(tokens[:, 0]), dim=-1)
+            logits = (embedding * texts.text).sum(dim=-1) * term.logit_scale()
+        *attention_grads, input_grad = torch.autograd.grad(logits.sum(), [*attentions, inputs[-1]])
+    expected = torch.eye(10).expand(3, 10, 10)  # the class token and 3 x 3 patches
+    for attention, gradient in zip(attentions, attention_grads, strict=True):
+        expected = expected + (gradient * attention).clamp(min=0).mean(dim=1) @ expected
+    expected = expected[:, 1:, 1:].mean(dim=1) if scoring == "filip" else expected[:, 0, 1:]
+    torch.testing.assert_close(relevance(model, images, texts), expected.reshape(3, 3, 3), atol=1e-5, rtol=1e-4)
+    weights = input_grad[:, 1:].mean(dim=1, keepdim=True)
+    expected_cam = (weights * inputs[-1][:, 1:]).sum(dim=-1).clamp(min=0).reshape(3, 3, 3)
+    torch.testing.assert_close(gradcam(model, images, texts), expected_cam.detach(), atol=1e-5, rtol=1e-4)
+    assert expected_cam.amax() > 0 and expected.amax() > expected.amin()  # nothing trivially zero or flat
+
+
+def test_a_failing_explanation_leaves_the_tower_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hooks removed, attention kernel and checkpointing restored even when the pass raises."""
+    import analysis.explain.relevance as module
+
+    vit = VisionTransformer(img_size=8, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=0)
+    model = _model(vit, 8)
+    use_attention_kernel(vit, "auto")
+    vit.set_grad_checkpointing(True)
+    monkeypatch.setattr(module, "pair_logits", lambda *args: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        relevance(model, torch.rand(1, 3, 8, 8), text_record(model, TOKENIZER(["a red circle"])))
+    for block in vit.blocks:
+        assert not block.attn.attn_drop._forward_hooks and block.attn.attention_kernel == "auto"
+    assert vit.grad_checkpointing
+
+
 @pytest.mark.parametrize("space", ["filip", "clip"])
 def test_alignment_picks_the_patch_that_matches_the_words(space: str) -> None:
     """Every text token projects onto e0 (the text tower's final LayerNorm outputs a constant b, the
@@ -239,17 +310,18 @@ def test_a_caption_of_unknown_words_is_refused() -> None:
 
 
 def test_pointing_game_scores_hits_misses_ties_and_heat() -> None:
-    box = (2, 2, 5, 5)  # 9 of 64 pixels
+    box = (1, 2, 3, 7)  # (top, left, bottom, right), exclusive: rows 1-2, columns 2-6, 10 of 64 pixels
     heat = torch.zeros(8, 8)
-    heat[3, 3] = 1.0
-    assert score_map(heat, box) == (1.0, 1.0, 9 / 64)  # hit; all the heat inside
-    heat[0, 0] = 2.0
+    heat[2, 6] = 1.0
+    assert score_map(heat, box) == (1.0, 1.0, 10 / 64)  # hit; all the heat inside
+    assert score_map(heat.T.contiguous(), box)[0] == 0.0  # (6, 2) is outside: rows and columns are not swapped
+    heat[3, 6] = heat[2, 7] = 2.0  # just below and just right of the box: the exclusive edges
     hit, share, _ = score_map(heat, box)
-    assert hit == 0.0 and share == pytest.approx(1 / 3)  # miss; a third of the heat inside
-    heat[3, 4] = 2.0
-    assert score_map(heat, box)[0] == 0.5  # two tied maxima, one inside: half a hit
-    assert score_map(torch.ones(8, 8), box)[:2] == (9 / 64, 9 / 64)  # flat: exactly the chance rate
-    assert score_map(-torch.ones(8, 8), box)[1] == 9 / 64  # no positive heat: the share is chance
+    assert hit == 0.0 and share == pytest.approx(1 / 5)  # miss; a fifth of the heat inside
+    heat[1, 2] = 2.0
+    assert score_map(heat, box)[0] == pytest.approx(1 / 3)  # three tied maxima, one inside: a third of a hit
+    assert score_map(torch.ones(8, 8), box)[:2] == (10 / 64, 10 / 64)  # flat: exactly the chance rate
+    assert score_map(-torch.ones(8, 8), box)[1] == 10 / 64  # no positive heat: the share is chance
     coarse = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
     assert divmod(int(upsample(coarse, 8)[0].argmax()), 8) in {(r, c) for r in range(4) for c in range(4, 8)}
 

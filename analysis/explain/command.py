@@ -82,8 +82,10 @@ def explain_pair(
     methods = available_methods(loaded.model, methods)
     words = check_caption(loaded.tokenizer, text)
     path = Path(image_path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"--image {image_path} does not exist")
+    if not path.is_file():
+        raise UserError(f"--image {image_path} is not a file: give one image")
     try:
         with Image.open(path) as opened:
             raw = opened.convert("RGB")

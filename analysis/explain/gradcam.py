@@ -5,9 +5,9 @@ Gradient-based Localization", arXiv 1610.02391, eq. 1-2) of an image-caption pai
     L = ReLU( sum_c alpha_c A_c )                                 (the map, eq. 2)
 
 A is the vision tower's last spatial activation: a CNN's final feature map (the input of timm's
-global pool), or for a ViT the patch tokens entering its last block (the layer pytorch-grad-cam
-uses for ViTs: the tokens the tower's output sees last reach the class token only through that
-block's attention, so after it their gradient is zero under class-token pooling).
+global pool), or for a ViT the patch tokens entering its last block (pytorch-grad-cam hooks that
+block's first LayerNorm, whose output is these tokens normalised; after the block, under
+class-token pooling, the patch tokens no longer reach the output and their gradient is zero).
 """
 
 from __future__ import annotations
@@ -46,15 +46,21 @@ def gradcam(model: ContrastiveModule, images: torch.Tensor, texts: Encoded) -> t
             images = images.detach().float().requires_grad_(True)  # the weights are frozen: grads flow via the input
             record = model.image_record(images, tokens="image_tokens" in model.scoring_needs)
             logits = pair_logits(model, record, texts)
-            (activation,) = captured
-            (gradient,) = torch.autograd.grad(logits.sum(), activation)
+            if len(captured) != 1:
+                raise UserError(
+                    f"gradcam: the hooked layer ran {len(captured)} times in one forward, not once; "
+                    "this tower is not a plain CNN or ViT: use --method alignment"
+                )
+            (gradient,) = torch.autograd.grad(logits.sum(), captured[0])
+            activation = captured[0]
     finally:
         handle.remove()
     activation, gradient = activation.detach().float(), gradient.float()
     if kind == "map":
         if activation.ndim != 4:
             raise UserError(
-                f"gradcam: the vision tower's pooled map has shape {tuple(activation.shape)}, not [B, C, h, w]"
+                f"gradcam: the vision tower's pooled map has shape {tuple(activation.shape)}, not [B, C, h, w]: "
+                "use --method alignment"
             )
         weights = gradient.mean(dim=(2, 3), keepdim=True)  # eq. 1
         return (weights * activation).sum(dim=1).clamp(min=0)  # eq. 2

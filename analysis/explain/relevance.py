@@ -8,10 +8,13 @@ y the pair's logit,
     R = I;  for each block in order:  R = R + Abar_b R      (eq. 6)
     relevance of patch p = R[cls, p]
 
+The rows of R are the output tokens the score reads: the class token under CLIP's class-token
+pooling; every patch under average pooling and under FILIP's token-wise score, which never reads
+the class token (relevance is then the mean of R's patch rows).
+
 Chosen over attention rollout (Abnar and Zuidema 2020): rollout multiplies the attention maps
 alone, so it is the same for every caption and cannot point at the object a caption names; the
-gradient makes relevance caption-specific, which a pointing game needs. Towers pooled by averaging
-(no class token) take the mean of R's patch rows.
+gradient makes relevance caption-specific, which a pointing game needs.
 """
 
 from __future__ import annotations
@@ -67,13 +70,14 @@ def relevance(model: ContrastiveModule, images: torch.Tensor, texts: Encoded) ->
             if kernel is not None:
                 layer.attention_kernel = kernel
     batch, tokens = forward[0].shape[0], forward[0].shape[-1]
-    relevance_map = torch.eye(tokens).expand(batch, tokens, tokens)
+    relevance_map = torch.eye(tokens, device=forward[0].device).expand(batch, tokens, tokens)
     for attention, gradient in zip(forward, gradients, strict=True):
         weighted = (gradient.float() * attention.detach().float()).clamp(min=0).mean(dim=1)  # eq. 5
         relevance_map = relevance_map + weighted @ relevance_map  # eq. 6
     backbone = model.vision_tower.backbone
     prefix = int(getattr(backbone, "num_prefix_tokens", 0))
-    if getattr(backbone, "global_pool", "token") == "token":
+    reads_patches = "image_tokens" in model.scoring_needs  # a token-wise score (FILIP) reads no class token
+    if getattr(backbone, "global_pool", "token") == "token" and not reads_patches:
         patches = relevance_map[:, 0, prefix:]
     else:
         patches = relevance_map[:, prefix:, prefix:].mean(dim=1)
