@@ -334,6 +334,8 @@ ANALYSIS_BAD_INPUT = [
         ["explain", "--ckpt", "RUN", "--image", "missing.png", "--text", "a red circle"],
         "--image missing.png does not exist",
     ),
+    (["explain", "--ckpt", "RUN", "--image", ".", "--text", "a red circle"], "--image . is not a file"),
+    (["explain", "--ckpt", "RUN", "--image", "scene.png", "--text", ""], "--text is empty"),
     (["explain", "--ckpt", "RUN", "--method", "relevance"], "relevance needs a ViT vision tower"),
     (["explain", "--ckpt", "RUN", "--image", "corrupt.ckpt", "--text", "a red circle"], "not an image PIL can read"),
 ]
