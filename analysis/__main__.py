@@ -5,7 +5,7 @@
     geometry   PCA, modality gap and its shift, uniformity/alignment, t-SNE  -> OUT/geometry.json
     probes     text-only pair similarities, grounded caption selection  -> OUT/probes.json
     consistency  CyCLIP's consistency of the zero-shot and k-NN classifiers  -> OUT/consistency.json
-    explain    heat maps (Grad-CAM, attention relevance, FILIP's word-patch alignment) and word
+    explain    heat maps (Grad-CAM, attention relevance, word-patch alignment) and word
                importance; a pointing game against ShapesWorld's object positions  -> OUT/explain.json,
                or one pair with --image PATH --text "..."  -> OUT/explain/<caption>.png
     report     zeroshot, geometry and probes + OUT/report.md + the run's TensorBoard

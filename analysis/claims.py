@@ -245,9 +245,8 @@ def checkpoint_metrics(run: Path, names: list[str]) -> dict[str, float]:
             applicable = available_methods(loaded.model)
             if applicable:
                 cache |= explain_pointing(loaded, run / "analysis", methods=applicable)["metrics"]
-            not_applicable = set(METHODS) - set(
-                applicable
-            )  # e.g. FILIP's alignment of a CLIP run: missing, not an error
+            # A method the towers do not allow (relevance on a CNN) is missing for this run, not an error.
+            not_applicable = set(METHODS) - set(applicable)
             cache |= {n: math.nan for n in todo if n.startswith("explain/") and n.split("/")[1] in not_applicable}
         write_json(cache_path, cache | {"checkpoint": stamp})  # the checkpoint exists here
     unknown = [n for n in names if n not in cache]

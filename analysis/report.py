@@ -194,10 +194,10 @@ def _explain_section(explained: dict) -> list[str]:
         "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     queries = {
-        "query": '"a red circle"',
-        "shape_query": '"a circle"',
-        "word_color": "its colour word",
-        "word_shape": "its shape word",
+        "query": "a <color> <shape>",
+        "shape_query": "a <shape>",
+        "word_color": "its <color> word",
+        "word_shape": "its <shape> word",
     }
     for method, kinds in explained["pointing"].items():
         for kind, r in kinds.items():
