@@ -385,4 +385,6 @@ def test_explain_command_on_trained_checkpoints(which: str, trained_run, tmp_pat
         ]
     )
     assert [w["word"] for w in pair["words"]] == ["a", "red", "circle"] and set(pair["peaks"]) == set(methods)
+    assert [w["word"] for w in pair["word_patches"]] == ["a", "red", "circle"]
+    assert all(0 <= r < 2 and 0 <= c < 2 for r, c in (w["patch"] for w in pair["word_patches"]))  # ResNet: 2 x 2
     assert Path(pair["figure"]).stat().st_size > 5000 and (out / "explain" / "a-red-circle.json").is_file()

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from analysis.checkpoint import LoadedCheckpoint
+from analysis.explain.alignment import word_patch_similarities
 from analysis.explain.figures import examples_figure, pair_figure
 from analysis.explain.maps import available_methods, query_maps
 from analysis.explain.pointing import pointing_game, upsample
@@ -111,6 +112,12 @@ def explain_pair(
         "peaks": {m: [int(i) for i in divmod(int(heat.argmax()), size)] for m, heat in maps.items()},
         "figure": str(figure_path),
     }  # fmt: skip
+    if "alignment" in methods:  # the patch (row, column of the patch grid) each word's alignment picks
+        rows = word_patch_similarities(loaded.model, image[None], ids)[0]
+        result["word_patches"] = [
+            {"word": word, "patch": [int(i) for i in divmod(int(rows[a:b].mean(dim=0).argmax()), rows.shape[-1])]}
+            for word, (a, b) in zip(words, spans, strict=True)
+        ]
     write_json(out / "explain" / f"{stem}.json", result)
     return result
 
