@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from analysis.checkpoint import LoadedCheckpoint
+from analysis.commands import slug
 from analysis.explain.alignment import word_patch_similarities
 from analysis.explain.figures import examples_figure, pair_figure
 from analysis.explain.maps import available_methods, query_maps
@@ -104,7 +105,7 @@ def explain_pair(
     }
     importance = word_importance(loaded.model, loaded.tokenizer, image, text)
     shown = _unnormalise(image, loaded)
-    stem = _slug(text)
+    stem = slug(text.lower())[:60] or "caption"
     figure_path = save_figure(pair_figure(shown, maps, text, importance), out / "explain" / f"{stem}.png")
     result = {
         "model": loaded.name, "checkpoint": str(loaded.path), "image": str(path), "text": text,
@@ -127,7 +128,3 @@ def _unnormalise(image: torch.Tensor, loaded: LoadedCheckpoint) -> torch.Tensor:
     mean = torch.tensor(loaded.image_transform.mean)[:, None, None]
     std = torch.tensor(loaded.image_transform.std)[:, None, None]
     return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "caption"
