@@ -7,16 +7,19 @@ from collections.abc import Callable
 import torch
 
 from common.batch import Batch
+from datamodules.augment import TokenMasking
 from datamodules.tokenizer.base import TextTokenizer
 
 
 class Collate:
-    """Dataset items (dicts with "image", and "caption", "index", "views", "task", "label",
-    "skipped" where the data has them) -> one :class:`~common.batch.Batch`.
+    """Dataset items (dicts with "image", and "caption", "index", "views", "text_view",
+    "mask_seed", "task", "label", "skipped" where the data has them) -> one :class:`~common.batch.Batch`.
 
     Images (and views) are stacked and passed through ``normalize`` once per batch (None: the
-    items are already normalised float tensors); captions are tokenised in one call. An
-    evaluation item without a caption (a zero-shot image) gets the empty caption.
+    items are already normalised float tensors); captions are tokenised in one call, text views
+    in another (each padded to its own longest row in training). An evaluation item without a
+    caption (a zero-shot image) gets the empty caption. With ``masking`` and items carrying a
+    "mask_seed", "text" is masked row by row from each item's seed and "mlm_labels" added.
     """
 
     def __init__(
@@ -24,8 +27,10 @@ class Collate:
         tokenizer: TextTokenizer,
         pad_to_context: bool,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        masking: TokenMasking | None = None,
     ) -> None:
         self.tokenizer, self.pad_to_context, self.normalize = tokenizer, pad_to_context, normalize
+        self.masking = masking
 
     def _images(self, images: list[torch.Tensor]) -> torch.Tensor:
         stacked = torch.stack(images)
@@ -35,8 +40,13 @@ class Collate:
         first = items[0]
         batch: Batch = {"image": self._images([item["image"] for item in items])}
         if "caption" in first or "task" in first:
-            batch["text"] = self.tokenizer(
-                [item.get("caption", "") for item in items], pad_to_context=self.pad_to_context
+            text = self.tokenizer([item.get("caption", "") for item in items], pad_to_context=self.pad_to_context)
+            if self.masking is not None and "mask_seed" in first:
+                text, batch["mlm_labels"] = self.masking(text, [item["mask_seed"] for item in items], self.tokenizer)
+            batch["text"] = text
+        if "text_view" in first:
+            batch["text_view"] = self.tokenizer(
+                [item["text_view"] for item in items], pad_to_context=self.pad_to_context
             )
         if "index" in first:
             batch["index"] = torch.tensor([item["index"] for item in items])

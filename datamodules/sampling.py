@@ -45,6 +45,10 @@ class ResumableSampler(DistributedSampler):
     The order of every epoch is a pure function of (seed, epoch), so a run resumed from a
     mid-epoch checkpoint sees exactly the batches the interrupted run would have seen next;
     Lightning calls ``set_epoch`` at every epoch start, as for any DistributedSampler.
+
+    A dataset whose items vary by epoch (augmented views drawn afresh each epoch) says so with a
+    true ``takes_epoch`` attribute and then gets ``(index, epoch)`` keys instead of indices: its
+    persistent workers cannot see ``set_epoch``, the sampler can.
     """
 
     def __init__(
@@ -56,10 +60,20 @@ class ResumableSampler(DistributedSampler):
         # A checkpoint taken at the very end of an epoch resumes with the next, whole epoch.
         self.skip = skip_batches * batch_size if 0 < skip_batches < batches else 0
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0  # only the first pass after a resume is shortened
+        if getattr(self.dataset, "takes_epoch", False):
+            return iter([(index, self.epoch) for index in indices[skip:]])
         return iter(indices[skip:])
+
+
+def index_and_epoch(key: int | tuple[int, int]) -> tuple[int, int]:
+    """A dataset key from :class:`ResumableSampler` (``(index, epoch)``) or any other sampler (an
+    index: evaluation, or code that indexes directly, is epoch 0)."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), 0
 
 
 def contrastive_loader(

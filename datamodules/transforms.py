@@ -66,11 +66,15 @@ class EvalImageTransform:
         self.image_size, self.mean, self.std = image_size, list(mean), list(std)
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """The image resized and center-cropped, still uint8 [3, S, S] (what view augmentations take)."""
         pixels = _as_uint8_tensor(image)
         if tuple(pixels.shape[1:]) != (self.image_size, self.image_size):
             pixels = TF.resize(pixels, self.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
             pixels = TF.center_crop(pixels, self.image_size)
-        return self.normalize(pixels)
+        return pixels
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [..., 3, H, W] at the right size -> normalised float32 (batches in one op)."""

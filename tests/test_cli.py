@@ -35,10 +35,13 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, **extra_env: str) -> subp
 
 
 def preset_args(path: Path) -> list[str]:
-    """A preset lists its terms; an overlay without terms (demo.yaml) goes on top of clip.yaml."""
-    config = yaml.safe_load(path.read_text()) or {}
-    overlay = "terms" not in (config.get("model") or {})
-    return (["--config", str(CONFIGS / "clip.yaml")] if overlay else []) + ["--config", str(path)]
+    """The configs of the first command in the preset's header, in its order (demo.yaml goes on
+    top of clip.yaml, defilip.yaml on top of declip.yaml): what a user copying the line runs."""
+    command = next(line for line in path.read_text().splitlines() if "python -m experiments fit" in line)
+    words = command.split()
+    configs = [REPO / words[i + 1] for i, word in enumerate(words) if word == "--config"]
+    assert configs[-1] == path, f"{path.name}: its header's first command must end with --config {path.name}"
+    return [arg for config in configs for arg in ("--config", str(config))]
 
 
 PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in HELPERS)
@@ -101,12 +104,12 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("preset", ["clip", "slip", "filip"])
+@pytest.mark.parametrize("preset", ["clip", "slip", "filip", "declip"])
 def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
     """The DDP preset under bf16-mixed (kept even on a CPU without native bf16, where runs would
     switch to float32): global embeddings (CLIP), SSL views through the globally normalised
     projector in micro-batches with gradient caching (SLIP), token gathers and frozen global
-    heads (FILIP)."""
+    heads (FILIP), image and text views, masked captions and the gathered NNS queue (DeCLIP)."""
     ddp = CONFIGS / "trainer" / "ddp_cpu.yaml"
     args = ("fit", *preset_args(CONFIGS / f"{preset}.yaml"), "--config", str(SMOKE), "--config", str(ddp))
     if preset == "slip":  # and gradient caching: each process's 8 rows in micro-batches of 4
@@ -173,6 +176,18 @@ BAD_INPUT = {
     "micro-batch-0": (
         ["--model.micro_batch_size", "0"],
         "model.micro_batch_size must be a positive number of rows, got 0",
+    ),
+    "mlm-without-masking": (
+        ["--config", str(CONFIGS / "declip.yaml"), "--data.init_args.text_masking", "null"],
+        "MaskedLanguageModel needs masked captions but the data does not mask them: set data.init_args.text_masking",
+    ),
+    "masking-without-mlm": (
+        ["--data.init_args.text_masking", "datamodules.augment.TokenMasking"],
+        "the data masks the captions (data.init_args.text_masking) but no term predicts the masked tokens",
+    ),
+    "text-views-missing": (
+        ["--config", str(CONFIGS / "declip.yaml"), "--data.init_args.text_views", "null"],
+        "a term needs a second text view per caption",
     ),
     "micro-batch-not-dividing": (
         ["--model.micro_batch_size", "3"],

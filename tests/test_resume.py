@@ -1,5 +1,7 @@
 """Exact resume: a run killed with SIGKILL after a mid-epoch checkpoint and resumed with
-``fit --ckpt_path last`` ends with the same weights and metrics as the run never interrupted."""
+``fit --ckpt_path last`` ends with the same weights and metrics as the run never interrupted;
+for DeCLIP also the same NNS queue (a buffer of the state dict) after augmented views, text
+views and masks that change with the epoch."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,10 +41,10 @@ def overlay(tmp_path: Path, kill_at: int | None) -> Path:
     return path
 
 
-def fit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def fit(cwd: Path, preset: str, *args: str) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]), CLIP_VARIANTS_TRACEBACK="1")
-    command = [sys.executable, "-m", "experiments", "fit", "--config", str(CONFIGS / "clip.yaml"),
+    command = [sys.executable, "-m", "experiments", "fit", "--config", str(CONFIGS / f"{preset}.yaml"),
                "--config", str(CONFIGS / "smoke.yaml"), "--trainer.logger.init_args.version", "", *args]  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -51,40 +54,52 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp_path = tmp_path_factory.mktemp("whole")
-    whole = fit(tmp_path, "--config", str(overlay(tmp_path, None)))
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    run = tmp_path / "runs" / "clip"
-    # last.ckpt ends as the final weights (step 10), though the last periodic save was at step 8.
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-    assert sorted(p.name for p in (run / "checkpoints").glob("step=*")) == ["step=4.ckpt", "step=8.ckpt"]
-    return run
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The never-interrupted run of a preset, trained once per module when first asked for."""
+    runs: dict[str, Path] = {}
+
+    def run_of(preset: str) -> Path:
+        if preset not in runs:
+            tmp_path = tmp_path_factory.mktemp(f"whole-{preset}")
+            whole = fit(tmp_path, preset, "--config", str(overlay(tmp_path, None)))
+            assert whole.returncode == 0, whole.stderr[-3000:]
+            run = runs[preset] = tmp_path / "runs" / preset
+            # last.ckpt ends as the final weights (step 10), though the last periodic save was at step 8.
+            assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+            assert sorted(p.name for p in (run / "checkpoints").glob("step=*")) == ["step=4.ckpt", "step=8.ckpt"]
+        return runs[preset]
+
+    return run_of
 
 
-@pytest.mark.parametrize("corrupt_last", [False, True], ids=["last", "corrupt-last"])
+@pytest.mark.parametrize(
+    ("preset", "corrupt_last"),
+    [("clip", False), ("clip", True), ("declip", False)],
+    ids=["last", "corrupt-last", "declip"],
+)
 def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(
-    corrupt_last: bool, uninterrupted: Path, tmp_path: Path
+    preset: str, corrupt_last: bool, uninterrupted: Callable[[str], Path], tmp_path: Path
 ) -> None:
-
-    killed = fit(tmp_path / "killed", "--config", str(overlay(tmp_path, 6)))
+    killed = fit(tmp_path / "killed", preset, "--config", str(overlay(tmp_path, 6)))
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL after step 6; last.ckpt is step 4
-    run = tmp_path / "killed" / "runs" / "clip"
+    run = tmp_path / "killed" / "runs" / preset
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     if corrupt_last:  # a truncated last.ckpt: the newest readable step checkpoint is used instead
         last = run / "checkpoints" / "last.ckpt"
         last.write_bytes(last.read_bytes()[:1000])
-    resumed = fit(tmp_path / "killed", "--config", str(overlay(tmp_path, None)), "--ckpt_path", "last")
+    resumed = fit(tmp_path / "killed", preset, "--config", str(overlay(tmp_path, None)), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     if corrupt_last:
         assert "cannot read last.ckpt" in resumed.stderr and "resuming from" in resumed.stderr
         assert (run / "checkpoints" / "last.ckpt.unreadable").is_file()
 
-    reference = uninterrupted
+    reference = uninterrupted(preset)
     expected, got = weights(reference), weights(run)
     assert expected.keys() == got.keys()
-    for key in expected:
+    for key in expected:  # DeCLIP: terms.nearestneighbourinfonce.queue and its write position too
         assert torch.equal(expected[key], got[key]), key
+    if preset == "declip":
+        assert expected["terms.nearestneighbourinfonce.queue_position"] == (10 * 2 * 8) % 4096
     final = {k: v for k, v in json.loads((reference / "metrics.json").read_text()).items() if "test" in k}
     assert final and final == {k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if "test" in k}
 

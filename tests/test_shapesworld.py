@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.errors import UserError
+from datamodules.augment import TextViews
 from datamodules.shapesworld import HELD_OUT, CaptionedScenes, ShapesWorldDataModule, ZeroShotScenes
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import BACKGROUND, COLORS, Scene
@@ -105,26 +106,61 @@ def _relation_holds(scene: Scene, caption: str) -> bool:
     return True
 
 
+def _check_true(scene: Scene, caption: str) -> set[str]:
+    """Assert what can be machine-checked of a caption against its scene; returns the kinds seen."""
+    colors, shapes, sizes = (_mentioned(caption, t) for t in (lang.COLOR_WORDS, lang.SHAPE_WORDS, lang.SIZE_WORDS))
+    # "semicircle"/"half moon" must not also count as "circle" etc.: words are whole words.
+    assert colors <= {t.color for t in scene.objects}, (caption, scene)
+    assert shapes <= {t.shape for t in scene.objects}, (caption, scene)
+    assert sizes <= {t.size for t in scene.objects}, (caption, scene)
+    counts = [n + 1 for n, w in enumerate(lang.COUNT_WORDS) if re.search(rf"\b{w}\b", caption)]
+    assert all(c == len(scene.objects) for c in counts), (caption, scene)
+    assert _relation_holds(scene, caption), (caption, scene)
+    for place in lang.PLACES.values():
+        if caption.endswith(f"in the {place}"):
+            (thing,) = scene.objects
+            assert lang.PLACES[(thing.row, thing.col)] == place
+    kinds = {"count"} if counts else set()
+    return kinds | ({"relation"} if any(f" {p} " in caption for ps in lang.RELATIONS.values() for p in ps) else set())
+
+
 def test_captions_are_true_of_their_scene() -> None:
     data = CaptionedScenes(2, "train", N_CHECK)
     kinds = set()
     for i in range(N_CHECK):
-        scene, caption = data.scene(i), data[i]["caption"]
-        colors, shapes, sizes = (_mentioned(caption, t) for t in (lang.COLOR_WORDS, lang.SHAPE_WORDS, lang.SIZE_WORDS))
-        # "semicircle"/"half moon" must not also count as "circle" etc.: words are whole words.
-        assert colors <= {t.color for t in scene.objects}, (caption, scene)
-        assert shapes <= {t.shape for t in scene.objects}, (caption, scene)
-        assert sizes <= {t.size for t in scene.objects}, (caption, scene)
-        counts = [n + 1 for n, w in enumerate(lang.COUNT_WORDS) if re.search(rf"\b{w}\b", caption)]
-        assert all(c == len(scene.objects) for c in counts), (caption, scene)
-        assert _relation_holds(scene, caption), (caption, scene)
-        for place in lang.PLACES.values():
-            if caption.endswith(f"in the {place}"):
-                (thing,) = scene.objects
-                assert lang.PLACES[(thing.row, thing.col)] == place
-        kinds |= {"count"} if counts else set()
-        kinds |= {"relation"} if any(f" {p} " in caption for ps in lang.RELATIONS.values() for p in ps) else set()
+        kinds |= _check_true(data.scene(i), data[i]["caption"])
     assert kinds == {"count", "relation"}
+
+
+def _canonical_places(caption: str) -> list[str]:
+    places = {w for phrase in lang.PLACES.values() for w in phrase.split()}
+    return [{"middle": "center"}.get(w, w) for w in caption.split() if w in places | {"middle"}]
+
+
+def test_text_views_stay_true_of_their_scene_and_known_to_the_tokenizer() -> None:
+    """ShapesWorld's text views (its synonym table, synonym replacement and deletion, DeCLIP's
+    delete_p) keep every caption true: the caption checks above, plus: the place words survive in
+    order (a deletion never turns "top left" into "top"), every adjacent colour-shape pair names an
+    object of the scene, and no word is unknown to the tokenizer."""
+    dm = ShapesWorldDataModule(seed=2, train_samples=N_CHECK, text_views=TextViews(synonym=1, delete=1, swap=0))
+    views, data = dm.train_set.text_views, dm.train_set
+    colors = {w: c for c, ws in lang.COLOR_WORDS.items() for w in ws}
+    shapes = {w: s for s, forms in lang.SHAPE_WORDS.items() for pair in forms for w in pair if " " not in w}
+    pair = re.compile(rf"\b({_word(list(colors))}) ({_word(list(shapes))})\b")
+    texts, changed = [], 0
+    for i in range(N_CHECK):
+        scene, caption = data.scene(i), data.caption(i)
+        for epoch in (0, 1):
+            view = views(caption, seed=1000 * i + epoch)
+            changed += view != caption
+            _check_true(scene, view)
+            assert _canonical_places(view) == _canonical_places(caption), (caption, view)
+            combos = {(t.color, t.shape) for t in scene.objects}
+            assert all((colors[c], shapes[s]) in combos for c, s in pair.findall(view)), (view, scene)
+            texts.append(view)
+    assert changed > N_CHECK  # most views differ from their caption
+    ids = dm.tokenizer(texts, pad_to_context=False)
+    assert not (ids == dm.tokenizer.unk_id).any()
 
 
 def test_every_caption_and_prompt_tokenizes_without_unknown_words() -> None:

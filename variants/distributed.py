@@ -63,6 +63,16 @@ def gather(local: torch.Tensor) -> torch.Tensor:
     return torch.cat(shards).to(local.dtype)
 
 
+def global_sum(local: torch.Tensor) -> torch.Tensor:
+    """The sum of ``local`` over all ranks, without gradient (e.g. a count of masked tokens)."""
+    _, size = world()
+    if size == 1:
+        return local
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
 def pad_to_common_length(local: torch.Tensor, dim: int = 1, value: float = 0) -> torch.Tensor:
     """Pad ``local`` along ``dim`` to the largest size any rank has (batches padded to their
     own longest caption differ in length across ranks; gathers need one shape)."""

@@ -289,6 +289,95 @@ def simclr_loss(
     return 0.5 * (loss_a + loss_b)
 
 
+def multi_view_clip_loss(
+    images: Sequence[torch.Tensor],
+    texts: Sequence[torch.Tensor],
+    logit_scale: torch.Tensor | float,
+    *,
+    all_images: Sequence[torch.Tensor] | None = None,
+    all_texts: Sequence[torch.Tensor] | None = None,
+    row_offset: int = 0,
+) -> torch.Tensor:
+    """DeCLIP's multi-view supervision (Li et al. 2022, arXiv 2110.05208; official code
+    prototype/solver/declip_solver.py L442-450): the mean of CLIP's symmetric InfoNCE
+    (:func:`clip_loss`) over every (image view, text view) pair,
+
+        L_MVS = 1/(V_i V_t) sum_{v, w} clip_loss(I_v, T_w, s),
+
+    2 x 2 = 4 pairs in DeCLIP. Distributed form as :func:`clip_loss`, view by view.
+    """
+    all_images = images if all_images is None else all_images
+    all_texts = texts if all_texts is None else all_texts
+    losses = [
+        clip_loss(image, text, logit_scale, all_image=all_image, all_text=all_text, row_offset=row_offset)
+        for image, all_image in zip(images, all_images, strict=True)
+        for text, all_text in zip(texts, all_texts, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
+def simsiam_loss(p_a: torch.Tensor, z_a: torch.Tensor, p_b: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """SimSiam's symmetric negative cosine with stop-gradient (Chen and He 2021, arXiv
+    2011.10566, Algorithm 1; DeCLIP's SimsiamLoss, prototype/loss_functions/loss.py L49-81):
+
+        L = -1/2 [cos(p_a, sg(z_b)) + cos(p_b, sg(z_a))],  mean over rows,
+
+    with projections z and predictions p of two views. Rows are independent, so the mean over
+    this rank's rows is the distributed form (DDP's averaging makes it the global mean).
+    """
+    cos_ab = F.cosine_similarity(p_a, z_b.detach(), dim=-1)
+    cos_ba = F.cosine_similarity(p_b, z_a.detach(), dim=-1)
+    return -0.5 * (cos_ab.mean() + cos_ba.mean())
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, total: int | torch.Tensor) -> torch.Tensor:
+    """Masked language modelling's cross-entropy (Devlin et al. 2019, BERT, section 3.1; DeCLIP's
+    text self-supervision, prototype/model/declip.py L330-334): the predictions ``logits`` [M, V]
+    of the M masked tokens here against their original ids, summed and divided by ``total``,
+    the number of masked tokens in the whole (global) batch; with total = M it is the mean.
+    Zero (with a gradient path) when no token is masked anywhere."""
+    return F.cross_entropy(logits, targets, reduction="sum") / max(int(total), 1)
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, chunk: int) -> torch.Tensor:
+    """For each row of ``queries`` [N, D], the index of its most cosine-similar row of ``bank``
+    [Q, D], searched ``chunk`` bank rows at a time (memory O(N x chunk), not O(N x Q)); among equal
+    similarities the first row wins."""
+    q = F.normalize(queries, dim=-1)
+    best = torch.full((q.shape[0],), float("-inf"), device=q.device, dtype=q.dtype)
+    index = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    for start in range(0, bank.shape[0], chunk):
+        value, position = (q @ F.normalize(bank[start : start + chunk], dim=-1).T).max(dim=1)
+        better = value > best
+        best = torch.where(better, value, best)
+        index = torch.where(better, position + start, index)
+    return index
+
+
+def nearest_neighbour_loss(
+    images: Sequence[torch.Tensor],
+    neighbours: Sequence[torch.Tensor],
+    logit_scale: torch.Tensor | float,
+    *,
+    row_offset: int = 0,
+) -> torch.Tensor:
+    """DeCLIP's nearest-neighbour supervision (Li et al. 2022; official code declip.py L290-300,
+    declip_solver.py L474-479): image -> text InfoNCE whose positives are the queue neighbours
+    NN(T_w) of the batch's text views, averaged over image views v and text views w,
+
+        L_NNS = 1/(V_i V_t) sum_{v, w} CE(s I_v NN(T_w)^T, arange),
+
+    one direction only (the neighbours are constants: no gradient reaches the text side).
+    ``neighbours`` hold the global batch's neighbours (gathered), ``images`` this rank's rows.
+    """
+    targets = torch.arange(images[0].shape[0], device=images[0].device) + row_offset
+    losses = [
+        F.cross_entropy(logit_scale * image @ neighbour.T, targets) for image in images for neighbour in neighbours
+    ]
+    return torch.stack(losses).mean()
+
+
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """[Na, Nb]: sum over sigmas of exp(-||a_i - b_j||^2 / (2 sigma^2))."""
     sq_dist = (a.square().sum(1, keepdim=True) + b.square().sum(1) - 2 * a @ b.T).clamp_min(0)

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
@@ -141,14 +142,35 @@ class ContrastiveModule(pl.LightningModule):
         return encode_in_micro_batches(self._encode, batch, size, (self.vision_tower, self.text_tower))
 
     def _encode(self, batch: Batch) -> Encoded:
-        images = self.image_record(batch["image"], tokens="image_tokens" in self.needs)
-        texts = self.text_record(batch["text"], tokens="text_tokens" in self.needs)
-        views = None
-        if "views" in self.needs:
+        needs = self.needs
+        image_tokens = "image_tokens" in needs
+        views = image_views = None
+        if "views" in needs or "image_views" in needs:
             if batch.get("views") is None:
                 raise UserError(_NO_VIEWS)
+        if "image_views" in needs:
+            # DeCLIP: the two augmented views replace the image (one pass each, each with its own
+            # BatchNorm statistics, as the official code encodes them); the first is "the image".
+            first, tokens = self.vision_tower.project(batch["views"][:, 0], return_tokens=image_tokens)
+            second, _ = self.vision_tower.project(batch["views"][:, 1])
+            image_views = torch.stack([first, second], dim=1)
+            images = Encoded(image=F.normalize(first, dim=-1), image_tokens=tokens)
+        else:
+            images = self.image_record(batch["image"], tokens=image_tokens)
+        if "views" in needs:
             b = batch["views"].shape[0]
             views = self.vision_tower.pooled(batch["views"].flatten(0, 1)).view(b, 2, -1)
+        texts = self.text_record(batch["text"], tokens="text_tokens" in needs)
+        text_view = None
+        if "text_view" in needs:
+            if batch.get("text_view") is None:
+                raise UserError(_NO_TEXT_VIEW)
+            text_view = self.text_record(batch["text_view"]).text
+        mlm_labels = None
+        if "mlm_labels" in needs:
+            if batch.get("mlm_labels") is None:
+                raise UserError(_NO_MASKING)
+            mlm_labels = batch["mlm_labels"]
         return Encoded(
             image=images.image,
             text=texts.text,
@@ -156,12 +178,22 @@ class ContrastiveModule(pl.LightningModule):
             text_tokens=texts.text_tokens,
             text_mask=texts.text_mask,
             views=views,
+            image_views=image_views,
+            text_view=text_view,
+            mlm_labels=mlm_labels,
         )
 
     # ---- training ----------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if "views" in self.needs and not getattr(self.trainer.datamodule, "provides_views", False):
+        data = self.trainer.datamodule
+        if {"views", "image_views"} & self.needs and not getattr(data, "provides_views", False):
             raise UserError(_NO_VIEWS)
+        if "text_view" in self.needs and not getattr(data, "provides_text_view", False):
+            raise UserError(_NO_TEXT_VIEW)
+        masks = getattr(data, "provides_mlm", False)
+        if ("mlm_labels" in self.needs) != masks:
+            # Masked captions without a term that predicts them would silently corrupt every caption.
+            raise UserError(_NO_MASKING if not masks else _MASKING_UNUSED)
         if self.trainer.accumulate_grad_batches > 1:
             raise UserError(
                 "trainer.accumulate_grad_batches > 1 does not make a larger contrastive batch: "
@@ -409,8 +441,21 @@ def _weight_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn
 
 
 _NO_VIEWS = (
-    "a term needs two augmented views per image (SimCLR) but the batches have none: set "
-    "data.init_args.views (e.g. class_path datamodules.augment.SSLViews) in the data config"
+    "a term needs two augmented views per image (SimCLR, SimSiam, DeCLIP's multi-view terms) but the batches "
+    "have none: set data.init_args.views (e.g. class_path datamodules.augment.SSLViews) in the data config"
+)
+_NO_TEXT_VIEW = (
+    "a term needs a second text view per caption (DeCLIP's MultiViewInfoNCE, NearestNeighbourInfoNCE) but the "
+    "batches have none: set data.init_args.text_views (class_path datamodules.augment.TextViews) in the data config"
+)
+_NO_MASKING = (
+    "MaskedLanguageModel needs masked captions but the data does not mask them: set data.init_args.text_masking "
+    "(class_path datamodules.augment.TokenMasking) in the data config"
+)
+_MASKING_UNUSED = (
+    "the data masks the captions (data.init_args.text_masking) but no term predicts the masked tokens, so every "
+    "term would train on corrupted captions: add variants.objectives.MaskedLanguageModel to model.terms or "
+    "remove text_masking"
 )
 
 

@@ -37,6 +37,16 @@ class Encoded:
                    present when a term needs "text_tokens".
     views:         [B, 2, Cv] the image trunk's pooled features of two augmented views of each
                    image (before the projection); present when a term needs "views".
+    image_views:   [B, 2, D] the same two views through the whole tower, projected but NOT
+                   normalised (SimSiam reads them there); present when a term needs
+                   "image_views", and then ``image`` is the first view, normalised, and
+                   ``image_tokens`` its tokens: DeCLIP trains on two augmented views and never
+                   on the un-augmented image.
+    text_view:     [B, D] L2-normalised embedding of a second text view of each caption (EDA,
+                   from the data); present when a term needs "text_view".
+    mlm_labels:    [B, L] int64, the original id at each masked position of the caption that
+                   produced ``text`` / ``text_tokens``, -100 elsewhere (from the data's
+                   text masking); present when a term needs "mlm_labels".
     """
 
     image: torch.Tensor | None = None
@@ -45,6 +55,9 @@ class Encoded:
     text_tokens: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     views: torch.Tensor | None = None
+    image_views: torch.Tensor | None = None
+    text_view: torch.Tensor | None = None
+    mlm_labels: torch.Tensor | None = None
 
 
 #: What a term may list in ``Term.needs``: the fields of :class:`Encoded` that are computed only
@@ -165,16 +178,20 @@ class VisionTower(nn.Module):
 
     def forward(self, images: torch.Tensor, return_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images [B, 3, H, W] -> (embedding [B, D] normalised, tokens [B, P, C] or None)."""
+        projected, tokens = self.project(images, return_tokens)
+        return F.normalize(projected, dim=-1), tokens
+
+    def project(self, images: torch.Tensor, return_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images [B, 3, H, W] -> (the projection [B, D] before normalisation, tokens or None)."""
         features = self._features(images)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
-        embedding = F.normalize(self.proj(pooled), dim=-1)
+        projected = self.proj(self.backbone.forward_head(features, pre_logits=True))
         if not return_tokens:
-            return embedding, None
+            return projected, None
         if features.ndim == 4:  # CNN: [B, C, H, W] -> [B, H*W, C]
             tokens = features.flatten(2).transpose(1, 2)
         else:  # ViT: drop the class/register tokens
             tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0) :]
-        return embedding, tokens
+        return projected, tokens
 
 
 class TextTower(nn.Module):
@@ -239,7 +256,7 @@ class TextTower(nn.Module):
                 f"pool='{pool}' with a causal text tower sees only the start of the text; "
                 "use pool='eot', or causal=false for a bidirectional (BERT-style) tower"
             )
-        self.embed_dim, self.token_dim = embed_dim, width
+        self.embed_dim, self.token_dim, self.vocab_size = embed_dim, width, vocab_size
         self.context_length, self.pad_id = context_length, pad_id
         self.causal, self.pool, self.grad_checkpointing = causal, pool, grad_checkpointing
         self.token_embedding = nn.Embedding(vocab_size, width)

@@ -14,9 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import UserError, require_at_least
+from datamodules.augment import SSLViews, TextViews, TokenMasking
 from datamodules.collate import Collate
 from datamodules.evaluation import EvalTask, TaskDatasets
-from datamodules.image_text.rows import ImageTextRows, StreamingImageText
+from datamodules.image_text.rows import ImageTextRows, PairAugment, StreamingImageText
 from datamodules.image_text.sources import (
     DEFAULT_COLUMNS,
     FORMATS,
@@ -77,6 +78,20 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         resampled: webdataset only: draw shards with replacement, forever (open_clip's
             ``--dataset-resampled``), instead of passes over this rank's shards.
         shuffle_buffer: webdataset only: rows held to shuffle the stream.
+        views: two augmented views per training image for self-supervised terms (SLIP, DeCLIP),
+            e.g. ``datamodules.augment.SSLViews``, drawn from the image resized and center-cropped
+            to ``image_size`` and normalised with ``mean``/``std``; None (default): no views.
+        text_views: a second, EDA-augmented view of each training caption (DeCLIP), e.g.
+            ``datamodules.augment.TextViews``, from the caption's own words: synonym replacement
+            needs the TextViews' own ``synonyms`` table (else set its weight ``synonym: 0``).
+        text_masking: mask the training captions' tokens for masked language modelling (DeCLIP),
+            e.g. ``datamodules.augment.TokenMasking``; the tokenizer gets <mask> as its last id
+            (``vocab_size`` grows by one) and training batches "mlm_labels".
+
+    Views, text views and masks are a pure function of (seed, row, epoch) for the map-style
+    formats (drawn afresh each epoch; exact resume), of (seed, rank, worker, position) for a
+    stream; ``provides_views``, ``provides_text_view`` and ``provides_mlm`` tell the model which
+    training batches carry them.
     """
 
     def __init__(
@@ -100,19 +115,32 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         cache_dir: str | None = None,
         resampled: bool = False,
         shuffle_buffer: int = 1000,
+        views: SSLViews | None = None,
+        text_views: TextViews | None = None,
+        text_masking: TokenMasking | None = None,
     ) -> None:
         super().__init__()
         counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "image_size": image_size,
                   "shuffle_buffer": shuffle_buffer}  # fmt: skip
         require_at_least("data.init_args", {k: (v, 1) for k, v in counts.items()} | {"num_workers": (num_workers, 0)})
-        self.save_hyperparameters()
-        # Under LightningCLI the tokenizer is saved as its class_path config, which the analysis
-        # rebuilds; an object (a datamodule built in Python) cannot be saved that way.
-        if not isinstance(self.hparams["tokenizer"], dict):
-            self.remove_ignored_hparams(["tokenizer"])
+        self.save_hyperparameters(ignore=["views", "text_views"])  # objects; the CLI saves their configs
+        # Under LightningCLI the tokenizer and text_masking (which adds a token) are saved as their
+        # class_path configs, which the analysis rebuilds; objects (a datamodule built in Python)
+        # cannot be saved that way.
+        self.remove_ignored_hparams(
+            [k for k in ("tokenizer", "text_masking") if not isinstance(self.hparams[k], (dict, type(None)))]
+        )
         if format not in FORMATS:
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        if text_views is not None:
+            text_views.require_synonyms("image-text data")
         self.tokenizer = tokenizer
+        if text_masking is not None:
+            tokenizer.add_mask_token()
+        self.views, self.text_views, self.text_masking = views, text_views, text_masking
+        self.provides_views = views is not None
+        self.provides_text_view = text_views is not None
+        self.provides_mlm = text_masking is not None
         self.image_column = image_column or DEFAULT_COLUMNS[format][0]
         self.caption_column = caption_column or DEFAULT_COLUMNS[format][1]
         # What the analysis applies to outside images (any size or mode) to match evaluation input.
@@ -174,8 +202,14 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
 
     # ---- loaders ------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        collate = Collate(self.tokenizer, pad_to_context=not train)
+        masking = self.text_masking if train else None  # evaluation captions are never masked
+        collate = Collate(self.tokenizer, pad_to_context=not train, masking=masking)
         return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
+
+    def _augment(self, seed: int) -> PairAugment | None:
+        if not (self.provides_views or self.provides_text_view or self.provides_mlm):
+            return None
+        return PairAugment(seed, self.image_transform, self.views, self.text_views, self.provides_mlm)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None and self._stream is None:
@@ -186,7 +220,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
             dataset = StreamingImageText(
                 self._stream, self.image_column, self.caption_column, self.train_transform,
                 seed=(at.seed * 1_000_003 + at.step) % 2**32, rank=at.rank, world_size=at.world, resampled=h.resampled,
-                shuffle_buffer=h.shuffle_buffer, source=self._source("train"),
+                shuffle_buffer=h.shuffle_buffer, source=self._source("train"), augment=self._augment(at.seed),
             )  # fmt: skip
             return self._loader(dataset, h.batch_size, train=True)
         if len(self.train_set) < h.batch_size * at.world:
@@ -196,6 +230,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
             )
         # Exact resume as for ShapesWorld: the order is a pure function of (seed, epoch), and a
         # resumed run starts at the batch its checkpoint stopped at.
+        self.train_set.augment = self._augment(at.seed)  # before the sampler reads takes_epoch
         sampler = ResumableSampler(self.train_set, at.world, at.rank, at.seed, h.batch_size, at.done_batches)
         sampler.set_epoch(at.epoch)
         return self._loader(self.train_set, h.batch_size, train=True, sampler=sampler)

@@ -14,6 +14,7 @@ import itertools
 import random
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from common.errors import UserError
+from datamodules.augment import SSLViews, TextViews, epoch_seed
 from datamodules.image_text.sources import Segment, row_name
+from datamodules.sampling import index_and_epoch
+from datamodules.transforms import EvalImageTransform
 
 MAX_REPLACEMENTS = 16  # unreadable rows in a row before we stop believing in the data
 
@@ -60,9 +64,36 @@ def _warn_once(seen: set, key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
+@dataclass(frozen=True)
+class PairAugment:
+    """The training augmentations of one pair, drawn afresh each epoch: two image views (of the
+    image resized and center-cropped like evaluation input, then normalised like it), a text view,
+    the seed its caption's tokens are masked with. A pure function of (seed, key, epoch), ``key``
+    being the row's index (or a stream's position), whatever worker computes it."""
+
+    seed: int
+    at_size: EvalImageTransform
+    views: SSLViews | None = None
+    text_views: TextViews | None = None
+    mask_seeds: bool = False
+
+    def __call__(self, image: Image.Image, caption: str, key: object, epoch: int) -> dict[str, Any]:
+        base = random.Random(f"{self.seed}:{key}").getrandbits(63)
+        item: dict[str, Any] = {}
+        if self.views is not None:
+            views = self.views(self.at_size.pixels(image), seed=epoch_seed(base, epoch, "views"))
+            item["views"] = self.at_size.normalize(views)
+        if self.text_views is not None:
+            item["text_view"] = self.text_views(caption, seed=epoch_seed(base, epoch, "text_view"))
+        if self.mask_seeds:
+            item["mask_seed"] = epoch_seed(base, epoch, "mask")
+        return item
+
+
 class ImageTextRows(Dataset):
     """The captioned rows of some segments as one map-style dataset of
-    ``{"image": float [3, S, S], "caption": str, "index": int, "skipped": int}``.
+    ``{"image": float [3, S, S], "caption": str, "index": int, "skipped": int}``, plus what
+    ``augment`` adds (training); with it the dataset ``takes_epoch`` (keys ``(index, epoch)``).
 
     Args:
         segments: tables whose ``keep`` lists the rows to serve, in order.
@@ -77,8 +108,13 @@ class ImageTextRows(Dataset):
     ) -> None:  # fmt: skip
         self.segments, self.image_column, self.caption_column = segments, image_column, caption_column
         self.transform, self.source = transform, source
+        self.augment: PairAugment | None = None  # set by the datamodule for training
         self._index()
         self._warned: set[str] = set()
+
+    @property
+    def takes_epoch(self) -> bool:
+        return self.augment is not None
 
     def _index(self) -> None:
         self.starts = [0]
@@ -116,12 +152,16 @@ class ImageTextRows(Dataset):
         self._index()
         return names
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = index_and_epoch(key)
         position = index
         for tries in range(MAX_REPLACEMENTS + 1):
             try:
                 image, caption = self._read(position)
-                return {"image": self.transform(image), "caption": caption, "index": index, "skipped": tries}
+                item = {"image": self.transform(image), "caption": caption, "index": index, "skipped": tries}
+                if self.augment is not None:
+                    item |= self.augment(image, caption, index, epoch)
+                return item
             except Exception as error:  # noqa: BLE001 - one bad row must not end the run
                 name = row_name(*self.locate(position), self.image_column)
                 # Deterministic (same replacement on every rank and resume), spread over the data
@@ -157,14 +197,17 @@ class StreamingImageText(IterableDataset):
     def __init__(
         self, stream: datasets.IterableDataset, image_column: str, caption_column: str,
         transform: Callable[[Image.Image], torch.Tensor], seed: int, rank: int, world_size: int,
-        resampled: bool, shuffle_buffer: int, source: str,
+        resampled: bool, shuffle_buffer: int, source: str, augment: PairAugment | None = None,
     ) -> None:  # fmt: skip
         self.stream, self.image_column, self.caption_column = stream, image_column, caption_column
         self.transform, self.seed, self.rank, self.world_size = transform, seed, rank, world_size
         self.resampled, self.shuffle_buffer, self.source = resampled, shuffle_buffer, source
+        self.augment = augment
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         skipped, warned = 0, set[str]()
+        worker = get_worker_info()
+        stream_key, served = f"{self.rank}:{worker.id if worker is not None else 0}", 0
         for records in self._passes():
             good = 0
             for record in records:
@@ -172,7 +215,8 @@ class StreamingImageText(IterableDataset):
                 try:
                     if not caption:
                         raise ValueError("empty caption")
-                    image = self.transform(open_image(record[self.image_column], Path(".")))
+                    pil = open_image(record[self.image_column], Path("."))
+                    image = self.transform(pil)
                 except Exception as error:  # noqa: BLE001 - skip, count, go on
                     skipped += 1
                     value = record[self.image_column]
@@ -181,8 +225,11 @@ class StreamingImageText(IterableDataset):
                     message = f"{self.source}: skipping rows whose {why} (counted in data/skipped_rows), e.g. {name}"
                     _warn_once(warned, why, f"{message} ({error})")
                     continue
-                good += 1
-                yield {"image": image, "caption": caption, "skipped": skipped}
+                item = {"image": image, "caption": caption, "skipped": skipped}
+                if self.augment is not None:  # keyed by this worker's position in its stream
+                    item |= self.augment(pil, caption, f"{stream_key}:{served}", 0)
+                good, served = good + 1, served + 1
+                yield item
                 skipped = 0
             records.good = good
 

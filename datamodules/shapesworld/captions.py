@@ -140,6 +140,36 @@ def vocabulary() -> list[str]:
     return list(dict.fromkeys(words))
 
 
+def synonyms() -> dict[str, list[str]]:
+    """The caption language's single-word synonyms, for EDA text views (``augment.TextViews``): a
+    word maps to the other words of its concept, so a replacement keeps the caption true. Shape
+    words keep their number (singular with singular, plural with plural); relation synonyms are
+    the one-word phrases (above/over, below/under/beneath); "center"/"middle" are the grammar's
+    two words for the middle cell; multi-word forms ("half moon", "left of") are left out."""
+    groups: list[list[str]] = [*COLOR_WORDS.values(), *SIZE_WORDS.values(), ["center", "middle"]]
+    for forms in [*SHAPE_WORDS.values(), NOUNS]:
+        groups += [[singular for singular, _ in forms], [plural for _, plural in forms]]
+    groups += list(RELATIONS.values())
+    table: dict[str, list[str]] = {}
+    for group in groups:
+        single = [word for word in group if " " not in word]
+        for word in single:
+            if len(single) > 1:
+                table[word] = [other for other in single if other != word]
+    return table
+
+
+def protected_words() -> list[str]:
+    """Words EDA's deletion must keep for a caption to stay true (``augment.TextViews``'s
+    ``protected``): place words (deleting "left" from "in the top left" names another, false place),
+    every shape noun and "object"/"shape" (deleting a noun leaves "a red and a blue square", read
+    as two squares), and negations (no training caption has one; a probe-like caption would flip)."""
+    places = [word for phrase in PLACES.values() for word in phrase.split()] + ["middle"]
+    nouns = [w for forms in SHAPE_WORDS.values() for pair in forms for form in pair for w in form.split()]
+    nouns += [word for pair in NOUNS for word in pair]
+    return list(dict.fromkeys([*places, *nouns, "no", "not", "without"]))
+
+
 # ---- zero-shot prompts (canonical words; each a list of templates over class phrases) ----
 OBJECT_TEMPLATES = ("a {}", "there is a {}", "a picture of a {}")
 COLOR_TEMPLATES = ("a {} object", "a {} shape", "there is a {} object")

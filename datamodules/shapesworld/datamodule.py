@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import require_at_least
-from datamodules.augment import SSLViews
+from datamodules.augment import SSLViews, TextViews, TokenMasking
 from datamodules.collate import Collate
 from datamodules.evaluation import EvalTask, TaskDatasets
 from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
-from datamodules.shapesworld.captions import vocabulary
+from datamodules.shapesworld.captions import protected_words, synonyms, vocabulary
 from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
 from datamodules.tokenizer import TokenizerLinks, WordTokenizer
 from datamodules.transforms import EvalImageTransform
@@ -44,6 +46,18 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         num_workers: dataloader worker processes (0 renders in the main process).
         views: two augmented views per training image for self-supervised terms (SimCLR), e.g.
             ``datamodules.augment.SSLViews``; None (default) renders no views.
+        text_views: a second, EDA-augmented view of each training caption (DeCLIP), e.g.
+            ``datamodules.augment.TextViews``; without a synonym table or protected words of its
+            own it gets ShapesWorld's (``captions.synonyms()``, ``captions.protected_words()``),
+            with which synonym replacement and deletion keep captions true. Swap and insertion
+            can make them false (a swap can exchange two objects' colours): give them weight 0.
+        text_masking: mask the training captions' tokens for masked language modelling (DeCLIP),
+            e.g. ``datamodules.augment.TokenMasking``; adds <mask> as the last id (``vocab_size``
+            grows by one) and "mlm_labels" to training batches.
+
+    Views, text views and masks are drawn afresh each epoch, as a pure function of (seed, index,
+    epoch); ``provides_views``, ``provides_text_view`` and ``provides_mlm`` tell the model which
+    training batches carry them.
     """
 
     def __init__(
@@ -60,17 +74,39 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         context_length: int = 32,
         num_workers: int = 1,
         views: SSLViews | None = None,
+        text_views: TextViews | None = None,
+        text_masking: TokenMasking | None = None,
     ) -> None:
         super().__init__()
         counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "train_samples": train_samples,
                   "val_samples": val_samples, "test_samples": test_samples, "image_size": image_size}  # fmt: skip
         require_at_least("data.init_args", {k: (v, 1) for k, v in counts.items()} | {"num_workers": (num_workers, 0)})
-        self.save_hyperparameters(ignore=["views"])  # an object; the CLI saves its config
+        # Objects; the CLI saves their configs. text_masking changes the vocabulary, so its config
+        # stays in the hparams the analysis rebuilds the datamodule from (objects cannot).
+        self.save_hyperparameters(ignore=["views", "text_views"])
+        if not isinstance(self.hparams["text_masking"], (dict, type(None))):
+            self.remove_ignored_hparams(["text_masking"])
         self.tokenizer = WordTokenizer(vocabulary(), context_length)
+        if text_masking is not None:
+            self.tokenizer.add_mask_token()
+        if text_views is not None:
+            text_views = text_views.with_defaults(synonyms(), protected_words())
+            if text_views.weights["swap"] or text_views.weights["insert"]:
+                warnings.warn(
+                    "ShapesWorld text_views with swap or insert > 0 can make captions false of their scene "
+                    "(a swap can exchange two objects' colours); set swap: 0 and insert: 0",
+                    stacklevel=2,
+                )
+        self.text_masking = text_masking
         # What the analysis applies to outside images (any size or mode) to match training input.
         self.image_transform = EvalImageTransform(image_size, [MEAN] * 3, [STD] * 3)
-        self.train_set = CaptionedScenes(seed, "train", train_samples, image_size, min_objects, max_objects, views)
+        self.train_set = CaptionedScenes(
+            seed, "train", train_samples, image_size, min_objects, max_objects, views, text_views,
+            mask_seeds=text_masking is not None,
+        )  # fmt: skip
         self.provides_views = views is not None
+        self.provides_text_view = text_views is not None
+        self.provides_mlm = text_masking is not None
         self._eval_sets = {
             stage: self._eval_datasets(stage, samples)
             for stage, samples in (("val", val_samples), ("test", test_samples))
@@ -91,7 +127,8 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         return [task for task, _ in self._eval_sets["test" if stage == "test" else "val"]]
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        collate = Collate(self.tokenizer, pad_to_context=not train, normalize=normalize)
+        masking = self.text_masking if train else None  # evaluation captions are never masked
+        collate = Collate(self.tokenizer, pad_to_context=not train, normalize=normalize, masking=masking)
         return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
 
     def train_dataloader(self) -> DataLoader:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from common.errors import UserError
-from datamodules.augment import SSLViews
+from datamodules.augment import SSLViews, TextViews, epoch_seed
+from datamodules.sampling import index_and_epoch
 from datamodules.shapesworld import captions as lang
 from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
 
@@ -18,7 +19,14 @@ class CaptionedScenes(Dataset):
     """Scenes of ``min_objects``..``max_objects`` seen-combination objects with one caption.
 
     Items: {"image": uint8 [3, H, W], "caption": str, "index": int} and, with ``views``,
-    "views": uint8 [2, 3, H, W]. The scene record of any item is ``dataset.scene(index)``.
+    "views": uint8 [2, 3, H, W]; with ``text_views``, "text_view": str; with ``mask_seeds``,
+    "mask_seed": int (the seed ``Collate`` masks the caption's tokens with). The scene record of any
+    item is ``dataset.scene(index)``.
+
+    With any of these the dataset ``takes_epoch``: ``ResumableSampler`` then asks for
+    ``(index, epoch)`` items and the augmentations are drawn afresh each epoch (a pure function of
+    (seed, index, epoch)); epoch 0's image views are those drawn before views varied by epoch. The
+    scene, image and caption never depend on the epoch.
     """
 
     def __init__(
@@ -30,11 +38,15 @@ class CaptionedScenes(Dataset):
         min_objects: int = 1,
         max_objects: int = 3,
         views: SSLViews | None = None,
+        text_views: TextViews | None = None,
+        mask_seeds: bool = False,
     ) -> None:
         if not 1 <= min_objects <= max_objects <= 9:
             raise UserError(f"ShapesWorld needs 1 <= min_objects <= max_objects <= 9, got {min_objects}, {max_objects}")
         self.seed, self.stream, self.length, self.image_size = seed, stream, length, image_size
         self.min_objects, self.max_objects, self.views = min_objects, max_objects, views
+        self.text_views, self.mask_seeds = text_views, mask_seeds
+        self.takes_epoch = views is not None or text_views is not None or mask_seeds
 
     def __len__(self) -> int:
         return self.length
@@ -54,12 +66,18 @@ class CaptionedScenes(Dataset):
         """The caption of item ``index``, without rendering its image."""
         return self._sample(index)[1]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = index_and_epoch(key)
         scene, text, rng = self._sample(index)
         image = render(scene, self.image_size)
         item = {"image": image, "caption": text, "index": index}
+        base = rng.getrandbits(63)  # the views' seed since views exist: epoch 0 keeps it
         if self.views is not None:
-            item["views"] = self.views(image, seed=rng.getrandbits(63))
+            item["views"] = self.views(image, seed=epoch_seed(base, epoch, "views"))
+        if self.text_views is not None:
+            item["text_view"] = self.text_views(text, seed=epoch_seed(base, epoch, "text_view"))
+        if self.mask_seeds:
+            item["mask_seed"] = epoch_seed(base, epoch, "mask")
         return item
 
 

@@ -12,6 +12,9 @@ from common.errors import UserError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)  # ids 0..3 in the suite's own vocabularies (word-level, trained BPE)
+# Appended (id = the old vocab size) only when a datamodule turns text masking on, so default
+# vocabularies and every existing checkpoint keep their ids (official DeCLIP appends <|mask|> too).
+MASK = "<mask>"
 
 
 class TextTokenizer:
@@ -21,6 +24,11 @@ class TextTokenizer:
     ``context_length`` are truncated and still end with the end token. ``unk_id`` is the id of
     unknown words, or None when nothing is unknown (byte-level BPE).
 
+    ``mask_id`` is the id masked language modelling replaces tokens with, or None (the default: no
+    mask token). ``add_mask_token()`` appends it as the last id (``vocab_size`` grows by one); only
+    the masking ever writes it, so no text encodes to it and ``decode`` skips it. ``special_ids``
+    are the ids that are never words (masking never chooses them).
+
     ``state_dict()`` is what a checkpoint must carry to rebuild the tokenizer when the files it
     was built from are gone: its keys are init arguments, so ``cls(**init_args, **state)`` restores
     it (``analysis.checkpoint`` does this before rebuilding a datamodule).
@@ -28,10 +36,33 @@ class TextTokenizer:
 
     pad_id: int = 0
     unk_id: int | None = None
+    mask_id: int | None = None
     context_length: int
 
     @property
     def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(i for i in (self.pad_id, self.unk_id, self.mask_id) if i is not None)
+
+    def add_mask_token(self) -> int:
+        """Append the mask token as the last id (idempotent) and return its id. A tokenizer without
+        ``_base_vocab_size`` cannot get one: a UserError naming it and the fix."""
+        if self.mask_id is None:
+            try:
+                self.mask_id = self._base_vocab_size()
+            except NotImplementedError:
+                raise UserError(
+                    f"{type(self).__name__} cannot add a {MASK} token for text masking: use WordTokenizer, "
+                    "BPETokenizer or CLIPTokenizer (or give it a `_base_vocab_size` method), or set "
+                    "data.init_args.text_masking: null"
+                ) from None
+        return self.mask_id
+
+    def _base_vocab_size(self) -> int:
+        """The vocabulary size without the mask token."""
         raise NotImplementedError
 
     def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
@@ -75,9 +106,17 @@ class HFTokenizer(TextTokenizer):
 
     tokenizer: Tokenizer
 
+    def _base_vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
     @property
     def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
+        return self._base_vocab_size() + (self.mask_id is not None)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        ids = (self.tokenizer.token_to_id(token) for token in SPECIALS)
+        return frozenset(i for i in (*ids, self.mask_id) if i is not None)
 
     def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
         """A text or a list of texts -> int64 ids [B, context_length].
@@ -92,7 +131,8 @@ class HFTokenizer(TextTokenizer):
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        # The mask id is not in the HF tokenizer (no text may encode to it): drop it here.
+        return self.tokenizer.decode([int(i) for i in ids if int(i) != self.mask_id], skip_special_tokens=True)
 
 
 class TokenizerLinks:

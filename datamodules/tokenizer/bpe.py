@@ -65,7 +65,8 @@ class BPETokenizer(HFTokenizer):
         self.tokenizer, self.unk_id = tokenizer, tokenizer.token_to_id(UNK)
 
     def __reduce__(self) -> tuple:
-        return type(self), (self.path, self.context_length, self.tokenizer_json)
+        # The mask id (text masking) is state, not an init argument: it travels as the third item.
+        return type(self), (self.path, self.context_length, self.tokenizer_json), {"mask_id": self.mask_id}
 
     def state_dict(self) -> dict:
         """The tokenizer file's content: the checkpoint then restores it without the file."""

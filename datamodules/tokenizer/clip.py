@@ -6,10 +6,11 @@ unicode alphabet and applies the BPE merges with the ``</w>`` end-of-word suffix
 transformers' CLIP fast tokenizer, without its NFC and whitespace normalisers, which the Python
 clean-up already does as open_clip does it).
 
-Ids: 49406 start, 49407 end, 0 padding. Id 0 is also a token of CLIP's vocabulary ("!" not ending a
-word, as in "!~"; a final "!" is 256), as in OpenAI's and open_clip's tokenizers: intended, rows are
-read up to their end token (the text tower pools at the last non-pad position, the end token), so
-such a "!" inside a text is just a token.
+Ids: 49406 start, 49407 end, 0 padding; with text masking, 49408 <mask> (appended; official DeCLIP
+puts <|mask|> before start and end, which would move CLIP's ids). Id 0 is also a token of CLIP's
+vocabulary ("!" not ending a word, as in "!~"; a final "!" is 256), as in OpenAI's and open_clip's
+tokenizers: intended, rows are read up to their end token (the text tower pools at the last non-pad
+position, the end token), so such a "!" inside a text is just a token.
 """
 
 from __future__ import annotations
@@ -87,12 +88,21 @@ class CLIPTokenizer(TextTokenizer):
         self.decoder = {i: token for token, i in self.encoder.items()}
 
     def __reduce__(self) -> tuple:
-        """Pickled as its arguments (DataLoader workers rebuild it) rather than as 49408-token tables."""
-        return type(self), (self.context_length, self.bpe_path)
+        """Pickled as its arguments (DataLoader workers rebuild it) rather than as 49408-token tables;
+        the mask id (text masking) travels as state."""
+        return type(self), (self.context_length, self.bpe_path), {"mask_id": self.mask_id}
+
+    def _base_vocab_size(self) -> int:
+        return len(self.encoder)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.encoder)
+        return self._base_vocab_size() + (self.mask_id is not None)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        # Not the padding id 0: inside a text it is the token "!" (padding is found by position).
+        return frozenset(i for i in (self.start_id, self.end_id, self.mask_id) if i is not None)
 
     def __call__(self, texts: str | Sequence[str], pad_to_context: bool = True) -> torch.Tensor:
         """A text or a list of texts -> int64 ids [B, context_length] (or [B, longest row of the call]
@@ -116,7 +126,7 @@ class CLIPTokenizer(TextTokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> text, without the start token and without anything from the end token on."""
-        ids = [int(i) for i in ids]
+        ids = [int(i) for i in ids if int(i) != self.mask_id]  # the mask id is no text
         ids = ids[1:] if ids[:1] == [self.start_id] else ids
         ids = ids[: ids.index(self.end_id)] if self.end_id in ids else ids
         byte_of = {c: b for b, c in bytes_to_unicode().items()}

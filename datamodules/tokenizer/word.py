@@ -1,6 +1,7 @@
 """A word-level tokenizer (HF ``tokenizers``) for closed vocabularies such as ShapesWorld's.
 
-Ids: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, then the words. Every text becomes ``<start> words <end>``
+Ids: 0 <pad>, 1 <start>, 2 <end>, 3 <unk>, then the words (then <mask> when a datamodule with text
+masking calls ``add_mask_token``: the datamodule's config rebuilds the same vocabulary). Every text becomes ``<start> words <end>``
 padded with <pad> (to ``context_length``, or to the longest text of the batch); longer texts are
 truncated and still end with <end>, so the text tower's end-of-text pooling always finds it.
 """

@@ -21,10 +21,10 @@ from variants.grad_cache import concatenate, encode_in_micro_batches, micro_batc
 from variants.objectives.base import Term
 from variants.towers import Encoded
 
-EMBED, IMAGE_WIDTH, TEXT_WIDTH, PATCHES, LENGTH, FEATURES = 8, 12, 10, 5, 6, 16
+EMBED, IMAGE_WIDTH, TEXT_WIDTH, PATCHES, LENGTH, FEATURES, VOCAB = 8, 12, 10, 5, 6, 16, 7
 # What a term's attach() reads from real towers, at the toy sizes.
 TOY_VISION = SimpleNamespace(embed_dim=EMBED, token_dim=IMAGE_WIDTH, feature_dim=IMAGE_WIDTH)
-TOY_TEXT = SimpleNamespace(embed_dim=EMBED, token_dim=TEXT_WIDTH)
+TOY_TEXT = SimpleNamespace(embed_dim=EMBED, token_dim=TEXT_WIDTH, vocab_size=VOCAB)
 
 
 def all_term_classes() -> list[type[Term]]:
@@ -44,7 +44,8 @@ def all_term_classes() -> list[type[Term]]:
 def build_term(cls: type[Term], **kwargs) -> Term:
     """A term with its defaults (small widths where it has them), attached to toy towers."""
     params = inspect.signature(cls).parameters
-    small = {"hidden_dim": 32, "out_dim": 8, "token_dim": 6}
+    # queue_size 40 > 2 x 8 texts per step, searched 16 rows at a time: the lookup crosses chunks
+    small = {"hidden_dim": 32, "out_dim": 8, "token_dim": 6, "predictor_dim": 4, "queue_size": 40, "lookup_chunk": 16}
     term = cls(**{k: v for k, v in small.items() if k in params} | kwargs)
     term.attach(TOY_VISION, TOY_TEXT)
     return term
@@ -62,6 +63,8 @@ class ToyTowers(nn.Module):
         self.image_tokens = nn.Linear(FEATURES, IMAGE_WIDTH)
         self.text_tokens = nn.Linear(FEATURES, TEXT_WIDTH)
         self.views = nn.Linear(FEATURES, IMAGE_WIDTH)
+        self.image_views = nn.Linear(FEATURES, EMBED)
+        self.text_view = nn.Linear(FEATURES, EMBED)
 
     def forward(self, image_x: torch.Tensor, text_x: torch.Tensor, lengths: torch.Tensor) -> Encoded:
         image_x, text_x = self.drop(image_x), self.drop(text_x)
@@ -69,6 +72,14 @@ class ToyTowers(nn.Module):
         valid = mask.to(text_x.dtype)[..., None]
         # Two 'augmented views': different subsets of the patches through the view trunk.
         views = torch.stack([self.views(image_x[:, :3].mean(1)), self.views(image_x[:, 2:].mean(1))], dim=1)
+        image_views = torch.stack(
+            [self.image_views(image_x[:, :3].mean(1)), self.image_views(image_x[:, 2:].mean(1))], 1
+        )
+        # The second text view: the real positions without the first, and 'masked' labels: a
+        # pure function of each row's content (the same rows give the same labels under DDP).
+        later = valid * (torch.arange(text_x.shape[1]) > 0).to(text_x.dtype)[:, None]
+        labels = (text_x[..., 1].abs() * 100).long() % VOCAB
+        labels = torch.where(mask & (text_x[..., 0] > 0.3), labels, -100)
         return Encoded(
             image=F.normalize(self.image(image_x.mean(1)), dim=-1),
             text=F.normalize(self.text((text_x * valid).sum(1) / valid.sum(1)), dim=-1),  # padding-free
@@ -76,6 +87,9 @@ class ToyTowers(nn.Module):
             text_tokens=self.text_tokens(text_x),
             text_mask=mask,
             views=views,
+            image_views=image_views,
+            text_view=F.normalize(self.text_view((text_x * later).sum(1) / later.sum(1).clamp_min(1)), dim=-1),
+            mlm_labels=labels,
         )
 
 
@@ -144,11 +158,20 @@ def _entry(rank: int, port: int, fn: Callable, args: tuple) -> None:
         dist.destroy_process_group()
 
 
+def _declip() -> tuple[type[Term], ...]:
+    from variants.objectives import MaskedLanguageModel, MultiViewInfoNCE, NearestNeighbourInfoNCE, SimSiam
+
+    return (MultiViewInfoNCE, SimSiam, MaskedLanguageModel, NearestNeighbourInfoNCE)
+
+
+DECLIP = _declip()
+
+
 def term_cases() -> list[tuple[type[Term], ...]]:
     """Every term alone, then the multi-term presets' combinations (SLIP, CyCLIP + MMD, ...)."""
     from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, TokenwiseInfoNCE
 
-    combined = [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial)]
+    combined = [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial), DECLIP]
     return [(cls,) for cls in all_term_classes()] + combined  # type: ignore[misc]
 
 
@@ -173,6 +196,30 @@ def ddp_gradients(rank: int, world: int, cases: list[tuple[type[Term], ...]], n_
             grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
             torch.save(grads, os.path.join(out_dir, f"{case_id(classes)}-{kind}{rank}.pt"))
     ddp_batchnorm(rank, world, n_global, out_dir)
+    ddp_queue(rank, world, n_global, out_dir)
+
+
+def queue_steps(model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> list[dict[str, torch.Tensor]]:
+    """Losses and NNS queue after each training step (the term's parameters are not updated:
+    the queue alone carries one step into the next)."""
+    term = model.module.terms[0] if hasattr(model, "module") else model.terms[0]
+    states = []
+    for batch in batches:
+        loss = model(*batch)
+        loss.backward()
+        states.append({"loss": loss.detach(), "queue": term.queue.clone(), "position": term.queue_position.clone()})
+    return states
+
+
+def ddp_queue(rank: int, world: int, n_global: int, out_dir: str) -> None:
+    """Two DDP steps of NearestNeighbourInfoNCE on this rank's halves of two global batches: the
+    losses (rank 0's) and each rank's queue after each step."""
+    from variants.objectives import NearestNeighbourInfoNCE
+
+    rows = slice(rank * n_global // world, (rank + 1) * n_global // world)
+    batches = [tuple(t[rows] for t in toy_batch(n_global, seed=s)) for s in (0, 1)]
+    model = nn.parallel.DistributedDataParallel(toy_model(NearestNeighbourInfoNCE), find_unused_parameters=True)
+    torch.save(queue_steps(model, batches), os.path.join(out_dir, f"queue{rank}.pt"))
 
 
 def ddp_batchnorm(rank: int, world: int, n_global: int, out_dir: str) -> None:

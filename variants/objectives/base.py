@@ -31,6 +31,8 @@ class Term(nn.Module):
     """
 
     needs: frozenset[str] = frozenset()
+    #: the fields of ``needs`` the term reads without gradient (NNS's queue queries).
+    detached: frozenset[str] = frozenset()
     #: whether the term reads the global embeddings (False for FILIP and SimCLR).
     needs_global: bool = True
     #: size of the embeddings the term's own layers expect; None if it accepts any size.

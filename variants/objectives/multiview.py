@@ -1,0 +1,75 @@
+"""DeCLIP's multi-view supervision, MVS (Li et al. 2022, "Supervision Exists Everywhere: A Data
+Efficient Contrastive Language-Image Pre-training Paradigm", arXiv 2110.05208; official code
+Sense-GVT/DeCLIP @ 5d99a85, prototype/model/declip.py L271-279, prototype/solver/declip_solver.py
+L442-450).
+
+Two augmented views I_1, I_2 of every image and two views of every caption (the caption T_1 and
+an EDA-augmented copy T_2, from the data) give four image-text pairs; each is CLIP's symmetric
+InfoNCE, and MVS is their mean:
+
+    L_MVS = 1/4 [c(I_1, T_1) + c(I_2, T_1) + c(I_1, T_2) + c(I_2, T_2)],
+    c(I, T) = 1/2 [CE(s I T^T) + CE(s T I^T)]
+
+(the code's ``clip_loss = (clip_loss_1 + clip_loss_2 + clip_loss_1_aug + clip_loss_2_aug) / 4``,
+weighted 0.4 in the total loss; no image-image or text-text pair). With text masking in the data
+(``MaskedLanguageModel``), T_1 is the MASKED caption, as in the official code (declip.py L214-216:
+there is no forward of the unmasked caption). One logit scale s = exp(t), t initialised to
+log(1/0.07), clamped so that s <= 100 (declip.py L260-261). The official yfcc15m configs also
+clamp t to [3, 6] (``grad_clip: logit_scale_param_value``); not reproduced here: every term of the
+suite clamps only from above, as CLIP does. The official code shares this scale with NNS; here
+each term owns its temperature (terms stay independent), see ``NearestNeighbourInfoNCE``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from variants.distributed import gather_with_grad, row_offset
+from variants.losses import multi_view_clip_loss
+from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive
+from variants.towers import Encoded
+
+
+class MultiViewInfoNCE(Term):
+    """InfoNCE averaged over 2 image views x 2 text views (needs the data's ``views`` and
+    ``text_views``).
+
+    Args:
+        weight: weight in the total loss (0.4 in DeCLIP).
+        init_temperature: initial 1/s (0.07).
+        max_logit_scale: upper bound of s (100).
+        learn_temperature: learn t (True) or keep s fixed.
+    """
+
+    needs = frozenset({"image_views", "text_view"})
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        init_temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        learn_temperature: bool = True,
+    ) -> None:
+        super().__init__(weight)
+        positive(self, init_temperature=init_temperature)
+        self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale, learn_temperature)
+
+    def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
+        with full_precision(encoded.image_views.device):
+            (views, text, text_view) = at_least_float32(encoded.image_views, encoded.text, encoded.text_view)
+            images = [F.normalize(views[:, v], dim=-1) for v in range(views.shape[1])]
+            texts = [text, text_view]
+            scale = self.logit_scale()
+            loss = multi_view_clip_loss(
+                images,
+                texts,
+                scale,
+                all_images=[gather_with_grad(image) for image in images],
+                all_texts=[gather_with_grad(t) for t in texts],
+                row_offset=row_offset(text.shape[0]),
+            )
+        return {"loss": loss, "logit_scale": scale.detach()}
+
+    def post_step(self) -> None:
+        self.logit_scale.clamp_()
