@@ -17,8 +17,10 @@ class Term(nn.Module):
     """One weighted term of the training objective.
 
     A subclass declares in ``needs`` which optional fields of :class:`Encoded` it reads
-    ("image_tokens", "text_tokens", "views"), owns its parameters (temperature, projector, ...)
-    and returns from ``forward`` a dict with the differentiable "loss" and detached diagnostics;
+    ("image_tokens", "text_tokens", "views", "image_views", "text_view", "mlm_labels"; the last
+    three come from data options, which the module checks), owns its parameters (temperature,
+    projector, ...) and state (a queue: buffers, so checkpoints carry it), and returns from
+    ``forward`` a dict with the differentiable "loss" and detached diagnostics;
     the module logs them as ``train/<term name>/<key>``.
 
     Distributed rule (docs/DESIGN.md): under DDP ``forward`` receives this rank's rows, scores them
