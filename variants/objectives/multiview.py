@@ -27,13 +27,14 @@ import torch.nn.functional as F
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import multi_view_clip_loss
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive
+from variants.objectives.base import at_least_float32, full_precision
+from variants.objectives.infonce import InfoNCE
 from variants.towers import Encoded
 
 
-class MultiViewInfoNCE(Term):
+class MultiViewInfoNCE(InfoNCE):
     """InfoNCE averaged over 2 image views x 2 text views (needs the data's ``views`` and
-    ``text_views``).
+    ``text_views``); the arguments and the learned, clamped logit scale are InfoNCE's.
 
     Args:
         weight: weight in the total loss (0.4 in DeCLIP).
@@ -43,17 +44,6 @@ class MultiViewInfoNCE(Term):
     """
 
     needs = frozenset({"image_views", "text_view"})
-
-    def __init__(
-        self,
-        weight: float = 1.0,
-        init_temperature: float = 0.07,
-        max_logit_scale: float = 100.0,
-        learn_temperature: bool = True,
-    ) -> None:
-        super().__init__(weight)
-        positive(self, init_temperature=init_temperature)
-        self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale, learn_temperature)
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         with full_precision(encoded.image_views.device):
@@ -70,6 +60,3 @@ class MultiViewInfoNCE(Term):
                 row_offset=row_offset(text.shape[0]),
             )
         return {"loss": loss, "logit_scale": scale.detach()}
-
-    def post_step(self) -> None:
-        self.logit_scale.clamp_()
