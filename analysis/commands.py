@@ -18,7 +18,7 @@ from analysis.checkpoint import LoadedCheckpoint
 from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
 from common.errors import UserError
 from common.files import save_figure, save_torch, write_json
-from datamodules.shapesworld.probes import text_pairs
+from datamodules.shapesworld.probes import text_pairs, text_pairs_zh
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from variants.metrics import class_embeddings
 
@@ -185,6 +185,8 @@ def probe_analysis(
         "shapesworld": probes.text_pair_similarities(loaded, text_pairs(), options),
         "english": probes.text_pair_similarities(loaded, probes.ENGLISH_PAIRS, options),
     }
+    if getattr(loaded.datamodule, "hparams", {}).get("language", "en") != "en":  # a Chinese ShapesWorld run
+        text["shapesworld_zh"] = probes.text_pair_similarities(loaded, text_pairs_zh(), options)
     grounded = {suite.name: probes.selection_probe(loaded, suite, options=options) for suite in suites}
     figures = {"text_similarity": probes.similarity_figure(text)}
     if grounded:

@@ -1,6 +1,6 @@
 """Suite specs on the command line -> evaluation suites.
 
-    shapesworld            the run's own ShapesWorld test tasks and retrieval set (its seed)
+    shapesworld            the run's own ShapesWorld test tasks and retrieval set (its seed and language)
     digits                 scikit-learn's bundled 8x8 digits (a small real-image suite)
     imagefolder:DIR        DIR/<class>/<image> (or DIR/train/... and DIR/test/...)
     cifar10:DIR            the python-pickle CIFAR-10 directory (cifar-10-batches-py)
@@ -47,6 +47,7 @@ def shapesworld_world(loaded: LoadedCheckpoint, samples: int | None) -> dict:
         "image_size": h.get("image_size", getattr(loaded.image_transform, "image_size", 64)),
         "max_objects": h.get("max_objects", 3),
         "samples": samples or h.get("test_samples", 1000),
+        "language": h.get("language", "en"),  # the run's captions, prompts and probes ("en", "zh", "both")
     }
 
 
@@ -83,7 +84,7 @@ def load_probe_suites(specs: list[str], loaded: LoadedCheckpoint, options: Suite
     for spec in specs:
         if spec == "shapesworld":
             world = shapesworld_world(loaded, options.samples)
-            suites += shapesworld_probes(world["seed"], world["image_size"], world["samples"])
+            suites += shapesworld_probes(world["seed"], world["image_size"], world["samples"], world["language"])
         elif spec.endswith(".json") or Path(spec).exists():
             suites.append(probe_file_suite(spec, images_root=options.images_root))
         else:

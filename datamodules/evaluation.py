@@ -2,8 +2,15 @@
 
 A datamodule that offers ``eval_tasks(stage)`` returns a list of :class:`EvalTask` and serves
 one evaluation loader over :class:`TaskDatasets` (the datasets of all its tasks as one).
-``ContrastiveModule`` logs ``<name>/top1`` for "zeroshot" tasks and ``<name>/i2t_R@1``, ``<name>/t2i_R@1`` for
-"retrieval" tasks. One loader (not one per task) keeps Lightning's result table to one table.
+``ContrastiveModule`` logs ``<name>/top1`` for "zeroshot" tasks, ``<name>/i2t_R@1``, ``<name>/t2i_R@1`` for
+"retrieval" tasks and ``<name>/direct_R@k``, ``<name>/via_image_R@k`` (k = 1, 5, 10) for "crosslingual" tasks.
+One loader (not one per task) keeps Lightning's result table to one table.
+
+A "crosslingual" task's items are image-caption items like retrieval's, two per scene: item ``2 i``
+holds scene i with its caption in the query language (English), item ``2 i + 1`` the same image with
+its caption in the target language (Chinese), and each item's "label" is its position in the task
+(so ``label // 2`` pairs them and ``label % 2`` is the language), e.g.
+``datamodules.shapesworld.CrossLingualScenes``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from torch.utils.data import Dataset
 @dataclass(frozen=True)
 class EvalTask:
     name: str  # metric prefix, e.g. "zeroshot/shapesworld_val/shape" or "retrieval/shapesworld_val"
-    kind: Literal["zeroshot", "retrieval"]
+    kind: Literal["zeroshot", "retrieval", "crosslingual"]
     prompts: torch.Tensor | None = None  # zeroshot: token ids [classes, templates, L]
 
 

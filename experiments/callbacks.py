@@ -54,7 +54,7 @@ class HParamsSummary(pl.Callback):
     metrics are those the test and the last validation logged.
     """
 
-    def __init__(self, prefixes: tuple[str, ...] = ("zeroshot/", "retrieval/")) -> None:
+    def __init__(self, prefixes: tuple[str, ...] = ("zeroshot/", "retrieval/", "crosslingual/")) -> None:
         self.prefixes = tuple(prefixes)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

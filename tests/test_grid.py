@@ -49,6 +49,17 @@ def test_product_zip_and_seeds_expand_into_named_runs(tmp_path: Path) -> None:
     assert len({r.group for r in grid.runs}) == 8  # seeds share a group
 
 
+def test_a_value_holding_seed_gets_each_runs_seed(tmp_path: Path) -> None:
+    grid = load_grid(
+        grid_file(tmp_path, configs=[str(CONFIGS / "smoke.yaml")], seeds=[3, 4],
+                  zip={"model.init_from": ["pre/s{seed}.ckpt"], "model.freeze": [{"vision_tower": 2}]})
+    )  # fmt: skip
+    for run in grid.runs:
+        assert run.args[run.args.index("--model.init_from") + 1] == f"pre/s{run.seed}.ckpt"
+        assert run.args[run.args.index("--model.freeze") + 1] == '{"vision_tower": 2}'
+    assert len({r.group for r in grid.runs}) == 1  # the templated value is one arm
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

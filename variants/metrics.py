@@ -37,3 +37,41 @@ def mean_per_class_recall(scores: torch.Tensor, labels: torch.Tensor, num_classe
     counts = torch.bincount(labels, minlength=num_classes).float()
     present = counts > 0
     return (hits[present] / counts[present]).mean()
+
+
+def crosslingual_recall(
+    en: torch.Tensor,
+    zh: torch.Tensor,
+    images: torch.Tensor,
+    ks: tuple[int, ...] = (1, 5, 10),
+    *,
+    en_to_image: torch.Tensor | None = None,
+    image_to_zh: torch.Tensor | None = None,
+    positives: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Cross-lingual retrieval of N scenes: English caption i should find Chinese caption i.
+
+    ``en``, ``zh``, ``images``: [N, D] L2-normalised embeddings, row i of each from scene i.
+    "direct_R@k": Chinese captions ranked by the cosine of text embeddings (do the two languages
+    share one text space?). "via_image_R@k": the English caption picks its top-1 image by its
+    text->image score, and that image ranks the Chinese captions by its image->text score (do
+    they meet through the images, as a model trained only on image-caption pairs can?).
+
+    ``en_to_image`` [N, N] (English caption x image) and ``image_to_zh`` [N, N] (image x Chinese
+    caption) replace the cosine scores when the model scores pairs its own way (FILIP).
+    ``positives`` [N, N] bool marks the Chinese captions that count as hits for each English one
+    (default: the diagonal; identical Chinese caption texts of other scenes count too when the
+    caller says so, as retrieval counts identical captions).
+    """
+    n = en.shape[0]
+    if positives is None:
+        positives = torch.eye(n, dtype=torch.bool, device=en.device)
+    en_to_image = en @ images.T if en_to_image is None else en_to_image
+    image_to_zh = images @ zh.T if image_to_zh is None else image_to_zh
+    direct = en @ zh.T
+    via_image = image_to_zh[en_to_image.argmax(dim=1)]
+    metrics = {}
+    for name, scores in (("direct", direct), ("via_image", via_image)):
+        for k in ks:
+            metrics[f"{name}_R@{k}"] = recall_at_k(scores, positives, k)
+    return metrics

@@ -19,11 +19,12 @@ from torch import nn
 
 from common.batch import Batch
 from common.errors import NonFiniteLossError, UserError
+from variants.freezing import FreezeSchedule
 from variants.grad_cache import encode_in_micro_batches
-from variants.metrics import class_embeddings, recall_at_k, topk_accuracy
+from variants.metrics import class_embeddings, crosslingual_recall, recall_at_k, topk_accuracy
 from variants.objectives.base import Term
 from variants.towers import Encoded, TextTower, VisionTower
-from variants.weights import init_towers
+from variants.weights import TOWERS, init_towers
 
 
 class ContrastiveModule(pl.LightningModule):
@@ -42,6 +43,9 @@ class ContrastiveModule(pl.LightningModule):
         init_from: start from the tower weights (and learned logit scale) of a local checkpoint:
             an OpenAI CLIP or open_clip file (``variants.pretrained``) or a suite ``.ckpt``. The
             towers must have the checkpoint's shapes; any terms can be trained from there.
+        init_parts: the towers ``init_from`` initialises (default both), e.g. ``[vision_tower]`` to
+            start a Chinese text tower next to an English run's image tower (Chinese-CLIP); unused
+            without ``init_from``.
         fused_optimizer: AdamW's fused kernel (one pass over all parameters; faster than the
             multi-tensor path on a CPU, see benchmarks/RESULTS.md).
         micro_batch_size: run the towers on micro-batches of this many rows and compute the terms
@@ -62,8 +66,10 @@ class ContrastiveModule(pl.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.0,
         init_from: str | None = None,
+        init_parts: list[str] | None = None,
         fused_optimizer: bool = True,
         micro_batch_size: int | None = None,
+        freeze: dict[str, int | None] | None = None,
     ) -> None:
         super().__init__()
         if micro_batch_size is not None and not (isinstance(micro_batch_size, int) and micro_batch_size > 0):
@@ -96,7 +102,21 @@ class ContrastiveModule(pl.LightningModule):
                 tower.proj.requires_grad_(False)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
         if init_from is not None:
-            init_towers(self, init_from)
+            init_towers(self, init_from, parts=tuple(init_parts or TOWERS))
+        self._freeze = FreezeSchedule(self, freeze or {})  # before configure_optimizers and DDP see the parameters
+        initialised = tuple(init_parts or TOWERS) if init_from is not None else ()
+        locked = [name for name in (freeze or {}) if not name.startswith(initialised)]
+        if locked:
+            rank_zero_warn(
+                f"model.freeze locks {', '.join(locked)}, which model.init_from did not initialise: "
+                "it stays at its random initialisation while frozen"
+            )
+
+    def train(self, mode: bool = True) -> ContrastiveModule:
+        super().train(mode)
+        if hasattr(self, "_freeze"):  # Lightning switches modes around validation: frozen parts stay in eval
+            self._freeze.set_modes(self.global_step, mode)
+        return self
 
     @property
     def scorer(self) -> Term | None:
@@ -283,6 +303,12 @@ class ContrastiveModule(pl.LightningModule):
             "Lower model.lr, raise model.warmup_steps, or try trainer.precision 32-true"
         )
 
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._freeze.set_modes(self.global_step, self.training)  # a part whose frozen steps are over trains again
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._freeze.drop_gradients(self.global_step)
+
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         for term in self.terms.values():
@@ -362,6 +388,8 @@ class ContrastiveModule(pl.LightningModule):
             if task.kind == "zeroshot":
                 scores = self._zeroshot_scores(images, task.prompts.to(self.device))
                 metrics = {"top1": topk_accuracy(scores, outputs["label"][rows], 1)}
+            elif task.kind == "crosslingual":
+                metrics = self._crosslingual_metrics(outputs, rows, fields)
             else:
                 texts = Encoded(**{k: _rows(outputs, k, rows) for k in fields if k.startswith("text")})
                 i2t, t2i = self.score(images, texts)
@@ -377,6 +405,33 @@ class ContrastiveModule(pl.LightningModule):
                 self.log(task.name.replace("retrieval/", "geometry/", 1) + "/modality_gap", gap, sync_dist=True)
             for key, value in metrics.items():
                 self.log(f"{task.name}/{key}", value, sync_dist=True)
+
+    def _crosslingual_metrics(
+        self, outputs: dict[str, torch.Tensor], rows: torch.Tensor, fields: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """R@1/5/10 of English caption -> Chinese caption of the same scene, directly and through
+        the images (``variants.metrics.crosslingual_recall``). A task's items come in pairs (label
+        2 i: scene i's English caption, 2 i + 1: its Chinese one, each with the image); scenes
+        with only one caption evaluated (limit_val_batches) are left out. Identical Chinese
+        captions of other scenes count as hits, as identical captions do in retrieval."""
+        where = rows.nonzero().squeeze(1)
+        where = where[outputs["label"][where].argsort()]  # in scene order
+        label = outputs["label"][where]
+        en_rows, zh_rows = where[label % 2 == 0], where[label % 2 == 1]
+        en_pairs, zh_pairs = outputs["label"][en_rows] // 2, outputs["label"][zh_rows] // 2
+        en_rows, zh_rows = en_rows[torch.isin(en_pairs, zh_pairs)], zh_rows[torch.isin(zh_pairs, en_pairs)]
+        images = Encoded(image=outputs["image"][en_rows], image_tokens=_rows(outputs, "image_tokens", en_rows))
+        english = Encoded(**{k: _rows(outputs, k, en_rows) for k in fields if k.startswith("text")})
+        chinese = Encoded(**{k: _rows(outputs, k, zh_rows) for k in fields if k.startswith("text")})
+        en_to_image = image_to_zh = None
+        if self.scorer is not None:  # the term's own pair scores; "direct" stays the text cosine
+            en_to_image = self.score(images, english)[1].T
+            image_to_zh = self.score(images, chinese)[0]
+        tokens = outputs["tokens"][zh_rows]
+        return crosslingual_recall(
+            english.text, chinese.text, images.image, en_to_image=en_to_image, image_to_zh=image_to_zh,
+            positives=(tokens[:, None] == tokens[None]).all(-1),
+        )  # fmt: skip
 
     def _zeroshot_scores(self, images: Encoded, prompts: torch.Tensor) -> torch.Tensor:
         templates = prompts.shape[1]

@@ -24,6 +24,11 @@ TorchScript archives, whose code is TorchScript, not pickled Python. Nothing is 
 
 writes a suite checkpoint that every ``python -m analysis`` command reads, and that
 ``ContrastiveModule(init_from=...)`` fine-tunes with any objective.
+
+Chinese-CLIP (``cn_clip``) checkpoints go through the same command with a ``cn_clip:`` name,
+``cn_clip:VISION@TEXT`` with cn_clip's architecture names (``variants.cn_clip`` has the details):
+
+    python -m variants.pretrained --model cn_clip:ViT-B-16@RoBERTa-wwm-ext-base-chinese --checkpoint /models/clip_cn_vit-b-16.pt --out runs/imported/cn-clip-vit-b-16.ckpt
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from pathlib import Path
 
 from common.errors import UserError, exit_on_user_error
 from common.files import save_torch
+from variants import cn_clip
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE
 from variants.towers import TextTower, VisionTower
-from variants.weights import infer_architecture, load_weights, read_state_dict
+from variants.weights import infer_architecture, infonce_config, is_cn_clip, load_weights, read_state_dict
 
 # open_clip config entries the import reproduces; any other (layer scale, attentional pooling,
 # other pooling, HF or timm towers, ...) changes the model in ways a state dict may not show.
@@ -94,7 +100,7 @@ def suite_checkpoint(model_name: str, checkpoint_path: str | Path, quick_gelu: b
         "hyper_parameters": {
             "vision_tower": architecture.vision_config(),
             "text_tower": architecture.text_config(),
-            "terms": [_infonce_config(scale)],
+            "terms": [infonce_config(scale)],
         },
         "datamodule_hyper_parameters": {
             "_class_path": "datamodules.inputs.ModelInputs",
@@ -111,22 +117,21 @@ def suite_checkpoint(model_name: str, checkpoint_path: str | Path, quick_gelu: b
 
 def _import(model_name: str, checkpoint_path: str | Path, quick_gelu: bool | None):
     state, torchscript = read_state_dict(checkpoint_path)
+    if is_cn_clip(state):
+        raise UserError(
+            f"{checkpoint_path} is a Chinese-CLIP checkpoint (bert.* text tower): name its architecture as "
+            "cn_clip:VISION@TEXT, e.g. --model cn_clip:ViT-B-16@RoBERTa-wwm-ext-base-chinese"
+        )
     config = open_clip_config(model_name)
     if quick_gelu is None:
         quick_gelu = torchscript or bool((config or {}).get("quick_gelu")) or "quickgelu" in model_name.lower()
     architecture = infer_architecture(state, quick_gelu, config)
     scale = float(state["logit_scale"].exp()) if "logit_scale" in state else 1 / 0.07
     vision, text = architecture.vision_config()["init_args"], architecture.text_config()["init_args"]
-    term = _infonce_config(scale)["init_args"]
+    term = infonce_config(scale)["init_args"]
     model = ContrastiveModule(VisionTower(**vision), TextTower(**text), [InfoNCE(**term)])
     load_weights(model, state, str(checkpoint_path))
     return model.eval(), architecture, scale
-
-
-def _infonce_config(scale: float) -> dict:
-    # CLIP caps the scale at 100; an imported model may sit at the cap (OpenAI's: exactly 100).
-    init_args = {"init_temperature": 1.0 / scale, "max_logit_scale": max(100.0, scale)}
-    return {"class_path": "variants.objectives.InfoNCE", "init_args": init_args}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,19 +139,32 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m variants.pretrained", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", required=True, help="open_clip architecture name, e.g. ViT-B-32 or ViT-B-32-quickgelu"
+        "--model",
+        required=True,
+        help="open_clip architecture name, e.g. ViT-B-32 or ViT-B-32-quickgelu; for Chinese-CLIP "
+        "cn_clip:VISION@TEXT, e.g. cn_clip:ViT-B-16@RoBERTa-wwm-ext-base-chinese",
     )
-    parser.add_argument("--checkpoint", required=True, help="local OpenAI/open_clip weights (.pt, .bin, .safetensors)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="local OpenAI/open_clip/Chinese-CLIP weights (.pt, .bin, .safetensors)"
+    )
     parser.add_argument("--out", required=True, help="the suite checkpoint to write, e.g. runs/imported/vit-b-32.ckpt")
     parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                         help="force QuickGELU on or off (default: on for OpenAI archives and -quickgelu names)")  # fmt: skip
     args = parser.parse_args(argv)
-    checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
+    if args.model.startswith("cn_clip:"):
+        if args.quick_gelu is not None:
+            raise UserError("--quick-gelu does not apply to Chinese-CLIP, whose vision tower always uses QuickGELU")
+        checkpoint = cn_clip.suite_checkpoint(*cn_clip.parse_model_name(args.model), args.checkpoint)
+    else:
+        checkpoint = suite_checkpoint(args.model, args.checkpoint, args.quick_gelu)
     out = save_torch(args.out, checkpoint)  # whole or not at all: a reader never sees half a file
-    vision = checkpoint["hyper_parameters"]["vision_tower"]["init_args"]
+    towers = checkpoint["hyper_parameters"]
+    vision, text = towers["vision_tower"]["init_args"], towers["text_tower"]["init_args"]
+    bert = {k: v for k, v in (text.get("config") or {}).items() if k.startswith(("hidden_size", "num_"))}
     print(
-        f"wrote {out}: {vision['model_name']} {vision['model_kwargs']}, "
-        f"logit scale {1 / checkpoint['hyper_parameters']['terms'][0]['init_args']['init_temperature']:.2f}\n"
+        f"wrote {out}: {vision['model_name']} {vision['model_kwargs']}"
+        f"{f', BERT {bert}' if bert else ''}, "
+        f"logit scale {1 / towers['terms'][0]['init_args']['init_temperature']:.2f}\n"
         f"analyse it:   python -m analysis report --ckpt {out}\n"
         f"fine-tune it: --model.init_from {out} with towers of the same shapes"
     )

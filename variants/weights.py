@@ -3,8 +3,10 @@
 Reading a local checkpoint as a flat state dict (suite ``.ckpt``, OpenAI's TorchScript archives,
 open_clip state dicts and training checkpoints, safetensors), the OpenAI CLIP layout (its shapes,
 read from the weights as OpenAI's ``build_model`` does, and its key names mapped to the suite's),
+Chinese-CLIP's layout (the same ViT, a BERT text tower for :class:`~variants.hf_text.HFTextTower`),
 and loading weights into a module's towers with every mismatching key listed. Used by
-``ContrastiveModule(init_from=...)``, by the import command (``variants.pretrained``) and by the
+``ContrastiveModule(init_from=...)``, by the import commands (``variants.pretrained``,
+``variants.cn_clip``) and by the
 analysis' checkpoint loader (``fit_problems``).
 
 Files are read with ``torch.load(weights_only=True)``, safetensors, or ``torch.jit.load`` for
@@ -52,24 +54,10 @@ class CLIPArchitecture:
 
     def vision_config(self) -> dict:
         """The vision tower as a ``class_path`` config (what a checkpoint records)."""
-        size = _VIT_SIZES.get(self.vision_width, "base")
-        quick = "quickgelu_" if self.quick_gelu else ""
-        # The name only labels the recorded config: every shape is passed explicitly.
-        name = f"vit_{size}_patch{self.patch_size}_clip_{quick}{self.image_size}"
-        init_args = {
-            "model_name": name if _is_timm_model(name) else "vit_base_patch16_clip_224",
-            "embed_dim": self.embed_dim,
-            "model_kwargs": {
-                "img_size": self.image_size,
-                "patch_size": self.patch_size,
-                "embed_dim": self.vision_width,
-                "depth": self.vision_depth,
-                "num_heads": self.vision_heads,
-                "mlp_ratio": self.vision_mlp_ratio,
-                "act_layer": "quick_gelu" if self.quick_gelu else "gelu",
-            },
-        }
-        return {"class_path": "variants.towers.VisionTower", "init_args": init_args}
+        return vit_tower_config(
+            self.image_size, self.patch_size, self.vision_width, self.vision_depth, self.vision_heads,
+            self.vision_mlp_ratio, self.quick_gelu, self.embed_dim,
+        )  # fmt: skip
 
     def text_config(self) -> dict:
         """The text tower as a ``class_path`` config: OpenAI's layout (causal, end-of-text pooling)."""
@@ -86,6 +74,32 @@ class CLIPArchitecture:
             "norm_eps": 1e-5,
         }
         return {"class_path": "variants.towers.TextTower", "init_args": init_args}
+
+
+def vit_tower_config(
+    image_size: int, patch_size: int, width: int, depth: int, heads: int, mlp_ratio: float, quick_gelu: bool,
+    embed_dim: int,
+) -> dict:  # fmt: skip
+    """An OpenAI-layout CLIP ViT (pre-LayerNorm, class token, ``ln_post`` on it, ``x @ proj``) as a
+    :class:`~variants.towers.VisionTower` ``class_path`` config: a timm CLIP ViT with every shape given."""
+    size = _VIT_SIZES.get(width, "base")
+    quick = "quickgelu_" if quick_gelu else ""
+    # The name only labels the recorded config: every shape is passed explicitly.
+    name = f"vit_{size}_patch{patch_size}_clip_{quick}{image_size}"
+    init_args = {
+        "model_name": name if _is_timm_model(name) else "vit_base_patch16_clip_224",
+        "embed_dim": embed_dim,
+        "model_kwargs": {
+            "img_size": image_size,
+            "patch_size": patch_size,
+            "embed_dim": width,
+            "depth": depth,
+            "num_heads": heads,
+            "mlp_ratio": mlp_ratio,
+            "act_layer": "quick_gelu" if quick_gelu else "gelu",
+        },
+    }
+    return {"class_path": "variants.towers.VisionTower", "init_args": init_args}
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
@@ -161,50 +175,128 @@ def infer_architecture(
     )
 
 
+_BLOCK = [("ln_1", "norm1"), ("ln_2", "norm2"), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj", "attn.proj"),
+          ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]  # fmt: skip
+
+
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OpenAI/open_clip keys -> this suite's (``vision_tower.*``, ``text_tower.*``, the logit scale).
 
     The attention's packed ``in_proj`` is timm's ``qkv`` (same [3 * width, width] order), OpenAI's
     ``x @ proj`` matrices become ``nn.Linear`` weights (transposed).
     """
-    block = [("ln_1", "norm1"), ("ln_2", "norm2"), ("attn.in_proj_", "attn.qkv."), ("attn.out_proj", "attn.proj"),
-             ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]  # fmt: skip
     out = {}
     for key, value in state.items():
         if key in NOT_WEIGHTS or key.endswith(".attn_mask"):
             continue
         if key.startswith("visual."):
-            name = key[len("visual.") :]
-            if name == "proj":
-                out["vision_tower.proj.weight"] = value.t()
-                continue
-            if name == "class_embedding":
-                name, value = "cls_token", value.reshape(1, 1, -1)
-            elif name == "positional_embedding":
-                name, value = "pos_embed", value.unsqueeze(0)
-            name = name.replace("conv1", "patch_embed.proj").replace("ln_pre", "norm_pre").replace("ln_post", "norm")
-            name = name.replace("transformer.resblocks.", "blocks.")
-            for old, new in block:
-                name = name.replace(old, new)
-            out[f"vision_tower.backbone.{name}"] = value
+            out.update(_convert_visual(key, value))
         elif key == "text_projection":
             out["text_tower.proj.weight"] = value.t()
         elif key == "logit_scale":
             out["logit_scale"] = value
         else:
             name = key.replace("transformer.resblocks.", "blocks.")
-            for old, new in block:
+            for old, new in _BLOCK:
                 name = name.replace(old, new)
             out[f"text_tower.{name}"] = value
     return out
 
 
-def init_towers(model: torch.nn.Module, path: str | Path) -> None:
-    """Initialise ``model``'s towers from a local checkpoint, an OpenAI/open_clip file or a suite
-    ``.ckpt``; mismatching towers end with the keys listed. Learned temperatures start from the
+def _convert_visual(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One ``visual.*`` entry of an OpenAI-layout ViT -> the VisionTower's (timm CLIP ViT) key."""
+    name = key[len("visual.") :]
+    if name == "proj":
+        return {"vision_tower.proj.weight": value.t()}
+    if name == "class_embedding":
+        name, value = "cls_token", value.reshape(1, 1, -1)
+    elif name == "positional_embedding":
+        name, value = "pos_embed", value.unsqueeze(0)
+    name = name.replace("conv1", "patch_embed.proj").replace("ln_pre", "norm_pre").replace("ln_post", "norm")
+    name = name.replace("transformer.resblocks.", "blocks.")
+    for old, new in _BLOCK:
+        name = name.replace(old, new)
+    return {f"vision_tower.backbone.{name}": value}
+
+
+def is_cn_clip(state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is a Chinese-CLIP (``cn_clip``) model: its text tower is a BERT under ``bert.``."""
+    return any(key.startswith("bert.") for key in state)
+
+
+def convert_cn_clip_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Chinese-CLIP keys -> this suite's: the OpenAI-layout ViT (``visual.*``) as in
+    :func:`convert_state_dict`, the BERT (``bert.*``) under the HFTextTower's ``text_tower.model.*``
+    (transformers' BertModel has cn_clip's key names), ``text_projection`` ([width, embed_dim],
+    applied as ``x[:, 0] @ text_projection``) as ``text_tower.proj.weight`` (transposed), the logit
+    scale. The pooler (unused by cn_clip) is dropped; a checkpoint trained with cn_clip's
+    FlashAttention (packed ``Wqkv`` keys) is unpacked to the standard layout first."""
+    if "visual.conv1.weight" not in state:
+        kind = "a ModifiedResNet (RN50)" if any(k.startswith("visual.layer1.") for k in state) else "no"
+        raise UserError(
+            f"this Chinese-CLIP checkpoint has {kind} vision transformer; only its ViT vision towers "
+            "(ViT-B-16, ViT-B-32, ViT-L-14, ViT-L-14-336, ViT-H-14) can be imported"
+        )
+    state = _unpack_flash_attention(state)
+    missing = [
+        k for k in ("text_projection", "visual.proj", "bert.embeddings.word_embeddings.weight") if k not in state
+    ]
+    if missing:
+        raise UserError(f"the Chinese-CLIP checkpoint is not a whole model: it has no {', '.join(missing)}")
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if key.startswith("visual."):
+            out.update(_convert_visual(key, value))
+        elif key.startswith("bert."):
+            if not key.startswith("bert.pooler.") and key != "bert.embeddings.position_ids":
+                out[f"text_tower.model.{key[len('bert.') :]}"] = value
+        elif key == "text_projection":
+            out["text_tower.proj.weight"] = value.t()
+        elif key == "logit_scale":
+            out["logit_scale"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise UserError(f"the Chinese-CLIP checkpoint has entries this import does not know: {', '.join(unknown[:8])}")
+    return out
+
+
+def _unpack_flash_attention(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """cn_clip's FlashAttention layout (``--use-flash-attention``) -> its standard one, as
+    ``cn_clip.clip.convert_state_dict`` does: the ViT's ``attn.Wqkv`` is ``attn.in_proj_*``, the
+    BERT's packed ``attention.self.Wqkv`` splits into query/key/value and ``attention.self.out_proj``
+    is ``attention.output.dense``."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("visual.") and ".attn.Wqkv." in key:
+            out[key.replace(".attn.Wqkv.", ".attn.in_proj_")] = value
+        elif key.startswith("bert.") and ".attention.self.Wqkv." in key:
+            kind = key.rpartition(".")[2]  # weight or bias
+            for part, chunk in zip(("query", "key", "value"), value.chunk(3), strict=True):
+                out[key.replace(f"self.Wqkv.{kind}", f"self.{part}.{kind}")] = chunk
+        elif key.startswith("bert.") and ".attention.self.out_proj." in key:
+            out[key.replace(".attention.self.out_proj.", ".attention.output.dense.")] = value
+        else:
+            out[key] = value
+    return out
+
+
+#: The towers a checkpoint can initialise (``ContrastiveModule(init_parts=...)`` picks among them).
+TOWERS = ("vision_tower", "text_tower")
+
+
+def init_towers(model: torch.nn.Module, path: str | Path, parts: tuple[str, ...] = TOWERS) -> None:
+    """Initialise ``model``'s towers from a local checkpoint, an OpenAI/open_clip file, a Chinese-CLIP
+    (``cn_clip``) checkpoint (recognised by its ``bert.*`` keys; the text tower must be an
+    :class:`~variants.hf_text.HFTextTower`) or a suite ``.ckpt``; mismatching towers end with the keys listed. Learned temperatures start from the
     checkpoint's: a suite term's from the term of the same name, CLIP's logit scale for InfoNCE
-    terms (clamped to each term's cap). Other term state (heads, discriminators) starts fresh."""
-    load_weights(model, read_state_dict(path)[0], str(path))
+    terms (clamped to each term's cap). Other term state (heads, discriminators) starts fresh.
+
+    ``parts`` limits it to some towers: the others, and the temperatures (which belong to the joint
+    space of both towers), keep their initialisation, and the checkpoint's other towers may have any
+    shape (an English run's image tower under a Chinese BERT text tower)."""
+    load_weights(model, read_state_dict(path)[0], str(path), parts)
 
 
 def fit_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
@@ -220,13 +312,22 @@ def fit_problems(expected: dict[str, torch.Tensor], given: dict[str, torch.Tenso
     ]
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """:func:`init_towers` for a state dict already read (suite or OpenAI/open_clip layout)."""
-    if not any(key.startswith(("vision_tower.", "text_tower.")) for key in state):
+def load_weights(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, parts: tuple[str, ...] = TOWERS
+) -> None:
+    """:func:`init_towers` for a state dict already read (suite, OpenAI/open_clip or Chinese-CLIP layout)."""
+    if any(key.startswith(("vision_tower.", "text_tower.")) for key in state):
+        pass  # a suite checkpoint
+    elif is_cn_clip(state):
+        state = convert_cn_clip_state_dict(state)
+    else:
         infer_architecture(state)  # a clear error for layouts that cannot be imported
         state = convert_state_dict(state)
+    unknown = sorted(set(parts) - set(TOWERS))
+    if unknown or not parts:
+        raise UserError(f"model.init_parts takes towers among {', '.join(TOWERS)}; got {list(parts)}")
     problems = []
-    for prefix in ("vision_tower", "text_tower"):
+    for prefix in parts:
         tower = getattr(model, prefix)
         part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
         problems += fit_problems(tower.state_dict(), part, f"{prefix} ")
@@ -236,7 +337,7 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         raise UserError(
             f"{source} does not fit the model's towers (build them with its shapes): " + "; ".join(problems)
         )
-    for name, term in getattr(model, "terms", {}).items():
+    for name, term in getattr(model, "terms", {}).items() if set(parts) == set(TOWERS) else ():
         scale = getattr(term, "logit_scale", None)
         if not isinstance(scale, LearnedScale) or not scale.log_scale.requires_grad:
             continue  # no temperature, or a fixed one: the user's value stands
@@ -249,6 +350,14 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
             with torch.no_grad():
                 scale.log_scale.copy_(value)
             scale.clamp_()
+
+
+def infonce_config(scale: float) -> dict:
+    """An :class:`~variants.objectives.InfoNCE` term at an imported model's logit ``scale``, as a
+    ``class_path`` config. CLIP caps the scale at 100; an imported model may sit at the cap
+    (OpenAI's: exactly 100) or, fine-tuned elsewhere, above it: the cap is raised to the scale."""
+    init_args = {"init_temperature": 1.0 / scale, "max_logit_scale": max(100.0, scale)}
+    return {"class_path": "variants.objectives.InfoNCE", "init_args": init_args}
 
 
 def _mlp_ratio(fc1: torch.Tensor) -> float:

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common.errors import require_at_least
+from common.errors import UserError, require_at_least
 from datamodules.augment import SSLViews, TextViews, TokenMasking
 from datamodules.collate import Collate
 from datamodules.evaluation import EvalTask, TaskDatasets
 from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
+from datamodules.shapesworld import captions_zh
 from datamodules.shapesworld.captions import protected_words, synonyms, vocabulary
-from datamodules.shapesworld.datasets import TASKS, CaptionedScenes, ZeroShotScenes
-from datamodules.tokenizer import TokenizerLinks, WordTokenizer
+from datamodules.shapesworld.datasets import (
+    CaptionedScenes,
+    CrossLingualScenes,
+    ZeroShotScenes,
+    check_language,
+    tasks_in,
+)
+from datamodules.tokenizer import BertTokenizer, TextTokenizer, TokenizerLinks, WordTokenizer
 from datamodules.transforms import EvalImageTransform
 
 MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
+# Default context lengths ([start]/[CLS] and [end]/[SEP] included). English: 32 holds every caption
+# of up to 4 objects. Chinese is tokenized per character: the longest caption of n objects (a list
+# "一张有一个很小的橙色正方形、...的图片") is 11 n + 7 tokens, 40 at the default 3 objects, so 64 holds
+# up to 5 objects, every prompt and every probe (tests/test_shapesworld_zh.py measures them).
+CONTEXT_LENGTH = {"en": 32, "zh": 64, "both": 64}
+
+
+def tokenizer_for(language: str, vocab: str | None, context_length: int) -> TextTokenizer:
+    """ShapesWorld's tokenizer: English with no vocabulary file keeps the word-level tokenizer of
+    its closed vocabulary (every earlier run's ids); otherwise BERT's WordPiece, over ``vocab`` (a
+    vocab.txt or "cn_clip") or over the words the run's captions, prompts and probes can use."""
+    if language == "en" and vocab is None:
+        return WordTokenizer(vocabulary(), context_length)
+    if vocab is not None:
+        return BertTokenizer(vocab=vocab, context_length=context_length)
+    words = captions_zh.vocabulary() + (vocabulary() if language == "both" else [])
+    return BertTokenizer(words=words, context_length=context_length)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -42,7 +67,8 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         val_samples, test_samples: images per evaluation task.
         batch_size: training batch per process.
         eval_batch_size: evaluation batch per process.
-        context_length: token length of every caption (start and end included).
+        context_length: token length of every caption (start and end included); None (default):
+            32 for English, 64 for "zh" and "both" (each Chinese character is a token).
         num_workers: dataloader worker processes (0 renders in the main process).
         views: two augmented views per training image for self-supervised terms (SimCLR), e.g.
             ``datamodules.augment.SSLViews``; None (default) renders no views.
@@ -53,7 +79,18 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
             can make them false (a swap can exchange two objects' colours): give them weight 0.
         text_masking: mask the training captions' tokens for masked language modelling (DeCLIP),
             e.g. ``datamodules.augment.TokenMasking``; adds <mask> as the last id (``vocab_size``
-            grows by one) and "mlm_labels" to training batches.
+            grows by one) and "mlm_labels" to training batches. With a BERT tokenizer (below) the
+            vocabulary's own [MASK] is used and ``vocab_size`` stays.
+        language: the captions' language: "en" (default), "zh" (Chinese, ``captions_zh``) or "both"
+            (each caption in one of the two, chosen per sample from (seed, index)). The scenes, and
+            so the held-out combinations, are the same in every language. Zero-shot tasks: the
+            English ones ("zeroshot/shapesworld_val/shape") for "en", the Chinese prompts
+            ("zeroshot/shapesworld_val/shape_zh") for "zh", both sets for "both"; retrieval captions
+            are in the run's language; "both" adds cross-lingual retrieval
+            ("crosslingual/shapesworld_val": English caption -> Chinese caption of the same scene).
+        vocab: a BERT vocab.txt path, or "cn_clip" for Chinese-CLIP's (``BertTokenizer``). None
+            (default): English keeps its word-level vocabulary; "zh" and "both" get a WordPiece
+            vocabulary of ShapesWorld's own words and characters.
 
     Views, text views and masks are drawn afresh each epoch, as a pure function of (seed, index,
     epoch); ``provides_views``, ``provides_text_view`` and ``provides_mlm`` tell the model which
@@ -71,13 +108,16 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         test_samples: int = 1000,
         batch_size: int = 256,
         eval_batch_size: int = 500,
-        context_length: int = 32,
+        context_length: int | None = None,
         num_workers: int = 1,
         views: SSLViews | None = None,
         text_views: TextViews | None = None,
         text_masking: TokenMasking | None = None,
+        language: Literal["en", "zh", "both"] = "en",
+        vocab: str | None = None,
     ) -> None:
         super().__init__()
+        check_language(language)
         counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "train_samples": train_samples,
                   "val_samples": val_samples, "test_samples": test_samples, "image_size": image_size}  # fmt: skip
         require_at_least("data.init_args", {k: (v, 1) for k, v in counts.items()} | {"num_workers": (num_workers, 0)})
@@ -86,9 +126,15 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         self.save_hyperparameters(ignore=["views", "text_views"])
         if not isinstance(self.hparams["text_masking"], (dict, type(None))):
             self.remove_ignored_hparams(["text_masking"])
-        self.tokenizer = WordTokenizer(vocabulary(), context_length)
+        self.tokenizer = tokenizer_for(language, vocab, context_length or CONTEXT_LENGTH[language])
         if text_masking is not None:
             self.tokenizer.add_mask_token()
+        if text_views is not None and language != "en":
+            # The synonym table and protected words that keep a view true are English grammar.
+            raise UserError(
+                f"text_views are English-only: ShapesWorld has no Chinese synonym table, so with language "
+                f"{language!r} set data.init_args.text_views: null (or language: en)"
+            )
         if text_views is not None:
             text_views = text_views.with_defaults(synonyms(), protected_words())
             if text_views.weights["swap"] or text_views.weights["insert"]:
@@ -102,7 +148,7 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         self.image_transform = EvalImageTransform(image_size, [MEAN] * 3, [STD] * 3)
         self.train_set = CaptionedScenes(
             seed, "train", train_samples, image_size, min_objects, max_objects, views, text_views,
-            mask_seeds=text_masking is not None,
+            mask_seeds=text_masking is not None, language=language,
         )  # fmt: skip
         self.provides_views = views is not None
         self.provides_text_view = text_views is not None
@@ -115,12 +161,18 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
     def _eval_datasets(self, stage: str, samples: int) -> list[tuple[EvalTask, Dataset]]:
         h = self.hparams
         sets: list[tuple[EvalTask, Dataset]] = []
-        for name, task in TASKS.items():
+        language = h.language
+        for suffix, task in tasks_in(language):
             prompts = torch.stack([self.tokenizer(p) for p in task.prompts()])
-            dataset = ZeroShotScenes(name, h.seed, stage, samples, h.image_size)
-            sets.append((EvalTask(f"zeroshot/shapesworld_{stage}/{name}", "zeroshot", prompts), dataset))
-        retrieval = CaptionedScenes(h.seed, f"{stage}/retrieval", samples, h.image_size, 1, h.max_objects)
+            dataset = ZeroShotScenes(task.name, h.seed, stage, samples, h.image_size)
+            sets.append((EvalTask(f"zeroshot/shapesworld_{stage}/{task.name}{suffix}", "zeroshot", prompts), dataset))
+        retrieval = CaptionedScenes(
+            h.seed, f"{stage}/retrieval", samples, h.image_size, 1, h.max_objects, language=language
+        )
         sets.append((EvalTask(f"retrieval/shapesworld_{stage}", "retrieval"), retrieval))
+        if language == "both":
+            pairs = CrossLingualScenes(h.seed, f"{stage}/crosslingual", samples, h.image_size, 1, h.max_objects)
+            sets.append((EvalTask(f"crosslingual/shapesworld_{stage}", "crosslingual"), pairs))
         return sets
 
     def eval_tasks(self, stage: str) -> list[EvalTask]:

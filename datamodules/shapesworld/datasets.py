@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from torch.utils.data import Dataset
 
@@ -12,7 +13,21 @@ from common.errors import UserError
 from datamodules.augment import SSLViews, TextViews, epoch_seed
 from datamodules.sampling import index_and_epoch
 from datamodules.shapesworld import captions as lang
+from datamodules.shapesworld import captions_zh as zh
 from datamodules.shapesworld.world import COLORS, SEEN, SHAPES, UNSEEN, Scene, render, sample_scene, scene_rng
+
+Language = Literal["en", "zh", "both"]
+LANGUAGES = ("en", "zh", "both")
+
+
+def check_language(language: str) -> None:
+    if language not in LANGUAGES:
+        raise UserError(f"unknown ShapesWorld language {language!r}; known: {', '.join(LANGUAGES)}")
+
+
+def caption_in(language: str, scene: Scene, rng: random.Random) -> str:
+    """A caption of ``scene`` in "en" or "zh" from the scene's generator."""
+    return (zh if language == "zh" else lang).caption(scene, rng)
 
 
 class CaptionedScenes(Dataset):
@@ -27,6 +42,11 @@ class CaptionedScenes(Dataset):
     ``(index, epoch)`` items and the augmentations are drawn afresh each epoch (a pure function of
     (seed, index, epoch)); epoch 0's image views are those drawn before views varied by epoch. The
     scene, image and caption never depend on the epoch.
+
+    ``language`` is the captions' language: "en", "zh", or "both", where each item's caption is
+    in one of the two, chosen by a generator of its own (the stream "<stream>/language"), so the
+    choice is the same in every worker and construction and the scene and caption generator
+    draws exactly what it draws for "en" or "zh" (an "en" caption of "both" is the "en" dataset's).
     """
 
     def __init__(
@@ -40,24 +60,36 @@ class CaptionedScenes(Dataset):
         views: SSLViews | None = None,
         text_views: TextViews | None = None,
         mask_seeds: bool = False,
+        language: Language = "en",
     ) -> None:
+        check_language(language)
         if not 1 <= min_objects <= max_objects <= 9:
             raise UserError(f"ShapesWorld needs 1 <= min_objects <= max_objects <= 9, got {min_objects}, {max_objects}")
         self.seed, self.stream, self.length, self.image_size = seed, stream, length, image_size
         self.min_objects, self.max_objects, self.views = min_objects, max_objects, views
-        self.text_views, self.mask_seeds = text_views, mask_seeds
+        self.text_views, self.mask_seeds, self.language = text_views, mask_seeds, language
         self.takes_epoch = views is not None or text_views is not None or mask_seeds
 
     def __len__(self) -> int:
         return self.length
 
-    def _sample(self, index: int) -> tuple[Scene, str, random.Random]:
+    def scene_and_rng(self, index: int) -> tuple[Scene, random.Random]:
+        """The scene of item ``index`` and its generator, in the state its caption starts from."""
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = scene_rng(self.seed, self.stream, index)
         n = rng.randint(self.min_objects, self.max_objects)
-        scene = sample_scene(rng, self.image_size, n)
-        return scene, lang.caption(scene, rng), rng
+        return sample_scene(rng, self.image_size, n), rng
+
+    def _sample(self, index: int) -> tuple[Scene, str, random.Random]:
+        scene, rng = self.scene_and_rng(index)
+        return scene, caption_in(self.language_of(index), scene, rng), rng
+
+    def language_of(self, index: int) -> str:
+        """The language of item ``index``'s caption ("en" or "zh")."""
+        if self.language != "both":
+            return self.language
+        return "zh" if scene_rng(self.seed, f"{self.stream}/language", index).random() < 0.5 else "en"
 
     def scene(self, index: int) -> Scene:
         return self._sample(index)[0]
@@ -81,17 +113,55 @@ class CaptionedScenes(Dataset):
         return item
 
 
+class CrossLingualScenes(Dataset):
+    """Scenes, each with an English and a Chinese caption, for cross-lingual retrieval.
+
+    Item ``2 i`` is scene ``i`` with its English caption, item ``2 i + 1`` the same scene with its
+    Chinese one: {"image", "caption", "label": item index, "index"}. One caption per item lets the
+    evaluation batches stay ordinary image-caption batches; ``label // 2`` pairs the captions
+    again and ``label % 2`` is the language (0 English, 1 Chinese). Both captions come from copies
+    of the scene's generator (stream ``stream``), each true of the scene; ``pair(i)`` returns
+    (scene, English caption, Chinese caption).
+    """
+
+    def __init__(
+        self, seed: int, stream: str, length: int, image_size: int = 64, min_objects: int = 1, max_objects: int = 3
+    ) -> None:
+        self.scenes = CaptionedScenes(seed, stream, length, image_size, min_objects, max_objects)
+        self.length, self.image_size = length, image_size
+
+    def __len__(self) -> int:
+        return 2 * self.length
+
+    def pair(self, index: int) -> tuple[Scene, str, str]:
+        scene, rng = self.scenes.scene_and_rng(index)
+        state = rng.getstate()
+        english = lang.caption(scene, rng)
+        rng.setstate(state)
+        return scene, english, zh.caption(scene, rng)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        scene, english, chinese = self.pair(index // 2)
+        caption = chinese if index % 2 else english
+        return {"image": render(scene, self.image_size), "caption": caption, "label": index, "index": index}
+
+
 @dataclass(frozen=True)
 class ZeroShotTask:
-    """A classification task: class phrases, prompt templates, and how to draw a labelled scene."""
+    """A classification task: class phrases, prompt templates (both in ``language``), and how to
+    draw a labelled scene (the class order, hence the labels, is the same in every language)."""
 
     name: str
     classes: tuple[str, ...]
     templates: tuple[str, ...]
+    language: Literal["en", "zh"] = "en"
 
     def prompts(self) -> list[list[str]]:
         """[class][template] prompt strings."""
-        return [lang.fill(self.templates, phrase) for phrase in self.classes]
+        fill = zh.fill if self.language == "zh" else lang.fill
+        return [fill(self.templates, phrase) for phrase in self.classes]
 
 
 ALL_COMBOS = tuple((c, s) for c in COLORS for s in SHAPES)
@@ -107,6 +177,27 @@ TASKS = {
     ),
     "count": ZeroShotTask("count", tuple(lang.count_phrase(n) for n in (1, 2, 3)), lang.COUNT_TEMPLATES),
 }
+# The same tasks with Chinese prompts (canonical words; the same classes in the same order).
+TASKS_ZH = {
+    "shape": ZeroShotTask("shape", tuple(map(zh.shape_name, SHAPES)), zh.OBJECT_TEMPLATES, "zh"),
+    "color": ZeroShotTask("color", tuple(map(zh.color_name, COLORS)), zh.COLOR_TEMPLATES, "zh"),
+    "color_shape_seen": ZeroShotTask(
+        "color_shape_seen", tuple(zh.color_shape(c, s) for c, s in ALL_COMBOS), zh.OBJECT_TEMPLATES, "zh"
+    ),
+    "color_shape_heldout": ZeroShotTask(
+        "color_shape_heldout", tuple(zh.color_shape(c, s) for c, s in ALL_COMBOS), zh.OBJECT_TEMPLATES, "zh"
+    ),
+    "count": ZeroShotTask("count", tuple(zh.count_phrase(n) for n in (1, 2, 3)), zh.COUNT_TEMPLATES, "zh"),
+}
+assert list(TASKS_ZH) == list(TASKS) and all(len(TASKS_ZH[k].classes) == len(TASKS[k].classes) for k in TASKS)
+
+
+def tasks_in(language: str) -> list[tuple[str, ZeroShotTask]]:
+    """(suffix, task) of the zero-shot tasks of a run in ``language``: the English tasks (no
+    suffix) for "en", the Chinese ones (suffix "_zh") for "zh", both for "both"."""
+    check_language(language)
+    english = [("", task) for task in TASKS.values()] if language in ("en", "both") else []
+    return english + ([("_zh", task) for task in TASKS_ZH.values()] if language in ("zh", "both") else [])
 
 
 class ZeroShotScenes(Dataset):

@@ -15,6 +15,8 @@ config.yaml, TensorBoard events, checkpoints/last.ckpt, metrics.json, and the gr
       trainer.max_steps: [400, 800]
     seeds: [0, 1, 2]                     # seed_everything; runs differing only in it are one group
     run_name: "{config}-lr{model.lr}-s{seed}"   # {key} is the value ({config}: the file's stem)
+    # A string value may hold {seed}, e.g. model.init_from: ["runs/pre/clip-s{seed}/checkpoints/last.ckpt"]:
+    # each seed's run starts from the same seed's checkpoint (paired two-stage comparisons).
     args: ["--trainer.precision", "32-true"]    # extra arguments of every run, last
     slurm: {partition: gpu, time_min: 120, nodes: 1, gpus_per_node: 4, cpus_per_task: 8}  # --launcher slurm
 

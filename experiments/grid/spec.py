@@ -94,7 +94,7 @@ def load_grid(path: str | Path) -> Grid:
                 run_name = _fill(template, values | {"seed": seed}, path)
                 args = ["fit", *(a for c in configs for a in ("--config", c))]
                 for key, value in values.items():
-                    args += ["--config", str(value)] if key == "config" else [f"--{key}", _cli_value(value)]
+                    args += ["--config", str(value)] if key == "config" else [f"--{key}", _cli_value(value, seed)]
                 args += [
                     "--seed_everything", str(seed),
                     "--trainer.logger.init_args.save_dir", str(directory),
@@ -149,7 +149,7 @@ def short(value: object) -> str:
     return str(value) if not isinstance(value, (dict, list)) else json.dumps(value, separators=(",", ":"))
 
 
-def _cli_value(value: object) -> str:
-    if isinstance(value, str):
-        return value
+def _cli_value(value: object, seed: int) -> str:
+    if isinstance(value, str):  # "{seed}" in a value: the run's seed (a checkpoint of the same seed's run)
+        return value.replace("{seed}", str(seed))
     return json.dumps(value)  # numbers, booleans, lists and dicts as JSON, which the parser reads

@@ -1,0 +1,84 @@
+"""model.freeze: a frozen part gets no update, no weight decay, no optimizer state, and keeps its
+BatchNorm statistics; a part frozen for N steps trains from step N on; bad names are one line."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from test_module import quiet_trainer, small_module, tiny_data
+
+from common.errors import UserError
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+class AtStep(pl.Callback):
+    """Snapshots the vision tower's state and optimizer state before optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.state, self.optimizer_state = step, None, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.state = snapshot(module.vision_tower)
+            params = {id(p) for p in module.vision_tower.parameters()}
+            optimizer = trainer.optimizers[0]
+            self.optimizer_state = [
+                p in optimizer.state for g in optimizer.param_groups for p in g["params"] if id(p) in params
+            ]
+
+
+def test_a_whole_run_freeze_leaves_the_tower_untouched(tmp_path) -> None:
+    data = tiny_data()
+    module = small_module(vocab_size=data.vocab_size, weight_decay=0.5, freeze={"vision_tower": None})
+    vision, text = snapshot(module.vision_tower), snapshot(module.text_tower)
+    trainer = quiet_trainer(tmp_path, max_steps=3)
+    trainer.fit(module, data)
+    assert not changed(vision, module.vision_tower)  # weights and BatchNorm running statistics
+    assert any("running_mean" in k for k in vision) and changed(text, module.text_tower)
+    in_optimizer = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert in_optimizer.isdisjoint(id(p) for p in module.vision_tower.parameters())
+    assert not module.vision_tower.training and module.text_tower.training
+
+
+def test_a_part_frozen_for_n_steps_trains_from_step_n(tmp_path) -> None:
+    data = tiny_data()
+    module = small_module(vocab_size=data.vocab_size, weight_decay=0.5, freeze={"vision_tower": 2})
+    before = snapshot(module.vision_tower)
+    at_two = AtStep(2)
+    trainer = quiet_trainer(tmp_path, max_steps=4, callbacks=[at_two], gradient_clip_val=1.0)
+    trainer.fit(module, data)
+    assert at_two.state is not None
+    assert not {k for k, v in at_two.state.items() if not torch.equal(v, before[k])}  # frozen for steps 0 and 1
+    assert at_two.optimizer_state and not any(at_two.optimizer_state)  # AdamW skipped it: no moments, no decay
+    assert changed(at_two.state, module.vision_tower)  # steps 2 and 3 trained it, BatchNorm statistics too
+    assert {k for k in changed(at_two.state, module.vision_tower) if "running_mean" in k}
+    assert module.vision_tower.training
+
+
+def test_frozen_parts_stay_in_eval_mode_through_train_calls() -> None:
+    module = small_module(freeze={"text_tower.blocks.0": None})
+    module.train()
+    assert not module.text_tower.blocks[0].training and module.text_tower.blocks[1].training
+    assert not any(p.requires_grad for p in module.text_tower.blocks[0].parameters())
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"vision_towr": None}, "not a submodule of the model; did you mean vision_tower"),
+        ({"vision_tower": 0}, r"must be a number of steps >= 1, or null for the whole run; got 0"),
+        ({"text_tower": 1.5}, "got 1.5"),
+    ],
+)
+def test_bad_freeze_specs_are_one_line_errors(spec: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message) as error:
+        small_module(freeze=spec)
+    assert "\n" not in str(error.value)
