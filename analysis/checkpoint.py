@@ -122,7 +122,10 @@ def _require_class_configs(config: dict, path: Path) -> None:
             "analysis needs a checkpoint written by `python -m experiments fit`"
         )
     for tower in (config["vision_tower"], config["text_tower"]):
-        if "pretrained" in (tower.get("init_args") or {}):
+        # A timm backbone's pretrained=True would download; an HFTextTower's pretrained directory
+        # holds its architecture (its config.json), so it is read again: the weights still come
+        # from the checkpoint, and a directory gone is a one-line error naming it.
+        if isinstance((tower.get("init_args") or {}).get("pretrained"), bool):
             tower["init_args"] = dict(tower["init_args"], pretrained=False)
     config["init_from"] = None
 

@@ -35,7 +35,7 @@ def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict) -> 
         "step": loaded.global_step,
         "task": task,
         "metrics": metrics,
-        "language": "en",
+        "language": "zh" if dataset.endswith("_zh") else "en",  # ShapesWorld's Chinese suites end in _zh
     }
 
 
@@ -81,7 +81,11 @@ def prompt_check(loaded: LoadedCheckpoint, prompts: list[list[str]]) -> dict:
     unk_id = getattr(loaded.tokenizer, "unk_id", None)
     if unk_id is not None:
         flat = loaded.tokenizer([p for class_prompts in prompts for p in class_prompts])
-        words = flat > 2  # after <pad>, <start>, <end>
+        # Words and word pieces: every id but the specials (<pad>/<start>/<end>, BERT's [PAD]/[CLS]/
+        # [SEP]/[MASK]); an unknown word counts as a word. A character missing from a BERT
+        # vocabulary is one [UNK], counted here.
+        specials = torch.tensor(sorted(set(loaded.tokenizer.special_ids) - {unk_id}), dtype=flat.dtype)
+        words = ~torch.isin(flat, specials)
         check["unknown_word_fraction"] = float((flat == unk_id).sum() / words.sum().clamp(min=1))
     return check
 

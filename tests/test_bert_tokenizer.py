@@ -95,3 +95,13 @@ def test_bad_vocabularies_are_named(tmp_path) -> None:
         BertTokenizer(str(bad))
     with pytest.raises(UserError, match="exactly one"):
         BertTokenizer()
+
+
+def test_the_prompt_check_counts_a_character_missing_from_the_vocabulary() -> None:
+    from types import SimpleNamespace
+
+    from analysis.zeroshot import prompt_check
+
+    tokenizer = BertTokenizer(words=["红色", "圆形", "一个"], context_length=16)
+    check = prompt_check(SimpleNamespace(tokenizer=tokenizer), [["一个红色圆形"], ["一个红色龘形"]])
+    assert check == {"indistinguishable_classes": 0, "unknown_word_fraction": pytest.approx(1 / 12)}  # 12 characters

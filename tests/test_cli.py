@@ -104,12 +104,14 @@ def test_print_config_resolves_the_composed_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("preset", ["clip", "slip", "filip", "declip"])
+@pytest.mark.parametrize("preset", ["clip", "slip", "filip", "declip", "chinese_clip"])
 def test_two_process_cpu_ddp_fit(preset: str, tmp_path: Path) -> None:
     """The DDP preset under bf16-mixed (kept even on a CPU without native bf16, where runs would
     switch to float32): global embeddings (CLIP), SSL views through the globally normalised
     projector in micro-batches with gradient caching (SLIP), token gathers and frozen global
-    heads (FILIP), image and text views, masked captions and the gathered NNS queue (DeCLIP)."""
+    heads (FILIP), image and text views, masked captions and the gathered NNS queue (DeCLIP), a
+    transformers BERT text tower next to an image tower frozen for N steps, whose gradients DDP
+    still averages and the module drops, on bilingual captions (Chinese-CLIP)."""
     ddp = CONFIGS / "trainer" / "ddp_cpu.yaml"
     args = ("fit", *preset_args(CONFIGS / f"{preset}.yaml"), "--config", str(SMOKE), "--config", str(ddp))
     if preset == "slip":  # and gradient caching: each process's 8 rows in micro-batches of 4
