@@ -58,7 +58,7 @@ CLAIM_KEYS = {
 }
 EXPERIMENT_KEYS = {"grid", "figure", "wall_time"}
 VERDICTS = ("reproduced", "contradicted", "inconclusive")
-TEST_PREFIXES = ("zeroshot/", "retrieval/", "geometry/")  # the test metrics a run logs
+TEST_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/", "geometry/")  # the test metrics a run logs
 # Raise when the definition of a metric computed from checkpoints changes: every run's cached
 # values (<run>/analysis/claims.json) are then recomputed, not read back stale.
 METRICS_VERSION = 2
@@ -475,7 +475,12 @@ def claims(
             + ([spec.figure["metric"]] if "metric" in spec.figure else []) + list(spec.figure.get("metrics", []))
         ))  # fmt: skip
         folder = source / spec.grid_name(REPOSITORY)
-        committed = source / "runs" / f"{experiment}.csv"
+        # Per-run CSVs committed earlier: in the source (`claims docs/claims`) or, when the runs of
+        # this experiment are gone (runs/ is not kept), in the output folder being rewritten.
+        committed = next(
+            (p for p in (source / "runs" / f"{experiment}.csv", out / "runs" / f"{experiment}.csv") if p.is_file()),
+            source / "runs" / f"{experiment}.csv",
+        )
         groups = {g for c in selected if c.experiment == experiment for g in (c.arm, c.baseline) if g is not None}
         groups |= set(spec.figure.get("arms", [])) | set((spec.figure.get("lines") or {}).values())
         groups |= {g for series in (spec.figure.get("series") or {}).values() for g in series}
@@ -488,8 +493,9 @@ def claims(
             write_text(out / "runs" / f"{experiment}.csv", runs_csv(rows, columns))
         elif committed.is_file():
             rows = read_runs_csv(committed)
-            if out.resolve() != source.resolve():
-                write_text(out / "runs" / f"{experiment}.csv", committed.read_text())
+            copy = out / "runs" / f"{experiment}.csv"
+            if not copy.exists() or copy.resolve() != committed.resolve():
+                write_text(copy, committed.read_bytes().decode())  # bytes: the csv module's line ends kept
         else:
             absent = ", ".join(sorted(groups - finished))
             missing[experiment] = f"no finished runs of {absent}: python -m experiments grid {spec.grid}"

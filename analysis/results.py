@@ -20,7 +20,7 @@ from analysis.stats import group_summary, markdown_table, mean_ci, metric_bounds
 from variants.module import ContrastiveModule
 
 SEED_SUFFIX = re.compile(r"[-_]s(?:eed)?(?P<seed>\d+)$")
-HEADLINE_PREFIXES = ("zeroshot/", "retrieval/")
+HEADLINE_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/")
 
 
 def split_run_name(name: str) -> tuple[str, int | None]:
@@ -121,7 +121,10 @@ def results_markdown(title: str, rows: list[dict], failures: list[str] | None = 
 
 def _label(name: str) -> str:
     return (
-        name.replace("zeroshot/shapesworld_test/", "").replace("retrieval/shapesworld_test/", "").replace("/top1", "")
+        name.replace("zeroshot/shapesworld_test/", "")
+        .replace("retrieval/shapesworld_test/", "")
+        .replace("crosslingual/shapesworld_test/", "en->zh ")
+        .replace("/top1", "")
     )
 
 

@@ -3,7 +3,7 @@ notebooks (through ``analysis.results.summarize``) and the claims all use these.
 
 A metric's value over seeds is summarised by its mean, sample standard deviation and the
 Student-t 95% confidence interval of the mean. Metrics that are fractions (accuracy, recall,
-pointing-game hits: every name under zeroshot/, retrieval/, linear_probe/, consistency/,
+pointing-game hits: every name under zeroshot/, retrieval/, crosslingual/, linear_probe/, consistency/,
 explain/, probes/.../acc) live in [0, 1], and so does their true mean: an interval that leaves
 [0, 1] is clipped to it (the modality gap likewise to [0, 2]). Clipping never removes the true mean from the interval, so the
 coverage stays at least 95%; a clipped bound is marked in tables (``†``) so a reader sees that
@@ -17,7 +17,9 @@ from collections.abc import Iterable, Sequence
 
 from scipy import stats as scipy_stats
 
-FRACTION_PREFIXES = ("zeroshot/", "retrieval/", "linear_probe/", "linear_probe_trunk/", "consistency/", "explain/")
+FRACTION_PREFIXES = (
+    "zeroshot/", "retrieval/", "crosslingual/", "linear_probe/", "linear_probe_trunk/", "consistency/", "explain/"
+)  # fmt: skip
 CLIPPED_MARK = "†"
 CLIPPED_NOTE = (
     f"{CLIPPED_MARK} the t interval was clipped to the range the metric cannot leave"

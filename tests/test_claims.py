@@ -189,6 +189,21 @@ def test_verdicts_from_committed_per_run_csvs(tmp_path: Path) -> None:
         claims(source, tmp_path / "out", only=["no-such-claim"])
 
 
+def test_an_experiment_whose_runs_are_gone_keeps_its_committed_csv_in_the_output(tmp_path: Path) -> None:
+    """`claims runs --out docs/claims` after a fresh checkout (runs/ is not kept): experiments run
+    earlier keep their committed CSVs, byte for byte, and their verdicts."""
+    metric = "geometry/shapesworld_test/modality_gap"
+    rows = [{"run": f"{g}-s{s}", "group": g, "seed": s, "metrics": {metric: v + 0.01 * s}}
+            for g, v in (("init", 1.2), ("t0.01", 0.9), ("t0.033", 0.7), ("t0.1", 0.5), ("t1", 0.3)) for s in range(5)]  # fmt: skip
+    committed = tmp_path / "out" / "runs" / "gap-temperature.csv"
+    committed.parent.mkdir(parents=True)
+    committed.write_text(runs_csv(rows, [metric]))
+    before = committed.read_bytes()
+    (tmp_path / "runs").mkdir()
+    summary = claims(tmp_path / "runs", tmp_path / "out", only=["gap-grows-as-temperature-falls"])
+    assert [r["verdict"] for r in summary["claims"]] == ["reproduced"] and committed.read_bytes() == before
+
+
 def test_a_shared_grid_folder_stands_for_an_experiment_only_with_all_its_arms(tmp_path: Path) -> None:
     """claims-variants holds CLIP's runs for three experiments: without CyCLIP's runs the
     cyclip experiment is 'not run' (its committed CSV, if any, is used), not a CLIP-only table."""
