@@ -19,6 +19,7 @@ CHINESE = [
     "一个红色的圆形在蓝色正方形的左边", "图中有三个物体", "没有星形。", "一张猫的照片，很可爱！", "「引号」和《书名号》",
     "全角ＡＢＣ１２３", "繁體中文測試", "龘靐齉爩", "日本語のテキスト", "ﾊﾝｶｸ", "一、二、三；四：五？", "中" * 80,
     "中文mixed英文 text 混合123", "3.14是圆周率", "emoji😀表情", "  前后空格  ", "换\n行\t制表", "㐀㐁 扩展A", "𠀀 扩展B",
+    "[MASK] 猫", "a [PAD] b [CLS][SEP]", "[UNK]", "[mask]",
 ]  # fmt: skip
 
 
@@ -80,10 +81,11 @@ def test_masking_uses_bert_mask_without_growing_the_vocabulary() -> None:
     assert tokenizer.mask_id in tokenizer.special_ids and tokenizer.unk_id in tokenizer.special_ids
 
 
-def test_pickles_for_dataloader_workers() -> None:
+def test_pickles_for_dataloader_workers_with_the_mask_id() -> None:
     tokenizer = BertTokenizer(words=["红色", "圆形"], context_length=12)
+    tokenizer.add_mask_token()
     again = pickle.loads(pickle.dumps(tokenizer))
-    assert torch.equal(again(["红色圆形", "绿"]), tokenizer(["红色圆形", "绿"]))
+    assert torch.equal(again(["红色圆形", "绿"]), tokenizer(["红色圆形", "绿"])) and again.mask_id == tokenizer.mask_id
 
 
 def test_bad_vocabularies_are_named(tmp_path) -> None:

@@ -76,6 +76,7 @@ def test_frozen_parts_stay_in_eval_mode_through_train_calls() -> None:
         ({"vision_towr": None}, "not a submodule of the model; did you mean vision_tower"),
         ({"vision_tower": 0}, r"must be a number of steps >= 1, or null for the whole run; got 0"),
         ({"text_tower": 1.5}, "got 1.5"),
+        ({"text_tower.blocks.0": None, "text_tower": 2}, "names both text_tower.blocks.0 and text_tower, one inside"),
     ],
 )
 def test_bad_freeze_specs_are_one_line_errors(spec: dict, message: str) -> None:

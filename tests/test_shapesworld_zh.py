@@ -4,6 +4,7 @@ datamodule's evaluation tasks, and cross-lingual retrieval (the metric and the m
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import re
@@ -191,7 +192,20 @@ def test_both_language_batches_are_the_same_across_workers_and_constructions() -
 
 def test_english_is_unchanged_by_the_language_option() -> None:
     """language="en" (the default) is byte-identical to ShapesWorld before Chinese existed: the same
-    captions, the word-level tokenizer and its 32-token context."""
+    captions, the word-level tokenizer and its 32-token context. The digest pins the first 200
+    training captions and their ids, every test task's name and prompt ids, the vocabulary size and
+    the context length, as computed by the code before the language option (commit 66c6b68)."""
+    dm = ShapesWorldDataModule(train_samples=200, val_samples=20, test_samples=20, num_workers=0)
+    digest = hashlib.sha256()
+    captions = [dm.train_set.caption(i) for i in range(200)]
+    digest.update("\n".join(captions).encode())
+    digest.update(dm.tokenizer(captions).numpy().tobytes())
+    for task in dm.eval_tasks("test"):
+        digest.update(task.name.encode())
+        if task.prompts is not None:
+            digest.update(task.prompts.numpy().tobytes())
+    digest.update(f"{dm.vocab_size}{dm.context_length}".encode())
+    assert digest.hexdigest() == "51225d666b5463a15d37a4de4635951be0369c6b22934604322f24de15e14046"
     default, explicit = ShapesWorldDataModule(train_samples=50), ShapesWorldDataModule(train_samples=50, language="en")
     assert [default.train_set.caption(i) for i in range(50)] == [explicit.train_set.caption(i) for i in range(50)]
     assert type(default.tokenizer).__name__ == "WordTokenizer" and default.context_length == 32
@@ -459,8 +473,9 @@ def test_validation_on_both_languages_logs_crosslingual_retrieval(tmp_path) -> N
         images = module.encode_image(normalize(torch.stack([x["image"] for x in items[::2]])))
         tokens = datamodule.tokenizer([x["caption"] for x in items])
         texts = module.encode_text(tokens)
-    same = (tokens[1::2, None] == tokens[None, 1::2]).all(-1)
-    expected = crosslingual_recall(texts[::2], texts[1::2], images, positives=same)
+    same_zh = (tokens[1::2, None] == tokens[None, 1::2]).all(-1)
+    same_en = (tokens[::2, None] == tokens[None, ::2]).all(-1)  # identical English queries: each scene is right
+    expected = crosslingual_recall(texts[::2], texts[1::2], images, positives=same_zh | same_en)
     for key, value in expected.items():
         assert metrics[f"crosslingual/shapesworld_val/{key}"] == pytest.approx(value.item(), abs=1e-5), key
 

@@ -52,13 +52,15 @@ class FreezeSchedule:
                 raise UserError(
                     f"model.freeze.{name} must be a number of steps >= 1, or null for the whole run; got {steps!r}"
                 )
+            nested = [other for other in self.parts if name.startswith(other + ".") or other.startswith(name + ".")]
+            if nested:
+                raise UserError(
+                    f"model.freeze names both {nested[0]} and {name}, one inside the other: give the outer part "
+                    "alone, or freeze sibling parts"
+                )
             self.parts[name] = (names[name], steps)
             if steps is None:
                 names[name].requires_grad_(False)
-
-    def frozen(self, step: int) -> list[nn.Module]:
-        """The parts frozen at optimizer step ``step`` (0-based: the step about to be taken)."""
-        return [module for module, steps in self.parts.values() if steps is None or step < steps]
 
     def set_modes(self, step: int, training: bool) -> None:
         """After ``model.train(training)``: frozen parts run in eval mode (dropout off, BatchNorm

@@ -101,10 +101,14 @@ class ContrastiveModule(pl.LightningModule):
             for tower in (vision_tower, text_tower):
                 tower.proj.requires_grad_(False)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+        if init_parts is not None and (not init_parts or set(init_parts) - set(TOWERS)):
+            raise UserError(
+                f"model.init_parts takes towers among {', '.join(TOWERS)} (or null for both); got {init_parts}"
+            )
         if init_from is not None:
             init_towers(self, init_from, parts=tuple(init_parts or TOWERS))
         self._freeze = FreezeSchedule(self, freeze or {})  # before configure_optimizers and DDP see the parameters
-        initialised = tuple(init_parts or TOWERS) if init_from is not None else ()
+        initialised = tuple(init_parts or TOWERS) if init_from is not None else ()  # what init_from loaded
         locked = [name for name in (freeze or {}) if not name.startswith(initialised)]
         if locked:
             rank_zero_warn(
@@ -412,8 +416,10 @@ class ContrastiveModule(pl.LightningModule):
         """R@1/5/10 of English caption -> Chinese caption of the same scene, directly and through
         the images (``variants.metrics.crosslingual_recall``). A task's items come in pairs (label
         2 i: scene i's English caption, 2 i + 1: its Chinese one, each with the image); scenes
-        with only one caption evaluated (limit_val_batches) are left out. Identical Chinese
-        captions of other scenes count as hits, as identical captions do in retrieval."""
+        with only one caption evaluated (limit_val_batches) are left out. Chinese caption j is a hit
+        for English caption i when it is scene i's, when it is identical to it, or when English
+        caption i is identical to scene j's English caption (identical queries rank alike, so
+        each of their scenes is a right answer), as identical captions count in retrieval."""
         where = rows.nonzero().squeeze(1)
         where = where[outputs["label"][where].argsort()]  # in scene order
         label = outputs["label"][where]
@@ -427,10 +433,12 @@ class ContrastiveModule(pl.LightningModule):
         if self.scorer is not None:  # the term's own pair scores; "direct" stays the text cosine
             en_to_image = self.score(images, english)[1].T
             image_to_zh = self.score(images, chinese)[0]
-        tokens = outputs["tokens"][zh_rows]
+        zh_tokens, en_tokens = outputs["tokens"][zh_rows], outputs["tokens"][en_rows]
+        same_zh = (zh_tokens[:, None] == zh_tokens[None]).all(-1)
+        same_en = (en_tokens[:, None] == en_tokens[None]).all(-1)
         return crosslingual_recall(
             english.text, chinese.text, images.image, en_to_image=en_to_image, image_to_zh=image_to_zh,
-            positives=(tokens[:, None] == tokens[None]).all(-1),
+            positives=same_zh | same_en,
         )  # fmt: skip
 
     def _zeroshot_scores(self, images: Encoded, prompts: torch.Tensor) -> torch.Tensor:

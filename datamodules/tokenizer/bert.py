@@ -92,7 +92,9 @@ class BertTokenizer(HFTokenizer):
             raise UserError(f"{vocab}: [PAD] must be id 0 (it is {ids[PAD]}); the text tower pads with 0")
         # cn_clip's WordpieceTokenizer: words over 200 characters become [UNK].
         tokenizer = Tokenizer(models.WordPiece(ids, unk_token=UNK, max_input_chars_per_word=200))
-        tokenizer.add_special_tokens([t for t in BERT_SPECIALS if t in ids])
+        # The specials are NOT registered as HF special tokens: a caption that contains "[MASK]" or
+        # "[PAD]" literally is ordinary text to cn_clip (split at the brackets), and must not become
+        # a mask or a padding id here. The template and the padding name their ids directly.
         tokenizer.normalizer = normalizers.BertNormalizer(
             clean_text=True,
             handle_chinese_chars=True,
@@ -113,8 +115,9 @@ class BertTokenizer(HFTokenizer):
         self._mask = ids.get(MASK)
 
     def __reduce__(self) -> tuple:
-        # Rebuilt from its arguments in dataloader workers (an HF Tokenizer pickles, but this is smaller).
-        return type(self), (self.vocab, self.context_length, self.words)
+        # Rebuilt from its arguments in dataloader workers (an HF Tokenizer pickles, but this is
+        # smaller), with the mask id a datamodule's text masking turned on (spawned workers need it).
+        return type(self), (self.vocab, self.context_length, self.words), {"mask_id": self.mask_id}
 
     @property
     def vocab_size(self) -> int:
@@ -137,7 +140,7 @@ class BertTokenizer(HFTokenizer):
         return int((ids == self.unk_id).sum())
 
     def decode(self, ids: Sequence[int]) -> str:
-        text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        text = self.tokenizer.decode([int(i) for i in ids if int(i) not in self._specials])
         return _join_cjk(text)
 
 
