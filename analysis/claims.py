@@ -32,13 +32,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 
 from analysis.results import split_run_name
 from analysis.stats import format_estimate, mean_ci, metric_bounds
 from common.errors import UserError
-from common.files import save_figure, write_json, write_text
+from common.files import read_yaml, save_figure, write_json, write_text
 
 REPOSITORY = Path(__file__).resolve().parents[1]  # grid paths in a registry are relative to it
 REGISTRY = REPOSITORY / "experiments" / "claims" / "claims.yaml"
@@ -96,7 +95,7 @@ class Experiment:
     def grid_name(self, root: Path) -> str:
         """The folder the grid writes its runs to (its ``name``, default the file's stem)."""
         path = root / self.grid
-        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+        spec = read_yaml(path) if path.is_file() else None
         if not isinstance(spec, dict):
             raise UserError(f"claims: experiment {self.id}: grid file {path} not found or not a mapping")
         return str(spec.get("name", path.stem))
@@ -108,7 +107,7 @@ def load_registry(path: str | Path = REGISTRY) -> tuple[dict[str, Experiment], l
     path = Path(path)
     if not path.is_file():
         raise UserError(f"claims registry not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict) or set(spec) - {"experiments", "claims"}:
         raise UserError(f"{path}: a claims registry is a mapping with 'experiments' and 'claims'")
     experiments = {}

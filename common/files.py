@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from common.errors import UserError
+
 if TYPE_CHECKING:  # matplotlib is slow to import; only save_figure needs it, and only its type
     from matplotlib.figure import Figure
 
@@ -69,3 +71,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file through the safe loader; a syntax error is one UserError naming the file, line
+    and column (a colon followed by a space inside an unquoted value is the usual cause)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{path}:{where}: not valid YAML ({problem}); quote values that contain ': '") from None

@@ -169,6 +169,9 @@ def test_the_registry_is_checked(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(UserError, match="baseline_metric names the metric of a baseline arm"):
         load_registry(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("experiments:\n  e:\n    wall_time: 5 min; curves: docs/x.png\n")
+    with pytest.raises(UserError, match=r"r.yaml: line 3, column \d+: not valid YAML \(mapping values are not allowed"):
+        load_registry(tmp_path / "r.yaml")
 
 
 def test_verdicts_from_committed_per_run_csvs(tmp_path: Path) -> None:

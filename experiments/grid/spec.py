@@ -11,9 +11,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from common.errors import UserError, one_line
+from common.files import read_yaml
 
 GRID_KEYS = {"name", "configs", "product", "zip", "seeds", "run_name", "args", "runs_dir", "slurm"}
 SLURM_KEYS = {"partition", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism"}
@@ -51,7 +50,7 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict):
         raise UserError(f"{path}: a grid file is a mapping (name, configs, product, zip, seeds, run_name, args)")
     unknown = set(spec) - GRID_KEYS
