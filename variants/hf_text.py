@@ -143,12 +143,7 @@ class HFTextTower(TextTower):
         self, token_ids: torch.Tensor, return_tokens: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """token_ids [B, L] -> (embedding [B, D] normalised, tokens [B, L, hidden] or None, mask [B, L])."""
-        length = token_ids.shape[1]
-        if length > self.context_length:
-            raise UserError(
-                f"text of {length} tokens exceeds the text tower's context_length "
-                f"{self.context_length}; tokenize with the same context length"
-            )
+        self._check_length(token_ids)
         mask = token_ids != self.pad_id
         hidden = self.model(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
         embedding = F.normalize(self.proj(hidden[:, 0]), dim=-1)

@@ -295,12 +295,7 @@ class TextTower(nn.Module):
         self, token_ids: torch.Tensor, return_tokens: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """token_ids [B, L] -> (embedding [B, D] normalised, tokens [B, L, W] or None, mask [B, L])."""
-        length = token_ids.shape[1]
-        if length > self.context_length:
-            raise UserError(
-                f"text of {length} tokens exceeds the text tower's context_length "
-                f"{self.context_length}; tokenize with the same context length"
-            )
+        length = self._check_length(token_ids)
         positions = torch.arange(length, device=token_ids.device)
         last = torch.where(token_ids != self.pad_id, positions, 0).amax(dim=1)  # the end token
         mask = positions <= last[:, None]
@@ -323,6 +318,16 @@ class TextTower(nn.Module):
             pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
         embedding = F.normalize(self.proj(pooled), dim=-1)
         return embedding, (x if return_tokens else None), mask
+
+    def _check_length(self, token_ids: torch.Tensor) -> int:
+        """The texts' length, or a UserError when it exceeds what the positions cover."""
+        length = token_ids.shape[1]
+        if length > self.context_length:
+            raise UserError(
+                f"text of {length} tokens exceeds the text tower's context_length "
+                f"{self.context_length}; tokenize with the same context length"
+            )
+        return length
 
 
 def _checkpoint_backbone(backbone: nn.Module, model_name: str) -> None:

@@ -87,12 +87,17 @@ def noun_phrase(
     return article(" ".join(words))
 
 
+def caption_kind(n: int, rng: random.Random) -> str:
+    """Which kind of caption a scene of ``n`` objects gets (both languages draw it alike): a list,
+    a count, the place of a lone object or a relation between two."""
+    return rng.choice(["list", "list", "count"] + (["place", "place"] if n == 1 else ["relation"] * 3))
+
+
 def caption(scene: Scene, rng: random.Random) -> str:
     """One caption of ``scene`` from the grammar (templates x paraphrases x synonyms)."""
     things = list(scene.objects)
     n = len(things)
-    kinds = ["list", "list", "count"] + (["place", "place"] if n == 1 else ["relation"] * 3)
-    kind = rng.choice(kinds)
+    kind = caption_kind(n, rng)
     if kind == "place":
         text = f"{noun_phrase(things[0], rng)} in the {PLACES[(things[0].row, things[0].col)]}"
         return text.replace("in the center", rng.choice(["in the center", "in the middle"]))

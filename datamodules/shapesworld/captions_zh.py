@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from datamodules.shapesworld.captions import relation
+from datamodules.shapesworld.captions import caption_kind, relation
 from datamodules.shapesworld.world import COLORS, GRID, SHAPES, Scene, Thing
 
 SHAPE_WORDS = {  # concept -> forms; the first is canonical
@@ -107,8 +107,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
     """One Chinese caption of ``scene`` (same kinds and odds as ``captions.caption``)."""
     things = list(scene.objects)
     n = len(things)
-    kinds = ["list", "list", "count"] + (["place", "place"] if n == 1 else ["relation"] * 3)
-    kind = rng.choice(kinds)
+    kind = caption_kind(n, rng)
     if kind == "place":
         thing = things[0]
         phrase, place = one(thing, rng), rng.choice(PLACES[(thing.row, thing.col)])
