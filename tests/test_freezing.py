@@ -83,3 +83,24 @@ def test_bad_freeze_specs_are_one_line_errors(spec: dict, message: str) -> None:
     with pytest.raises(UserError, match=message) as error:
         small_module(freeze=spec)
     assert "\n" not in str(error.value)
+
+
+def test_init_parts_loads_one_tower_of_a_checkpoint_whose_other_tower_differs(tmp_path) -> None:
+    """Chinese-CLIP's start: an English run's image tower beside a text tower of another vocabulary."""
+    english = small_module(vocab_size=40)
+    with torch.no_grad():
+        english.terms["infonce"].logit_scale.log_scale.fill_(3.0)
+    torch.save({"state_dict": english.state_dict()}, tmp_path / "en.ckpt")
+    with pytest.raises(UserError, match="does not fit the model's towers"):
+        small_module(vocab_size=50, init_from=str(tmp_path / "en.ckpt"))
+    chinese = small_module(vocab_size=50, init_from=str(tmp_path / "en.ckpt"), init_parts=["vision_tower"])
+    assert all(
+        torch.equal(v, english.vision_tower.state_dict()[k]) for k, v in chinese.vision_tower.state_dict().items()
+    )
+    assert chinese.terms["infonce"].logit_scale.log_scale.item() != 3.0  # the temperature belongs to both towers
+
+
+@pytest.mark.parametrize("parts", [[], ["vision_towr"]])
+def test_bad_init_parts_are_refused_at_construction(parts: list[str]) -> None:
+    with pytest.raises(UserError, match=r"model.init_parts takes towers among vision_tower, text_tower"):
+        small_module(init_parts=parts)

@@ -316,17 +316,13 @@ def load_weights(
     model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, parts: tuple[str, ...] = TOWERS
 ) -> None:
     """:func:`init_towers` for a state dict already read (suite, OpenAI/open_clip or Chinese-CLIP layout)."""
-    if any(key.startswith(("vision_tower.", "text_tower.")) for key in state):
-        pass  # a suite checkpoint
-    elif is_cn_clip(state):
-        state = convert_cn_clip_state_dict(state)
-    else:
-        infer_architecture(state)  # a clear error for layouts that cannot be imported
-        state = convert_state_dict(state)
-    unknown = sorted(set(parts) - set(TOWERS))
-    if unknown or not parts:
-        raise UserError(f"model.init_parts takes towers among {', '.join(TOWERS)}; got {list(parts)}")
-    problems = []
+    if not any(key.startswith(("vision_tower.", "text_tower.")) for key in state):  # not a suite checkpoint
+        if is_cn_clip(state):
+            state = convert_cn_clip_state_dict(state)
+        else:
+            infer_architecture(state)  # a clear error for layouts that cannot be imported
+            state = convert_state_dict(state)
+    problems = []  # ``parts``: towers among TOWERS (ContrastiveModule checks model.init_parts)
     for prefix in parts:
         tower = getattr(model, prefix)
         part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
