@@ -23,6 +23,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import instantiate_module
 
 from common.errors import UserError
+from common.runs import resolve_checkpoint
 from datamodules.tokenizer.base import with_state
 from variants.module import ContrastiveModule
 from variants.weights import fit_problems
@@ -49,25 +50,6 @@ class LoadedCheckpoint:
         if any(term.needs_global for term in self.model.terms.values()):
             return None
         return "no term trains the global embeddings (token-wise FILIP only): measures on them describe untrained projections"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory: the newest ``checkpoints/last.ckpt`` under it."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.rglob("checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UserError(f"no checkpoints/last.ckpt under {path}: pass --ckpt a .ckpt file or a run directory")
-        names = sorted({str(_run_key(p)) for p in found})
-        if len(names) > 1:
-            raise UserError(
-                f"{path} holds checkpoints of {len(names)} different runs ({', '.join(names[:5])}"
-                f"{', ...' if len(names) > 5 else ''}): pass one run directory or a .ckpt file"
-            )
-        return found[-1]  # the newest version of the one run
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    return path
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -187,13 +169,6 @@ def _import_trusted(class_paths: list[str]) -> None:
                 f"checkpoint, `import {module}` before loading it (in Python), so it is not imported blindly"
             )
         importlib.import_module(module)
-
-
-def _run_key(checkpoint: Path) -> Path:
-    """Which run a checkpoint belongs to: the versions of runs/<name>/version_<n>/ are one run
-    (its newest version is taken); a grid's runs/<grid>/<run>/ are each their own."""
-    run = checkpoint.parent.parent
-    return run.parent if run.name.startswith("version_") else run
 
 
 def _run_name(path: Path) -> str:

@@ -26,6 +26,7 @@ from datamodules.suites.karpathy import karpathy_suite
 from datamodules.suites.probe_files import probe_file_suite
 from datamodules.suites.shapesworld import shapesworld_probes, shapesworld_suites
 from datamodules.suites.templates import read_templates
+from datamodules.tokenizer.coverage import check_prompts
 
 SPECS = ("shapesworld", "digits", "imagefolder:DIR", "cifar10:DIR", "cifar100:DIR", "coco:JSON", "flickr30k:JSON")
 
@@ -70,6 +71,8 @@ def load_suites(
         elif kind == "imagefolder":
             templates = read_templates(options.templates) if options.templates else None
             suites.append(imagefolder_suite(path, templates=templates))
+            if options.templates:
+                _check_templates(suites[-1], loaded, options.templates)
         elif kind in ("cifar10", "cifar100"):
             suites.append(cifar_suite(path, kind))
         elif kind in ("coco", "flickr30k"):
@@ -77,6 +80,19 @@ def load_suites(
         else:
             raise UserError(f"unknown suite {spec!r}; known: {', '.join(SPECS)}")
     return suites
+
+
+def _check_templates(suite: ClassificationSuite, loaded: LoadedCheckpoint, templates: str) -> None:
+    """Refuse the user's templates when a class prompt is mostly unknown to the checkpoint's
+    tokenizer (before any image is embedded): its classes would be told apart by a few known
+    words at most. Built-in suites' prompts only warn (``analysis.zeroshot``)."""
+    prompts = [
+        (f"class {name}", prompt)
+        for name, class_prompts in zip(suite.classnames, suite.class_prompts(), strict=True)
+        for prompt in class_prompts
+    ]
+    fix = "write the templates (and the class folder names) in the language and words the checkpoint was trained on"
+    check_prompts(loaded.tokenizer, prompts, f"--templates {templates}", fix)
 
 
 def load_probe_suites(specs: list[str], loaded: LoadedCheckpoint, options: SuiteOptions) -> list[ProbeSuite]:

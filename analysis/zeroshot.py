@@ -20,6 +20,7 @@ from analysis.checkpoint import LoadedCheckpoint
 from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
 from common.errors import UserError
 from datamodules.suites import ClassificationSuite, RetrievalSuite
+from datamodules.tokenizer.coverage import describe, mostly_unknown, unknown_counts
 from variants.metrics import mean_per_class_recall, recall_at_k, topk_accuracy
 
 RECALL_AT = (1, 5, 10)
@@ -69,24 +70,32 @@ def zeroshot_classification(
             f"{suite.name}: {result['prompt_check']['indistinguishable_classes']} classes have prompts that "
             "tokenise identically to another class's (unknown words?): they can only tie"
         )
+    if result["prompt_check"].get("mostly_unknown_prompts"):
+        # A warning, not a refusal: a built-in suite's prompts are not the user's to rewrite, and the
+        # command's other numbers (the linear probe) stay meaningful. A user's --templates file is
+        # refused instead, when the suites are built (analysis.suite_specs).
+        warnings.warn(
+            f"{suite.name}: {result['prompt_check']['mostly_unknown_prompts']} class prompts are mostly unknown "
+            f"tokens to the checkpoint's tokenizer ({describe(loaded.tokenizer)}), so its zero-shot accuracy says "
+            "little: use prompts in the language and vocabulary the checkpoint was trained on"
+        )
     return result
 
 
 def prompt_check(loaded: LoadedCheckpoint, prompts: list[list[str]]) -> dict:
-    """How many classes the tokenizer cannot tell apart (identical ids for every template), and
-    the share of unknown words when the tokenizer has an <unk> id."""
+    """How many classes the tokenizer cannot tell apart (identical ids for every template), and,
+    when the tokenizer has an <unk> id, the share of unknown words and how many prompts are mostly
+    unknown (``datamodules.tokenizer.coverage``)."""
     ids = [tuple(map(tuple, loaded.tokenizer(class_prompts).tolist())) for class_prompts in prompts]
     counts = Counter(ids)
-    check = {"indistinguishable_classes": sum(counts[i] for i in counts if counts[i] > 1)}
-    unk_id = getattr(loaded.tokenizer, "unk_id", None)
-    if unk_id is not None:
-        flat = loaded.tokenizer([p for class_prompts in prompts for p in class_prompts])
-        # Words and word pieces: every id but the specials (<pad>/<start>/<end>, BERT's [PAD]/[CLS]/
-        # [SEP]/[MASK]); an unknown word counts as a word. A character missing from a BERT
-        # vocabulary is one [UNK], counted here.
-        specials = torch.tensor(sorted(set(loaded.tokenizer.special_ids) - {unk_id}), dtype=flat.dtype)
-        words = ~torch.isin(flat, specials)
-        check["unknown_word_fraction"] = float((flat == unk_id).sum() / words.sum().clamp(min=1))
+    check: dict = {"indistinguishable_classes": sum(counts[i] for i in counts if counts[i] > 1)}
+    flat = [p for class_prompts in prompts for p in class_prompts]
+    # Words and word pieces: every id but <pad>/<start>/<end> (BERT's [PAD]/[CLS]/[SEP]/[MASK]); an
+    # unknown word counts as a word, and a character missing from a BERT vocabulary is one [UNK].
+    unknown = unknown_counts(loaded.tokenizer, flat)
+    if unknown is not None:
+        check["unknown_word_fraction"] = float(unknown[0].sum() / unknown[1].sum().clamp(min=1))
+        check["mostly_unknown_prompts"] = len(mostly_unknown(loaded.tokenizer, flat))
     return check
 
 

@@ -53,6 +53,16 @@ def save_torch(path: str | Path, payload: Any) -> Path:
     return write_atomic(path, lambda file: torch.save(payload, file))
 
 
+def holds_objects(error: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a file because it pickles objects other than
+    tensors and plain data (classes, functions: code that loading would run), rather than because
+    the file is damaged. torch words it "Unsupported global ..." or "Trying to load unsupported
+    GLOBAL ... whose module ... is blocked" (os.system, builtins), or "... allowlisted ...";
+    its advice to re-run with weights_only=False must never reach the user as the fix."""
+    text = str(error).lower()
+    return "unsupported global" in text or "allowlisted" in text
+
+
 def save_figure(figure: Figure, path: str | Path, dpi: int = 150) -> Path:
     return write_atomic(path, lambda file: figure.savefig(file, format="png", dpi=dpi))
 

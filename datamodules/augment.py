@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 
 from common.errors import UserError
 from datamodules.tokenizer.base import TextTokenizer
+from datamodules.transforms import check_crop_scale
 
 
 class SSLViews:
@@ -28,6 +29,9 @@ class SSLViews:
 
     Every part is configurable because some fight the captions: on ShapesWorld color jitter
     and grayscale change the color words' truth and a flip swaps "left of" and "right of".
+    Each is checked when built (a value torchvision would only refuse at the first sample, in a
+    worker): ``crop_scale`` 0 < low <= high <= 1; ``color_jitter`` brightness, contrast and
+    saturation >= 0, hue in [0, 0.5]; the probabilities in [0, 1].
 
     Views are a pure function of (image, seed), so they are the same in every worker.
     """
@@ -41,7 +45,12 @@ class SSLViews:
         blur_p: float = 0.5,
         flip_p: float = 0.5,
     ) -> None:
-        self.crop_scale, self.color_jitter = tuple(crop_scale), tuple(color_jitter)
+        self.crop_scale = check_crop_scale(crop_scale, "views.crop_scale")
+        self.color_jitter = _check_jitter(color_jitter)
+        for name, p in (("color_jitter_p", color_jitter_p), ("grayscale_p", grayscale_p), ("blur_p", blur_p),
+                        ("flip_p", flip_p)):  # fmt: skip
+            if not _number(p) or not 0 <= p <= 1:
+                raise UserError(f"views.{name} must be a probability in [0, 1], got {p!r}")
         self.color_jitter_p, self.grayscale_p, self.blur_p, self.flip_p = color_jitter_p, grayscale_p, blur_p, flip_p
         self._pipelines: dict[int, v2.Compose] = {}
 
@@ -63,6 +72,27 @@ class SSLViews:
         with torch.random.fork_rng(devices=[]):  # the CPU generator only; CUDA's is untouched
             torch.default_generator.manual_seed(seed)
             return torch.stack([pipeline(image), pipeline(image)])
+
+
+JITTER = ("brightness", "contrast", "saturation", "hue")
+
+
+def _check_jitter(values: object) -> tuple[float, float, float, float]:
+    """ColorJitter's strengths: brightness, contrast, saturation >= 0 (a factor drawn from
+    [max(0, 1 - s), 1 + s]) and hue in [0, 0.5] (a shift of at most half the colour wheel)."""
+    jitter = tuple(values) if isinstance(values, (list, tuple)) else ()
+    if len(jitter) != 4 or not all(_number(v) for v in jitter):
+        raise UserError(
+            f"views.color_jitter must be four numbers [brightness, contrast, saturation, hue], got {values!r}"
+        )
+    for name, value in zip(JITTER, jitter, strict=True):
+        high = 0.5 if name == "hue" else math.inf
+        if not 0 <= value <= high:
+            allowed = "in [0, 0.5]" if name == "hue" else ">= 0"
+            raise UserError(
+                f"views.color_jitter {name} (item {JITTER.index(name) + 1}) must be {allowed}, got {value!r}"
+            )
+    return tuple(float(v) for v in jitter)  # type: ignore[return-value]  # four, checked above
 
 
 def epoch_seed(base: int, epoch: int, what: str) -> int:

@@ -16,6 +16,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from common.errors import UserError
+
 # OpenAI CLIP's normalisation (open_clip's OPENAI_DATASET_MEAN / _STD), for pixels scaled to [0, 1].
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,6 +84,16 @@ class EvalImageTransform:
 
     def __repr__(self) -> str:
         return f"EvalImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+
+
+def check_crop_scale(scale: object, name: str) -> tuple[float, float]:
+    """A RandomResizedCrop area range (low, high) with 0 < low <= high <= 1, or a one-line UserError
+    naming ``name`` (the config key), the allowed range and the value."""
+    values = tuple(scale) if isinstance(scale, (list, tuple)) else (scale,)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if len(values) != 2 or not numbers or not 0 < values[0] <= values[1] <= 1:
+        raise UserError(f"{name} must be two area fractions [low, high] with 0 < low <= high <= 1, got {scale!r}")
+    return float(values[0]), float(values[1])
 
 
 class TrainImageTransform:

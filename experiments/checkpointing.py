@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from common.errors import UserError
-from common.files import save_torch
+from common.files import holds_objects, save_torch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -69,7 +69,7 @@ def check_resumable(path: str | Path, training: bool = True) -> None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        if any("Unsupported global" in line for line in lines):
+        if holds_objects(error):
             raise UserError(
                 f"--ckpt_path {path}: refused by torch.load(weights_only=True), it holds pickled objects other "
                 "than tensors and plain data; resume only from checkpoints written by this suite"

@@ -338,6 +338,11 @@ ANALYSIS_BAD_INPUT = [
     (["explain", "--ckpt", "RUN", "--image", "scene.png", "--text", ""], "--text is empty"),
     (["explain", "--ckpt", "RUN", "--method", "relevance"], "relevance needs a ViT vision tower"),
     (["explain", "--ckpt", "RUN", "--image", "corrupt.ckpt", "--text", "a red circle"], "not an image PIL can read"),
+    (  # Chinese templates for an English word-level checkpoint: refused before any image is embedded
+        ["zeroshot", "--ckpt", "RUN", "--suite", "imagefolder:classes", "--templates", "zh.txt"],
+        "--templates zh.txt: the tokenizer (WordTokenizer) maps the class prompt '一张circle的图片' (class circle) "
+        "mostly to its unknown token",
+    ),
 ]
 
 
@@ -350,6 +355,10 @@ def analysis_bad_input(trained_run, tmp_path_factory: pytest.TempPathFactory) ->
         folder = tmp_path_factory.mktemp("analysis-bad-input")
         (folder / "corrupt.ckpt").write_bytes(b"not a checkpoint at all")
         Image.fromarray(scenes(1)[0].permute(1, 2, 0).numpy()).save(folder / "scene.png")
+        for shape in ("circle", "square"):  # an image folder of two classes, and templates in Chinese
+            (folder / "classes" / shape).mkdir(parents=True)
+            Image.fromarray(scenes(1)[0].permute(1, 2, 0).numpy()).save(folder / "classes" / shape / "0.png")
+        (folder / "zh.txt").write_text("一张{}的图片\n", encoding="utf-8")
         command = [run if a == "RUN" else a for a in args] + ["--out", str(folder / "out")]
         cases.append({"package": "analysis", "args": command, "cwd": str(folder)})
         folders.append(folder)

@@ -99,6 +99,25 @@ def test_bad_vocabularies_are_named(tmp_path) -> None:
         BertTokenizer()
 
 
+def test_a_gbk_vocabulary_names_the_file_and_utf8(tmp_path) -> None:
+    """Chinese vocabularies saved as GBK are common; a UnicodeDecodeError is not the message."""
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "红色", "圆形"]).encode("gbk"))
+    with pytest.raises(
+        UserError, match=rf"{path} is not UTF-8 text \(byte 0x[0-9a-f]{{2}} at offset 24\); .*iconv -f GBK"
+    ) as error:
+        BertTokenizer(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_a_folder_holding_a_vocab_txt_is_taken_as_hf_does(tmp_path) -> None:
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "红"]) + "\n", encoding="utf-8")
+    assert BertTokenizer(str(tmp_path), context_length=4)(["红"]).tolist() == [[2, 4, 3, 0]]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty is a directory without a vocab.txt: give the path of a vocab.txt"):
+        BertTokenizer(str(tmp_path / "empty"))
+
+
 def test_the_prompt_check_counts_a_character_missing_from_the_vocabulary() -> None:
     from types import SimpleNamespace
 
@@ -106,4 +125,9 @@ def test_the_prompt_check_counts_a_character_missing_from_the_vocabulary() -> No
 
     tokenizer = BertTokenizer(words=["红色", "圆形", "一个"], context_length=16)
     check = prompt_check(SimpleNamespace(tokenizer=tokenizer), [["一个红色圆形"], ["一个红色龘形"]])
-    assert check == {"indistinguishable_classes": 0, "unknown_word_fraction": pytest.approx(1 / 12)}  # 12 characters
+    assert check == {
+        "indistinguishable_classes": 0,
+        "unknown_word_fraction": pytest.approx(1 / 12),  # 12 characters
+        "mostly_unknown_prompts": 0,
+    }
+    assert prompt_check(SimpleNamespace(tokenizer=tokenizer), [["龘龘"], ["一个"]])["mostly_unknown_prompts"] == 1

@@ -150,6 +150,9 @@ def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: 
     assert metrics["global_step"] == 0 and metrics["geometry/shapesworld_test/modality_gap"] > 0.1
 
 
+# Chinese-CLIP's BERT text tower loaded from a model folder (the HF_ folders below).
+HF_TOWER = ["--config", str(CONFIGS / "chinese_clip.yaml"), "--model.text_tower.init_args.config", "null",
+            "--model.text_tower.init_args.pretrained"]  # fmt: skip
 # id: (arguments, what the one error line must say); files named in capitals are made by the fixture.
 BAD_INPUT = {
     "unknown-key": (["--model.lrr", "1"], "unrecognized arguments: --model.lrr"),
@@ -198,20 +201,100 @@ BAD_INPUT = {
         ["--model.micro_batch_size", "3"],
         "model.micro_batch_size 3 does not divide this process's batch of 8 rows",
     ),
+    # Chinese captions through a vocab.txt without Chinese: every token [UNK], which trained to exit 0.
+    "unknown-tokens": (
+        ["--data.init_args.language", "zh", "--data.init_args.vocab", "EN_VOCAB"],
+        "maps 100.0% of the tokens of 64 sampled training captions to its unknown token (more than 10%), e.g. '",
+    ),
+    "vocab-gbk": (
+        ["--data.init_args.language", "zh", "--data.init_args.vocab", "GBK_VOCAB"],
+        "gbk-vocab.txt is not UTF-8 text (byte 0x",
+    ),
+    "vocab-directory": (
+        ["--data.init_args.language", "zh", "--data.init_args.vocab", "EMPTY_DIR"],
+        "is a directory without a vocab.txt: give the path of a vocab.txt file (or a model folder that holds one)",
+    ),
+    "hf-damaged-safetensors": (
+        [*HF_TOWER, "HF_DAMAGED"],
+        "model.safetensors is damaged (Error while deserializing header: header too large)",
+    ),
+    "hf-pickled-bin": (
+        [*HF_TOWER, "HF_PICKLED"],
+        "pytorch_model.bin holds objects other than tensors (pickled Python), so it will not be loaded",
+    ),
+    "views-blur-p": (
+        ["--config", str(CONFIGS / "slip.yaml"), "--data.init_args.views.init_args.blur_p", "5"],
+        "views.blur_p must be a probability in [0, 1], got 5.0",
+    ),
+    "views-crop-scale": (
+        ["--config", str(CONFIGS / "slip.yaml"), "--data.init_args.views.init_args.crop_scale", "[0.5, 0.2]"],
+        "views.crop_scale must be two area fractions [low, high] with 0 < low <= high <= 1, got (0.5, 0.2)",
+    ),
+    "batch-too-small-for-a-term": (
+        ["--config", str(CONFIGS / "declip.yaml"), "--data.init_args.batch_size", "1"],
+        "simsiam needs >= 2 rows (its projector's and predictor's BatchNorm normalises over the batch)",
+    ),
+    "freeze-everything": (
+        ["--model.freeze", '{"vision_tower": null, "text_tower": null, "terms": null}'],
+        "model.freeze leaves nothing to train for the whole run: vision_tower (whole run), text_tower (whole run)",
+    ),
+    "init-from-a-directory-without-checkpoints": (
+        ["--model.init_from", "EMPTY_DIR"],
+        "no checkpoints/last.ckpt under ",
+    ),
 }
+
+
+class _Pickled:
+    """What a malicious pytorch_model.bin holds: loading it would run code (it never does)."""
+
+    def __reduce__(self) -> tuple:
+        return (exec, ("raise SystemExit('pickled code ran')",))
+
+
+def shared_inputs(folder: Path) -> dict[str, Path]:
+    """Read-only inputs the cases share, made once: vocabularies and HF model folders."""
+    from transformers import BertConfig, BertModel
+
+    from datamodules.shapesworld.datamodule import tokenizer_for
+    from datamodules.tokenizer.bert import BERT_SPECIALS
+
+    english = folder / "en-vocab.txt"
+    english.write_text("\n".join([*BERT_SPECIALS, "a", "red", "circle"]) + "\n", encoding="utf-8")
+    gbk = folder / "gbk-vocab.txt"
+    gbk.write_bytes("\n".join([*BERT_SPECIALS, "红色", "圆形"]).encode("gbk"))
+    # A tiny BERT of chinese_clip.yaml's vocabulary (bilingual ShapesWorld's words), then damaged.
+    vocab_size = tokenizer_for("both", None, 64).vocab_size
+    config = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder / "hf-damaged")
+    weights = folder / "hf-damaged" / "model.safetensors"
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:64])  # a header length past the file
+    (folder / "hf-pickled").mkdir()
+    config.save_pretrained(folder / "hf-pickled")
+    torch.save({"embeddings.word_embeddings.weight": _Pickled()}, folder / "hf-pickled" / "pytorch_model.bin")
+    return {
+        "EN_VOCAB": english,
+        "GBK_VOCAB": gbk,
+        "HF_DAMAGED": folder / "hf-damaged",
+        "HF_PICKLED": folder / "hf-pickled",
+    }
 
 
 @pytest.fixture(scope="module")
 def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, Path]]:
     """Every bad-input case, run in one interpreter (helpers/cli_cases.py), each in its own folder."""
     cases, folders = [], {}
+    shared = shared_inputs(tmp_path_factory.mktemp("shared-inputs"))
     for case_id, (args, _) in BAD_INPUT.items():
         folder = folders[case_id] = tmp_path_factory.mktemp(case_id)
         bad_yaml = folder / "bad.yaml"
         bad_yaml.write_text("model:\n  lrr: 0.1\n")
         (folder / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
         torch.save({"state_dict": {"w": torch.zeros(1)}}, folder / "weights.ckpt")
-        files = {"BAD_YAML": bad_yaml, "NOT_A_CKPT": folder / "garbage.ckpt", "WEIGHTS": folder / "weights.ckpt"}
+        (folder / "empty").mkdir()
+        files = {"BAD_YAML": bad_yaml, "NOT_A_CKPT": folder / "garbage.ckpt", "WEIGHTS": folder / "weights.ckpt",
+                 "EMPTY_DIR": folder / "empty", **shared}  # fmt: skip
         args = [str(files[a]) if a in files else a for a in args]
         fit = ["fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), *args]
         cases.append({"package": "experiments", "args": fit, "cwd": str(folder)})

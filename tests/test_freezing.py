@@ -77,12 +77,41 @@ def test_frozen_parts_stay_in_eval_mode_through_train_calls() -> None:
         ({"vision_tower": 0}, r"must be a number of steps >= 1, or null for the whole run; got 0"),
         ({"text_tower": 1.5}, "got 1.5"),
         ({"text_tower.blocks.0": None, "text_tower": 2}, "names both text_tower.blocks.0 and text_tower, one inside"),
+        (
+            {"vision_tower": None, "text_tower": None, "terms": None},
+            r"model.freeze leaves nothing to train for the whole run: vision_tower \(whole run\), text_tower "
+            r"\(whole run\), terms \(whole run\) hold every trainable parameter; leave one part out",
+        ),
+        (
+            {"vision_tower": 5, "text_tower": None, "terms": 3},
+            r"leaves nothing to train for its first 3 steps: vision_tower \(5 steps\), text_tower \(whole run\), "
+            r"terms \(3 steps\)",
+        ),
     ],
 )
 def test_bad_freeze_specs_are_one_line_errors(spec: dict, message: str) -> None:
     with pytest.raises(UserError, match=message) as error:
         small_module(freeze=spec)
     assert "\n" not in str(error.value)
+
+
+def test_a_schedule_that_leaves_only_a_temperature_to_train_is_accepted() -> None:
+    module = small_module(freeze={"vision_tower": None, "text_tower": None})  # InfoNCE's temperature trains
+    assert [name for name, p in module.named_parameters() if p.requires_grad] == ["terms.infonce.logit_scale.log_scale"]
+
+
+def test_init_from_takes_a_run_directory_and_its_last_checkpoint(tmp_path) -> None:
+    """As the analysis' --ckpt: a run directory is its newest checkpoints/last.ckpt."""
+    english = small_module()
+    checkpoints = tmp_path / "runs" / "clip" / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"state_dict": english.state_dict()}, checkpoints / "last.ckpt")
+    for run in (checkpoints.parent, checkpoints.parent.parent):  # the version, or the run with its versions
+        again = small_module(init_from=str(run))
+        assert all(torch.equal(v, english.state_dict()[k]) for k, v in again.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no checkpoints/last.ckpt under .*empty: pass model.init_from"):
+        small_module(init_from=str(tmp_path / "empty"))
 
 
 def test_init_parts_loads_one_tower_of_a_checkpoint_whose_other_tower_differs(tmp_path) -> None:

@@ -94,6 +94,42 @@ def test_from_pretrained_round_trip(tmp_path) -> None:
     assert next(HFTextTower(40, 8, pretrained=str(tmp_path / "half")).parameters()).dtype == torch.float32
 
 
+class Payload:
+    """What a malicious pytorch_model.bin pickles: loading it would call os.system."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+def test_damaged_and_unsafe_weight_files_are_one_line(tmp_path) -> None:
+    """A damaged model.safetensors, a pytorch_model.bin that pickles code (refused by weights_only=True,
+    never run) and one that is no torch file at all: each one line naming the file, none suggesting
+    weights_only=False."""
+    tiny_tower().model.save_pretrained(tmp_path / "damaged")
+    weights = tmp_path / "damaged" / "model.safetensors"
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:64])
+    for name, content in (("pickled", None), ("garbage", b"not a torch file")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text((tmp_path / "damaged" / "config.json").read_text())
+        if content is None:
+            torch.save({"weight": Payload()}, tmp_path / name / "pytorch_model.bin")
+        else:
+            (tmp_path / name / "pytorch_model.bin").write_bytes(content)
+    expected = {
+        "damaged": f"{weights} is damaged (Error while deserializing header: header too large): copy the file again",
+        "pickled": f"{tmp_path / 'pickled' / 'pytorch_model.bin'} holds objects other than tensors (pickled Python), "
+        "so it will not be loaded",
+        "garbage": f"{tmp_path / 'garbage' / 'pytorch_model.bin'} is damaged or not a torch file (Unsupported operand",
+    }
+    for name, message in expected.items():
+        with pytest.raises(UserError) as error:
+            HFTextTower(40, 8, pretrained=str(tmp_path / name))
+        assert str(error.value).startswith(message) and "\n" not in str(error.value)
+        assert "weights_only=False" not in str(error.value) and "weights_only` set to `False" not in str(error.value)
+
+
 def test_other_model_types_are_refused_by_name(tmp_path) -> None:
     from transformers import RobertaConfig
 

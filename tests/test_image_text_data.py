@@ -309,6 +309,24 @@ def test_missing_paths_and_empty_globs_are_named(tmp_path: Path) -> None:
         datamodule(tmp_path, "jsonl", "x")
 
 
+@pytest.mark.parametrize("kind", ["csv", "webdataset"])
+def test_captions_the_tokenizer_mostly_cannot_read_stop_the_fit(kind: str, tmp_path: Path) -> None:
+    """A tokenizer without the captions' words: a sample of the rows (of a stream, its first rows)
+    is checked when the data is set up for fit (datamodules.tokenizer.coverage)."""
+    format, files = make_format(kind, tmp_path)
+    dm = datamodule(tmp_path, format, files, tokenizer=WordTokenizer(["a"], context_length=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skipped rows
+        with pytest.raises(UserError, match=r"maps 66.7% of the tokens of 7 sampled training captions .* e.g. 'a "
+                           r"\w+ (square|picture)' \(2 of 3 tokens unknown\): choose a tokenizer"):  # fmt: skip
+            dm.setup("fit")
+
+
+def test_a_crop_scale_outside_the_image_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"data.init_args.crop_scale must be two area fractions .* got \(0.9, 1.2\)"):
+        datamodule(tmp_path, "csv", "x", crop_scale=(0.9, 1.2))
+
+
 def test_too_few_rows_for_one_batch_is_an_error(tmp_path: Path) -> None:
     dm = datamodule(tmp_path, "csv", str(make_csv(tmp_path)), batch_size=8)
     with warnings.catch_warnings():

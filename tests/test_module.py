@@ -45,6 +45,30 @@ def test_a_view_term_without_views_in_the_data_names_the_data_option(tmp_path) -
         trainer.fit(module, datamodule)
 
 
+def test_a_global_batch_too_small_for_a_term_is_refused_naming_it() -> None:
+    """Checked once at fit start from the data's batch_size and the process count: the global batch
+    matters, since the terms' BatchNorm is global and their negatives are gathered."""
+    module = small_module(terms=[InfoNCE(), SimCLR(hidden_dim=16, out_dim=8), Adversarial()])
+    with pytest.raises(UserError) as error:
+        module._check_batch_size(1, 1)
+    message = str(error.value)
+    assert message.startswith("a global batch of 1 row (data.init_args.batch_size 1 x 1 process) is too small: ")
+    assert "infonce needs >= 2 rows (it contrasts" in message
+    assert "simclr needs >= 2 rows (its projector's BatchNorm" in message
+    assert "adversarial" not in message and message.endswith("set data.init_args.batch_size to 2 or more")
+    module._check_batch_size(1, 2)  # two processes of one row: two rows to normalise and contrast
+    module._check_batch_size(None, 1)  # a datamodule that does not say
+    small_module(terms=[Adversarial()])._check_batch_size(1, 1)  # a discriminator trains on one pair
+
+
+def test_every_term_says_why_it_needs_more_than_one_row() -> None:
+    from helpers.terms import all_term_classes
+
+    for cls in all_term_classes():
+        assert isinstance(cls.min_batch_size, int) and cls.min_batch_size >= 1, cls.__name__
+        assert (cls.min_batch_size > 1) == bool(cls.min_batch_reason), cls.__name__
+
+
 def test_no_terms_is_an_error() -> None:
     with pytest.raises(UserError, match="model.terms is empty"):
         small_module(terms=[])

@@ -94,6 +94,36 @@ def test_bad_text_view_arguments_are_one_line_errors(kwargs: dict, message: str)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"blur_p": 5}, r"views.blur_p must be a probability in \[0, 1\], got 5$"),
+        ({"flip_p": -0.1}, r"views.flip_p must be a probability in \[0, 1\], got -0.1"),
+        ({"color_jitter_p": True}, "views.color_jitter_p must be a probability"),
+        ({"grayscale_p": 1.5}, "views.grayscale_p must be a probability"),
+        ({"crop_scale": (0.5, 0.2)}, r"views.crop_scale must be two area fractions \[low, high\] with 0 < low <= high"),
+        ({"crop_scale": (0.0, 1.0)}, r"<= 1, got \(0.0, 1.0\)"),
+        ({"crop_scale": (0.5, 2.0)}, "views.crop_scale must be"),
+        ({"crop_scale": (0.5,)}, "views.crop_scale must be"),
+        ({"color_jitter": (0.4, 0.4, 0.4, 0.7)}, r"views.color_jitter hue \(item 4\) must be in \[0, 0.5\], got 0.7"),
+        ({"color_jitter": (-1, 0.4, 0.4, 0.1)}, r"views.color_jitter brightness \(item 1\) must be >= 0, got -1"),
+        ({"color_jitter": (0.4, 0.4, 0.4)}, r"views.color_jitter must be four numbers \[brightness, contrast"),
+    ],
+)
+def test_bad_image_view_arguments_are_one_line_errors_at_construction(kwargs: dict, message: str) -> None:
+    """Not at the first sample inside torchvision, in a dataloader worker."""
+    with pytest.raises(UserError, match=message) as error:
+        SSLViews(**kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_image_view_settings_at_their_limits_are_accepted() -> None:
+    views = SSLViews(
+        crop_scale=(1, 1), color_jitter=(0, 0, 0, 0.5), color_jitter_p=1, grayscale_p=0, blur_p=1, flip_p=0
+    )
+    assert views(torch.zeros(3, 16, 16, dtype=torch.uint8), seed=0).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
         ({"probability": 0.0}, "text_masking.probability must be > 0"),
         ({"probability": 1.5}, r"text_masking.probability must be in \[0, 1\], got 1.5"),
         ({"mask_fraction": -0.1}, "text_masking.mask_fraction must be in"),

@@ -20,6 +20,9 @@ statistics held (the part runs in eval mode). Two mechanisms, by how long:
   registers only the parameters that require gradients when it wraps the model: a part switched
   back on later would never be averaged across processes. The price is its backward pass; a
   separate stage-1 run with a whole-run freeze (what chinese_clip.yaml does) saves it.
+
+A schedule that leaves no parameter to train at some step (every trainable part frozen) is refused
+when the model is built.
 """
 
 from __future__ import annotations
@@ -59,8 +62,29 @@ class FreezeSchedule:
                     "alone, or freeze sibling parts"
                 )
             self.parts[name] = (names[name], steps)
+        self._require_something_to_train(model)
+        for module, steps in self.parts.values():
             if steps is None:
-                names[name].requires_grad_(False)
+                module.requires_grad_(False)
+
+    def _require_something_to_train(self, model: nn.Module) -> None:
+        """Refuse a schedule under which no parameter is trained at some step. Every part is frozen
+        at step 0 and parts only unfreeze later, so step 0 is the step with the least to train:
+        if the parts hold every trainable parameter, the first steps (or the whole run, when every
+        part is frozen for it) train nothing, and the backward finds no gradient to compute."""
+        if not self.parts:
+            return
+        frozen = {id(p) for module, _ in self.parts.values() for p in module.parameters()}
+        if any(p.requires_grad and id(p) not in frozen for p in model.parameters()):
+            return
+        # Training starts when the first part frozen for N steps that holds a trainable parameter thaws.
+        thaws = [n for m, n in self.parts.values() if n is not None and any(p.requires_grad for p in m.parameters())]
+        when = f"for its first {min(thaws)} steps" if thaws else "for the whole run"
+        parts = ", ".join(f"{name} ({n or 'whole run'}{' steps' if n else ''})" for name, (_, n) in self.parts.items())
+        raise UserError(
+            f"model.freeze leaves nothing to train {when}: {parts} hold every trainable parameter; leave one "
+            "part out of model.freeze (e.g. the text tower, as locked-image tuning does)"
+        )
 
     def set_modes(self, step: int, training: bool) -> None:
         """After ``model.train(training)``: frozen parts run in eval mode (dropout off, BatchNorm

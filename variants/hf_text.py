@@ -17,6 +17,7 @@ position offset and pad id 1) are refused by name.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
+from common.files import holds_objects
 from variants.towers import TextTower
 
 #: The BERT built when neither ``config`` nor ``pretrained`` is given: the size of the suite's
@@ -171,11 +173,44 @@ def _pretrained_config(transformers, path: str):
     return config
 
 
+def not_tensors(path: str | Path) -> str:
+    """Why a weights file holding pickled objects (code, classes: anything but tensors) is refused."""
+    return (
+        f"{path} holds objects other than tensors (pickled Python), so it will not be loaded: weights are read "
+        "with torch.load(weights_only=True), which runs no code from a file; save the weights alone "
+        "(save_pretrained writes model.safetensors) from a copy of the model you trust"
+    )
+
+
+# The lines torch.load(weights_only=True) wraps its unpickler's reason in.
+_TORCH_PREAMBLE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
 def _from_pretrained(transformers, path: str) -> nn.Module:
+    from safetensors import SafetensorError
+
     try:
         model = transformers.BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the BERT weights in {path}: {error}".splitlines()[0]) from None
+    except SafetensorError as error:  # a damaged or cut model.safetensors (transformers reads it first)
+        raise UserError(
+            f"{Path(path) / 'model.safetensors'} is damaged ({error}): copy the file again, or save the model "
+            "again with save_pretrained"
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError) as error:  # pytorch_model.bin, read with weights_only=True
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        weights = Path(path) / "pytorch_model.bin"
+        if holds_objects(error):  # pickled classes or code: never run
+            raise UserError(not_tensors(weights)) from None
+        if isinstance(error, RuntimeError) and not any("PytorchStreamReader" in line for line in lines):
+            raise
+        # torch's weights-only preamble (re-run with weights_only=False) says nothing about this file
+        reason = next((line for line in lines if not line.startswith(_TORCH_PREAMBLE)), lines[0])
+        raise UserError(
+            f"{weights} is damaged or not a torch file ({reason}): copy the file again, or save the model again "
+            "with save_pretrained"
+        ) from None
     # float32 whatever the file's dtype (transformers 5 keeps a half-precision file's), and in
     # training mode like every freshly built tower (from_pretrained returns it in eval mode).
     return model.float().train()

@@ -41,8 +41,9 @@ class ContrastiveModule(pl.LightningModule):
         warmup_steps: linear warm-up from lr/warmup_steps to lr, then cosine decay.
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
         init_from: start from the tower weights (and learned logit scale) of a local checkpoint:
-            an OpenAI CLIP or open_clip file (``variants.pretrained``) or a suite ``.ckpt``. The
-            towers must have the checkpoint's shapes; any terms can be trained from there.
+            an OpenAI CLIP or open_clip file (``variants.pretrained``), a suite ``.ckpt``, or a run
+            directory (its newest ``checkpoints/last.ckpt``). The towers must have the checkpoint's
+            shapes; any terms can be trained from there.
         init_parts: the towers ``init_from`` initialises (default both), e.g. ``[vision_tower]`` to
             start a Chinese text tower next to an English run's image tower (Chinese-CLIP); unused
             without ``init_from``.
@@ -101,6 +102,9 @@ class ContrastiveModule(pl.LightningModule):
             for tower in (vision_tower, text_tower):
                 tower.proj.requires_grad_(False)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+        # The training step of the weights an evaluation after fit is looking at, when they are an
+        # earlier step's (experiments.budgets); None: the module's own weights.
+        self.evaluated_step: int | None = None
         if init_parts is not None and (not init_parts or set(init_parts) - set(TOWERS)):
             raise UserError(
                 f"model.init_parts takes towers among {', '.join(TOWERS)} (or null for both); got {init_parts}"
@@ -240,6 +244,28 @@ class ContrastiveModule(pl.LightningModule):
                     "BatchNorm-free towers (ViTs, the text tower) and the terms' own layers are exact"
                 )
         self._check_image_size(getattr(getattr(self.trainer.datamodule, "image_transform", None), "image_size", None))
+        self._check_batch_size(getattr(data, "hparams", {}).get("batch_size"), self.trainer.world_size)
+
+    def _check_batch_size(self, batch_size: int | None, processes: int) -> None:
+        """Refuse a global batch (processes x the data's per-process batch_size) smaller than a term's
+        ``min_batch_size``, naming each such term and why, before the first step fails inside it (a
+        BatchNorm error) or trains on nothing (a contrastive loss of one row is 0)."""
+        if not batch_size:
+            return  # a datamodule that does not say its batch size
+        rows = batch_size * processes
+        # getattr: ModuleDict types its values as Module; every term is a Term with these attributes.
+        least = {name: int(getattr(term, "min_batch_size", 1)) for name, term in self.terms.items()}
+        short = [
+            f"{name} needs >= {least[name]} rows ({getattr(term, 'min_batch_reason', '')})"
+            for name, term in self.terms.items()
+            if rows < least[name]
+        ]
+        if short:
+            raise UserError(
+                f"a global batch of {rows} row{'s' if rows > 1 else ''} (data.init_args.batch_size {batch_size} x "
+                f"{processes} process{'es' if processes > 1 else ''}) is too small: {'; '.join(short)}; set "
+                f"data.init_args.batch_size to {-(-max(least.values()) // processes)} or more"
+            )
 
     @torch.no_grad()
     def _check_image_size(self, size: int | None) -> None:

@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.files import holds_objects
+from common.runs import resolve_checkpoint
+from variants.hf_text import not_tensors
 from variants.objectives import InfoNCE
 from variants.objectives.base import LearnedScale
 
@@ -118,6 +121,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
                 return torch.jit.load(str(path), map_location="cpu").state_dict(), True
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        if holds_objects(error):  # torch's advice (weights_only=False) would run the file's code
+            raise UserError(not_tensors(path)) from None
         raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # open_clip's training checkpoints
@@ -295,7 +300,10 @@ def init_towers(model: torch.nn.Module, path: str | Path, parts: tuple[str, ...]
 
     ``parts`` limits it to some towers: the others, and the temperatures (which belong to the joint
     space of both towers), keep their initialisation, and the checkpoint's other towers may have any
-    shape (an English run's image tower under a Chinese BERT text tower)."""
+    shape (an English run's image tower under a Chinese BERT text tower).
+
+    ``path`` may be a run directory: its newest ``checkpoints/last.ckpt`` (as the analysis' --ckpt)."""
+    path = resolve_checkpoint(path, "model.init_from")
     load_weights(model, read_state_dict(path)[0], str(path), parts)
 
 

@@ -30,7 +30,8 @@ from datamodules.image_text.sources import (
 from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
 from datamodules.suites.files import warn_skipped
 from datamodules.tokenizer import TextTokenizer, TokenizerLinks
-from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform
+from datamodules.tokenizer.coverage import CAPTION_SAMPLE, check_captions, sample_indices
+from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform, check_crop_scale
 
 SKIPPED_METRIC = "data/skipped_rows"
 
@@ -145,7 +146,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         self.caption_column = caption_column or DEFAULT_COLUMNS[format][1]
         # What the analysis applies to outside images (any size or mode) to match evaluation input.
         self.image_transform = EvalImageTransform(image_size, mean, std)
-        self.train_transform = TrainImageTransform(image_size, mean, std, scale=crop_scale)
+        self.train_transform = TrainImageTransform(
+            image_size, mean, std, scale=check_crop_scale(crop_scale, "data.init_args.crop_scale")
+        )
         self.train_set: ImageTextRows | None = None  # map-style formats
         self._stream = None  # webdataset: HF's streaming dataset of every shard
         self._eval_sets: dict[str, ImageTextRows] = {}
@@ -189,10 +192,25 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
             else:
                 self.train_set = self._rows("train", self.train_transform, verify=False)
                 self._train_upfront = sum(self.skipped["train"].values())
+            self._check_vocabulary()
         for split in ("val", "test"):
             wanted = stage in ("fit", "validate") if split == "val" else stage == "test"
             if wanted and h[f"{split}_files"] is not None and split not in self._eval_sets:
                 self._eval_sets[split] = self._rows(split, self.image_transform, verify=True)
+
+    def _check_vocabulary(self) -> None:
+        """Stop the run when the tokenizer maps the training captions mostly to its unknown token
+        (``datamodules.tokenizer.coverage``): a sample spread over the rows, or a stream's first rows."""
+        if self.train_set is not None:
+            captions = [self.train_set.caption(i) for i in sample_indices(len(self.train_set))]
+        else:
+            rows = self._stream.select_columns([self.caption_column]).take(4 * CAPTION_SAMPLE)
+            captions = [c.strip() for row in rows if (c := row[self.caption_column] or "").strip()][:CAPTION_SAMPLE]
+        fix = (
+            "choose a tokenizer whose vocabulary covers the captions' language (data.init_args.tokenizer), e.g. "
+            "BertTokenizer with vocab: cn_clip for Chinese, or CLIPTokenizer (byte-level: nothing is unknown)"
+        )
+        check_captions(self.tokenizer, captions, self._source("train"), fix)
 
     def eval_tasks(self, stage: str) -> list[EvalTask]:
         split = "test" if stage == "test" else "val"

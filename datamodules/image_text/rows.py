@@ -129,6 +129,11 @@ class ImageTextRows(Dataset):
         s = bisect.bisect_right(self.starts, index) - 1
         return self.segments[s], int(self.segments[s].keep[index - self.starts[s]])
 
+    def caption(self, index: int) -> str:
+        """The caption of item ``index``, without reading its image."""
+        segment, row = self.locate(index)
+        return segment.rows[row][self.caption_column].strip()
+
     def _read(self, index: int) -> tuple[Image.Image, str]:
         segment, row = self.locate(index)
         record = segment.rows[row]

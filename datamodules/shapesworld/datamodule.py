@@ -24,6 +24,7 @@ from datamodules.shapesworld.datasets import (
     tasks_in,
 )
 from datamodules.tokenizer import BertTokenizer, TextTokenizer, TokenizerLinks, WordTokenizer
+from datamodules.tokenizer.coverage import check_captions, check_prompts, sample_indices
 from datamodules.transforms import EvalImageTransform
 
 MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
@@ -32,6 +33,10 @@ MEAN, STD = 0.5, 0.25  # per channel, for pixel values scaled to [0, 1]
 # "一张有一个很小的橙色正方形、...的图片") is 11 n + 7 tokens, 40 at the default 3 objects, so 64 holds
 # up to 5 objects, every prompt and every probe (tests/test_shapesworld_zh.py measures them).
 CONTEXT_LENGTH = {"en": 32, "zh": 64, "both": 64}
+_COVERAGE_FIX = (
+    "set data.init_args.vocab: cn_clip (Chinese-CLIP's vocabulary, which covers Chinese and English) or a "
+    "vocab.txt that covers the captions' language, or leave vocab unset for ShapesWorld's own words"
+)
 
 
 def tokenizer_for(language: str, vocab: str | None, context_length: int) -> TextTokenizer:
@@ -88,7 +93,9 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
             ("zeroshot/shapesworld_val/shape_zh") for "zh", both sets for "both"; retrieval captions
             are in the run's language; "both" adds cross-lingual retrieval
             ("crosslingual/shapesworld_val": English caption -> Chinese caption of the same scene).
-        vocab: a BERT vocab.txt path, or "cn_clip" for Chinese-CLIP's (``BertTokenizer``). None
+        vocab: a BERT vocab.txt path (or a folder holding one), or "cn_clip" for Chinese-CLIP's
+            (``BertTokenizer``); a vocabulary that maps the captions or a prompt mostly to [UNK] stops
+            the fit (``datamodules.tokenizer.coverage``). None
             (default): English keeps its word-level vocabulary; "zh" and "both" get a WordPiece
             vocabulary of ShapesWorld's own words and characters.
 
@@ -174,6 +181,25 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
             pairs = CrossLingualScenes(h.seed, f"{stage}/crosslingual", samples, h.image_size, 1, h.max_objects)
             sets.append((EvalTask(f"crosslingual/shapesworld_{stage}", "crosslingual"), pairs))
         return sets
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_vocabulary()
+
+    def check_vocabulary(self) -> None:
+        """Stop a run whose tokenizer maps its captions or a class prompt mostly to the unknown
+        token (``datamodules.tokenizer.coverage``): a sample of the training captions, and every
+        prompt of every zero-shot task. Once per fit, before training; the analysis, which rebuilds
+        the datamodule from a checkpoint, never sets it up for fit."""
+        captions = [self.train_set.caption(i) for i in sample_indices(len(self.train_set))]
+        check_captions(self.tokenizer, captions, "ShapesWorld", _COVERAGE_FIX)
+        prompts = [
+            (f"task {task.name}{suffix}, class {task.classes[c]}", prompt)
+            for suffix, task in tasks_in(self.hparams.language)
+            for c, class_prompts in enumerate(task.prompts())
+            for prompt in class_prompts
+        ]
+        check_prompts(self.tokenizer, prompts, "ShapesWorld", _COVERAGE_FIX)
 
     def eval_tasks(self, stage: str) -> list[EvalTask]:
         return [task for task, _ in self._eval_sets["test" if stage == "test" else "val"]]

@@ -7,10 +7,11 @@ continuations, [UNK] for a word with no match. Rows are ``[CLS] tokens [SEP]`` p
 (id 0); a long text keeps its first ``context_length - 2`` tokens and still ends with [SEP], exactly
 as ``cn_clip.clip.tokenize`` (whose default context length, 52, is this one's).
 
-The vocabulary is a BERT ``vocab.txt`` (one token per line, the id is the line number): a path,
-``"cn_clip"`` for the file the ``cn_clip`` package installs (found on disk, without importing the
-package, which imports torch models), or, with ``words=``, one built from a closed vocabulary such
-as Chinese ShapesWorld's: the specials, each word, then each of their characters.
+The vocabulary is a BERT ``vocab.txt`` (one token per line, the id is the line number; UTF-8): a
+path (or a model folder holding it), ``"cn_clip"`` for the file the ``cn_clip`` package installs
+(found on disk, without importing the package, which imports torch models), or, with ``words=``,
+one built from a closed vocabulary such as Chinese ShapesWorld's: the specials, each word, then
+each of their characters.
 """
 
 from __future__ import annotations
@@ -43,14 +44,37 @@ def cn_clip_vocab() -> Path:
     return path
 
 
-def read_vocab(vocab: str) -> list[str]:
-    """The tokens of a BERT vocab.txt (``"cn_clip"`` for cn_clip's), in id order."""
+def vocab_path(vocab: str) -> Path:
+    """The vocab.txt that ``vocab`` names: ``"cn_clip"`` for cn_clip's, a file, or a folder holding a
+    vocab.txt (a Hugging Face model folder keeps its vocabulary there, beside config.json, so the
+    folder an HFTextTower loads ``pretrained`` from is also its tokenizer's ``vocab``)."""
     path = cn_clip_vocab() if vocab == "cn_clip" else Path(vocab)
+    if path.is_dir():
+        if not (path / "vocab.txt").is_file():
+            raise UserError(
+                f"BERT vocabulary {path} is a directory without a vocab.txt: give the path of a vocab.txt file "
+                "(or a model folder that holds one), or 'cn_clip'"
+            )
+        return path / "vocab.txt"
     if not path.is_file():
         raise UserError(f"BERT vocabulary file {path} does not exist: give the path of a vocab.txt, or 'cn_clip'")
+    return path
+
+
+def read_vocab(vocab: str) -> list[str]:
+    """The tokens of a BERT vocab.txt (``"cn_clip"`` for cn_clip's, or a folder holding one), in id order."""
+    path = vocab_path(vocab)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:  # Chinese vocabularies saved as GBK are common
+        raise UserError(
+            f"BERT vocabulary file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); vocab.txt files are read as UTF-8: convert it, e.g. "
+            f"`iconv -f GBK -t UTF-8 {path.name} > vocab-utf8.txt`"
+        ) from None
     # BERT's load_vocab: one token per line, stripped; the id is the line number. Lines end at "\n"
     # only (str.splitlines also breaks at \x1c, \x85, ... which occur inside cn_clip's vocabulary).
-    tokens = [line.strip() for line in path.read_text(encoding="utf-8").removesuffix("\n").split("\n")]
+    tokens = [line.strip() for line in text.removesuffix("\n").split("\n")]
     missing = [token for token in (PAD, UNK, CLS, SEP) if token not in tokens]
     if missing:
         raise UserError(f"{path} is not a BERT vocab.txt: it lacks {', '.join(missing)}")
@@ -75,7 +99,8 @@ class BertTokenizer(HFTokenizer):
     """Maps texts to [B, context_length] ids with BERT's WordPiece; unknown pieces map to [UNK].
 
     Args:
-        vocab: a BERT vocab.txt path, or "cn_clip" for the one the cn_clip package installs.
+        vocab: a BERT vocab.txt path (or a folder holding a vocab.txt, as a Hugging Face model folder
+            does), or "cn_clip" for the one the cn_clip package installs.
         context_length: length of every row, [CLS] and [SEP] included (cn_clip: 52).
         words: instead of ``vocab``, build the vocabulary from these words (:func:`words_vocab`).
     """

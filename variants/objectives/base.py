@@ -41,6 +41,12 @@ class Term(nn.Module):
     embed_dim: int | None = None
     #: training progress in [0, 1], set by the module before every step (for schedules).
     progress: float = 0.0
+    #: the fewest rows of the GLOBAL batch (processes x per-process batch) the term can train on,
+    #: and why; the module refuses a smaller batch before training. Global, not per process:
+    #: terms gather their columns across ranks and their BatchNorm is ``GlobalBatchNorm1d``, so
+    #: two processes of one row each give two rows to normalise and to contrast.
+    min_batch_size: int = 1
+    min_batch_reason: str = ""
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -76,6 +82,10 @@ class Term(nn.Module):
         Only read for terms with ``scores_pairs``; the default is the global cosine."""
         cosine = images.image @ texts.text.T
         return cosine, cosine
+
+
+#: what a contrastive term says when the batch is too small to hold a negative
+NEEDS_NEGATIVES = "it contrasts each pair with the other rows of the batch; with one row there is no negative"
 
 
 def positive(term: Term, **values: float) -> None:

@@ -26,6 +26,9 @@ class Cyclic(Term):
         crossmodal_weight: l2, weight of ||I T^T - T I^T||^2 / N.
     """
 
+    min_batch_size = 2
+    min_batch_reason = "with one row both similarity matrices are [[1]] and the loss is 0"
+
     def __init__(self, weight: float = 1.0, inmodal_weight: float = 0.25, crossmodal_weight: float = 0.25) -> None:
         super().__init__(weight)
         self.inmodal_weight, self.crossmodal_weight = inmodal_weight, crossmodal_weight

@@ -13,7 +13,7 @@ import torch
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import clip_loss
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive
+from variants.objectives.base import NEEDS_NEGATIVES, LearnedScale, Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
 
@@ -26,6 +26,9 @@ class InfoNCE(Term):
         max_logit_scale: upper bound of s = exp(t) (100 in CLIP).
         learn_temperature: learn t (True) or keep s fixed at 1/init_temperature.
     """
+
+    min_batch_size = 2
+    min_batch_reason = NEEDS_NEGATIVES
 
     def __init__(
         self,

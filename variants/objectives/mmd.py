@@ -29,6 +29,9 @@ class MMD(Term):
         multipliers: factors applied to the median distance when ``sigmas`` is None.
     """
 
+    min_batch_size = 2
+    min_batch_reason = "it compares the distributions of the two modalities, which one sample each does not describe"
+
     def __init__(
         self, weight: float = 1.0, sigmas: list[float] | None = None, multipliers: tuple[float, ...] = (0.5, 1.0, 2.0)
     ) -> None:

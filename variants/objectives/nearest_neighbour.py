@@ -39,7 +39,7 @@ from torch import nn
 from common.errors import UserError
 from variants.distributed import gather, row_offset
 from variants.losses import nearest_neighbour_loss, nearest_neighbours
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision, positive
+from variants.objectives.base import NEEDS_NEGATIVES, LearnedScale, Term, at_least_float32, full_precision, positive
 from variants.towers import Encoded
 
 
@@ -52,6 +52,9 @@ class NearestNeighbourInfoNCE(Term):
         lookup_chunk: queue rows scored at a time in the neighbour search.
         init_temperature, max_logit_scale, learn_temperature: the term's own logit scale, as InfoNCE.
     """
+
+    min_batch_size = 2
+    min_batch_reason = NEEDS_NEGATIVES
 
     needs = frozenset({"image_views", "text_view"})
     detached = frozenset({"text_view"})  # the texts only query and fill the queue

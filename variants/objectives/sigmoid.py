@@ -14,7 +14,7 @@ from torch import nn
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import siglip_loss
-from variants.objectives.base import LearnedScale, Term, at_least_float32, full_precision
+from variants.objectives.base import NEEDS_NEGATIVES, LearnedScale, Term, at_least_float32, full_precision
 from variants.towers import Encoded
 
 
@@ -27,6 +27,9 @@ class Sigmoid(Term):
         init_logit_bias: initial b (-10 in SigLIP: most pairs are negatives).
         max_logit_scale: upper bound of s.
     """
+
+    min_batch_size = 2
+    min_batch_reason = NEEDS_NEGATIVES
 
     def __init__(
         self,

@@ -34,6 +34,11 @@ class SimCLR(Term):
         temperature: tau (0.1 in SLIP).
     """
 
+    min_batch_size = 2
+    min_batch_reason = (
+        "its projector's BatchNorm normalises over the batch, and each view needs the other rows as negatives"
+    )
+
     needs = frozenset({"views"})
     needs_global = False
 

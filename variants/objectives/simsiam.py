@@ -40,6 +40,9 @@ class SimSiam(Term):
         predictor_dim: the predictor's bottleneck (512).
     """
 
+    min_batch_size = 2
+    min_batch_reason = "its projector's and predictor's BatchNorm normalises over the batch"
+
     needs = frozenset({"image_views"})
 
     def __init__(

@@ -25,6 +25,7 @@ from common.errors import UserError
 from variants.distributed import gather, gather_with_grad, pad_to_common_length, row_offset, world
 from variants.losses import filip_loss, filip_similarity
 from variants.objectives.base import (
+    NEEDS_NEGATIVES,
     LearnedScale,
     Term,
     at_least_float32,
@@ -51,6 +52,9 @@ class TokenwiseInfoNCE(Term):
             float32), faster FILIP steps on a CPU; filip.yaml turns it on. Evaluation
             (``score``: zero-shot, retrieval, analysis) always computes in float32.
     """
+
+    min_batch_size = 2
+    min_batch_reason = NEEDS_NEGATIVES
 
     needs = frozenset({"image_tokens", "text_tokens"})
     needs_global = False
