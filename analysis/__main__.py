@@ -90,6 +90,11 @@ def parser() -> argparse.ArgumentParser:
     claims.add_argument("--out", default="docs/claims", help="output directory (default: docs/claims)")
     claims.add_argument("--registry", help="the claims registry (default: experiments/claims/claims.yaml)")
     claims.add_argument("--claim", nargs="+", dest="only", help="only these claim ids")
+    claims.add_argument(
+        "--plan",
+        action="store_true",
+        help="also print the seeds each claim needs for the protocol's power, and their CPU time",
+    )
     return main
 
 
@@ -105,8 +110,10 @@ def run(argv: list[str] | None = None) -> dict:
     if args.command == "claims":
         from analysis.claims import REGISTRY, claims
 
-        summary = claims(args.source, args.out, args.registry or REGISTRY, args.only)
+        summary = claims(args.source, args.out, args.registry or REGISTRY, args.only, show_plan=args.plan)
         print((Path(args.out) / "claims.md").read_text())
+        if args.plan:
+            print(summary["plan"])
         return summary["counts"]
     from analysis import commands, report
     from analysis.checkpoint import load_checkpoint, run_directory

@@ -120,3 +120,89 @@ def markdown_table(
     if clipped:
         lines += ["", CLIPPED_NOTE]
     return lines
+
+
+# ---- tests of a paired effect (the claims' verdicts) -----------------------------------------
+def paired_t_p(differences: Sequence[float]) -> tuple[float, float]:
+    """One-sided p-values of the paired t test on ``differences``: (H1 mean > 0, H1 mean < 0).
+    Needs 2 or more values; identical differences give 0 and 1 (or 1 and 0; 0.5 both when all 0)."""
+    n = len(differences)
+    if n < 2:
+        raise ValueError("a paired t test needs at least 2 differences")
+    mean = sum(differences) / n
+    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    if std == 0.0:
+        return (0.0, 1.0) if mean > 0 else (1.0, 0.0) if mean < 0 else (0.5, 0.5)
+    t = mean / (std / math.sqrt(n))
+    return float(scipy_stats.t.sf(t, n - 1)), float(scipy_stats.t.cdf(t, n - 1))
+
+
+def sign_flip_p(differences: Sequence[float], exact_up_to: int = 16, draws: int = 200_000) -> tuple[float, float]:
+    """One-sided p-values of the sign-flip permutation test of the mean of ``differences``
+    (H1 mean > 0, H1 mean < 0): the share of the 2^n sign patterns whose mean is at least (at most)
+    the observed one, the observed pattern included, so the smallest p is 1/2^n (1/64 for six
+    seeds). Exact up to ``exact_up_to`` values; beyond, ``draws`` random patterns (seed 0) plus the
+    observed one."""
+    import numpy as np
+
+    values = np.asarray(differences, dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        raise ValueError("a sign-flip test needs at least 1 difference")
+    if n <= exact_up_to:
+        signs = 1.0 - 2.0 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.vstack([np.ones(n), np.random.default_rng(0).choice([-1.0, 1.0], size=(draws, n))])
+    means = signs @ values / n
+    observed, tolerance = values.mean(), 1e-12 * max(1.0, float(np.abs(values).max()))
+    return float((means >= observed - tolerance).mean()), float((means <= observed + tolerance).mean())
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given): the k-th smallest p times the
+    number of hypotheses not yet rejected, made monotone and capped at 1. Rejecting where the
+    adjusted p < alpha controls the family-wise error rate at alpha."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_power(effect: float, std: float, n: int, alpha: float = 0.025) -> float:
+    """Power of the one-sided paired t test at level ``alpha`` to detect a true mean difference
+    ``effect`` (> 0) when the differences have standard deviation ``std``: P(T' > t_{1-alpha, n-1})
+    with T' noncentral t, n - 1 degrees of freedom, noncentrality effect sqrt(n) / std."""
+    if n < 2 or std <= 0:
+        return math.nan
+    critical = scipy_stats.t.ppf(1 - alpha, n - 1)
+    return float(scipy_stats.nct.sf(critical, n - 1, effect * math.sqrt(n) / std))
+
+
+def minimal_detectable_effect(std: float, n: int, alpha: float = 0.025, power: float = 0.8) -> float:
+    """The smallest true mean difference the one-sided paired t test detects with ``power`` at
+    ``alpha``, for n pairs whose differences have standard deviation ``std`` (noncentral t)."""
+    if n < 2 or not std > 0:
+        return math.nan
+    from scipy.optimize import brentq
+
+    high = std
+    while paired_power(high, std, n, alpha) < power:
+        high *= 2
+    return float(brentq(lambda effect: paired_power(effect, std, n, alpha) - power, 0.0, high, xtol=1e-10 * std))
+
+
+def seeds_for_power(
+    effect: float, std: float, alpha: float = 0.025, power: float = 0.8, most: int = 10_000
+) -> int | None:
+    """The fewest pairs (>= 2) with which the one-sided paired t test detects ``effect`` with
+    ``power`` at ``alpha`` (differences of standard deviation ``std``); None beyond ``most``."""
+    if not (effect > 0 and std > 0):
+        return None if not effect > 0 else 2
+    n = 2
+    while paired_power(effect, std, n, alpha) < power:
+        n = n + 1 if n < 64 else int(n * 1.1)
+        if n > most:
+            return None
+    return n

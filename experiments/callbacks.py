@@ -9,41 +9,65 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from common.files import write_json
+from experiments.budgets import EVAL_PREFIXES
 
 
 class FinalMetrics(pl.Callback):
     """Writes the last value of every logged metric to ``<run dir>/metrics.json``.
 
-    Updated at the end of fit and of test, so a grid or a notebook reads one small file per
-    run instead of parsing event files.
+    Updated at the end of fit, of test and of a validation pass run on its own (after fit, not
+    the passes during it), so a grid or a notebook reads one small file per run instead of parsing
+    event files. ``history`` maps each evaluated step to its evaluation metrics: the final weights'
+    and, with ``eval_steps`` (``experiments.budgets``), the weights of each earlier step saved,
+    which leave the top-level values alone.
     """
 
     def __init__(self, filename: str = "metrics.json") -> None:
         self.filename = filename
+        self._log_dir: str | None = None
 
-    def _write(self, trainer: pl.Trainer) -> None:
-        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        if log_dir is not None:
-            self._write_on_rank_zero(trainer, Path(log_dir) / self.filename)
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The run directory, kept: an earlier step's weights are evaluated with the loggers
+        # detached (experiments.budgets), when trainer.log_dir would point elsewhere.
+        if trainer.loggers:
+            self._log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._log_dir is not None:
+            path = Path(self._log_dir) / self.filename
+            self._write_on_rank_zero(trainer, getattr(pl_module, "evaluated_step", None), path)
 
     @rank_zero_only
-    def _write_on_rank_zero(self, trainer: pl.Trainer, path: Path) -> None:
+    def _write_on_rank_zero(self, trainer: pl.Trainer, evaluated_step: int | None, path: Path) -> None:
         metrics = json.loads(path.read_text()) if path.exists() else {}
+        logged = {}
         for key, value in trainer.callback_metrics.items():
             value = float(value)
-            metrics[key] = value if math.isfinite(value) else str(value)
-        metrics["global_step"] = trainer.global_step
+            logged[key] = value if math.isfinite(value) else str(value)
+        step = trainer.global_step if evaluated_step is None else evaluated_step
+        evaluation = {k: v for k, v in logged.items() if k.startswith(EVAL_PREFIXES)}
+        if evaluation:
+            history = metrics.setdefault("history", {})
+            history[str(step)] = history.get(str(step), {}) | evaluation  # keys are strings: read them as ints
+        if evaluated_step is None:
+            metrics |= logged
+            metrics["global_step"] = trainer.global_step
         # Atomic: a grid reads metrics.json to decide that a run finished.
         write_json(path, metrics, sort_keys=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer)
+        self._write(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:  # a pass of its own, not one inside fit
+            self._write(trainer, pl_module)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer)
+        self._write(trainer, pl_module)
 
 
 class HParamsSummary(pl.Callback):
@@ -72,7 +96,8 @@ class HParamsSummary(pl.Callback):
             logger.log_hyperparams(params, metrics)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, pl_module)
+        if getattr(pl_module, "evaluated_step", None) is None:  # the final weights, not a saved step's
+            self._log(trainer, pl_module)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from common.errors import UserError
+from experiments.budgets import SaveAtSteps, check_eval_steps, evaluate_after_fit
 from experiments.checkpointing import SPECIAL_CKPT_PATHS, check_resumable, readable_checkpoint
 from experiments.precision import use_float32_without_native_bf16
 from variants.module import ContrastiveModule
@@ -77,6 +78,19 @@ class CLI(LightningCLI):
             default=True,
             help="After fit, evaluate the final weights on the test tasks and print the table.",
         )
+        parser.add_argument(
+            "--validate_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, evaluate the final weights on the whole validation set too (learning rates are chosen on it).",
+        )
+        parser.add_argument(
+            "--eval_steps",
+            type=list[int],
+            default=[],
+            help="Save the weights at these steps and evaluate each after fit as the final weights are: "
+            "metrics.json's history (experiments/budgets.py).",
+        )
 
     def before_instantiate_classes(self) -> None:
         if self.parse_only:
@@ -89,6 +103,9 @@ class CLI(LightningCLI):
         use_float32_without_native_bf16(config["trainer"])
 
     def before_fit(self) -> None:
+        steps = check_eval_steps(self.config.fit.get("eval_steps") or [], self.trainer.max_steps)
+        if steps:
+            self.trainer.callbacks.append(SaveAtSteps(steps))
         # `--ckpt_path last` resumes from last.ckpt; if that file is unreadable (a crash while the
         # disk was full, a truncated copy), fall back to the newest readable step checkpoint.
         config = self.config_init[self.subcommand]
@@ -98,8 +115,13 @@ class CLI(LightningCLI):
                 config["ckpt_path"] = str(resumable)
 
     def after_fit(self) -> None:
-        if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
-            self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+        after = [
+            ("validate", self.config.fit.get("validate_after_fit", False)),
+            ("test", self.config.fit.get("test_after_fit", True)),
+        ]
+        stages = [stage for stage, wanted in after if wanted]
+        if stages and not self.trainer.interrupted:
+            evaluate_after_fit(self.trainer, self.model, self.datamodule, stages)
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none)"
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if log_dir is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from analysis.claims import Claim, claims, load_registry, read_runs_csv, runs_csv, verdict
+from analysis.claims import Claim, Protocol, claims, load_registry, read_runs_csv, runs_csv, runs_of, verdict
 from analysis.consistency import consistency_scores, knn_labels
 from analysis.results import split_run_name
+from analysis.stats import holm, minimal_detectable_effect, seeds_for_power, sign_flip_p
 from common.errors import UserError
 
 from helpers import REPO
@@ -60,20 +63,28 @@ def _claim(**kwargs) -> Claim:
     return Claim(**(fields | kwargs))
 
 
+def _rows(metric: str = "zeroshot/x/top1", **groups: list[float]) -> list[dict]:
+    return [
+        {"run": f"{g}-s{s}", "group": g, "seed": s, "status": "finished", "metrics": {metric: v}}
+        for g, values in groups.items()
+        for s, v in enumerate(values)
+    ]
+
+
 @pytest.mark.parametrize(
     ("arm", "base", "expect", "margin", "expected"),
     [
         ([0.60, 0.62, 0.61, 0.63, 0.60], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.0, "reproduced"),
         ([0.40, 0.42, 0.41, 0.43, 0.40], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.0, "contradicted"),
-        ([0.50, 0.56, 0.45, 0.53, 0.49], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.0, "inconclusive"),
+        ([0.50, 0.56, 0.45, 0.53, 0.49], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.0, "underpowered"),
         ([0.40, 0.42, 0.41, 0.43, 0.40], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.0, "reproduced"),
         ([0.60, 0.62, 0.61, 0.63, 0.60], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.0, "contradicted"),
         ([0.51, 0.52, 0.52, 0.51, 0.52], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "reproduced"),  # not higher by 2
         ([0.60, 0.62, 0.61, 0.63, 0.60], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "contradicted"),
-        ([0.52, 0.50, 0.55, 0.53, 0.51], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "inconclusive"),
+        ([0.52, 0.50, 0.55, 0.53, 0.51], [0.50, 0.51, 0.52, 0.50, 0.51], "less", 0.02, "underpowered"),
         ([0.50, 0.50, 0.51, 0.49, 0.50], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "reproduced"),  # non-inferior
         ([0.40, 0.42, 0.41, 0.43, 0.40], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "contradicted"),
-        ([0.47, 0.50, 0.48, 0.51, 0.49], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "inconclusive"),
+        ([0.47, 0.50, 0.48, 0.51, 0.49], [0.50, 0.51, 0.52, 0.50, 0.51], "greater", 0.02, "underpowered"),
     ],
 )
 def test_each_verdict_on_synthetic_paired_results(arm, base, expect, margin, expected) -> None:
@@ -99,7 +110,8 @@ def test_differences_are_paired_by_seed_and_unpaired_seeds_are_left_out() -> Non
     result = verdict(_claim(baseline="clip", expect="greater"), rows)
     assert result["seeds"] == [0, 1] and result["differences"] == pytest.approx([0.1, 0.1])
     one = verdict(_claim(baseline="clip", expect="greater"), rows[:1] + rows[3:4])
-    assert one["verdict"] == "inconclusive" and one["effect"]["ci95"] is None
+    assert one["verdict"] == "untestable" and one["effect"]["ci95"] is None
+    assert one["words"].startswith("untestable: 1 paired seed")
 
 
 def test_a_non_finite_value_is_missing_and_its_seed_unpaired() -> None:
@@ -153,10 +165,10 @@ def test_a_claim_against_a_stated_value_and_intervals_that_stay_in_range() -> No
 
 
 def test_the_registry_is_checked(tmp_path: Path) -> None:
-    experiments, all_claims = load_registry()
+    _, experiments, all_claims = load_registry()
     assert {c.experiment for c in all_claims} <= set(experiments) and len(all_claims) >= 5
     bad = {"experiments": {"e": {"grid": "g.yaml"}}, "claims": [{"id": "x", "experiment": "e", "paper": "p", "says": "s",
-           "metric": "m", "arm": "a", "expect": "bigger", "baseline": "b"}]}  # fmt: skip
+           "metric": "m", "arm": "a", "expect": "bigger", "baseline": "b", "smallest_effect": 0.05}]}  # fmt: skip
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(UserError, match="expect is 'greater' or 'less'"):
         load_registry(tmp_path / "r.yaml")
@@ -182,12 +194,13 @@ def test_verdicts_from_committed_per_run_csvs(tmp_path: Path) -> None:
             for g, v in (("init", 1.2), ("t0.01", 0.9), ("t0.033", 0.7), ("t0.1", 0.5), ("t1", 0.3)) for s in range(5)]  # fmt: skip
     (source / "runs").mkdir(parents=True)
     (source / "runs" / "gap-temperature.csv").write_text(runs_csv(rows, [metric]))
-    assert read_runs_csv(source / "runs" / "gap-temperature.csv") == rows
+    blank = {"step": None, "final_step": None, "status": "finished", "seconds": None}
+    assert read_runs_csv(source / "runs" / "gap-temperature.csv") == [r | blank for r in rows]
     summary = claims(source, tmp_path / "out", only=["gap-grows-as-temperature-falls", "gap-exists-at-init"])
     assert [r["verdict"] for r in summary["claims"]] == ["reproduced", "reproduced"]
     assert (tmp_path / "out" / "gap-temperature.png").is_file()
     table = (tmp_path / "out" / "claims.md").read_text()
-    assert "| **reproduced** |" in table and "t0.01 vs t1" in table
+    assert "| **reproduced at this budget** |" in table and "t0.01 vs t1" in table
     with pytest.raises(UserError, match="unknown claim id"):
         claims(source, tmp_path / "out", only=["no-such-claim"])
 
@@ -226,12 +239,176 @@ def test_a_shared_grid_folder_stands_for_an_experiment_only_with_all_its_arms(tm
     assert not (tmp_path / "out" / "runs" / "cyclip-consistency.csv").exists()
 
 
+# ---- the verdict protocol: gates, health, Holm, exact p, power --------------------------------
+SHAPE = "zeroshot/shapesworld_test/shape/top1"
+COLOR = "zeroshot/shapesworld_test/color/top1"
+PROTOCOL = Protocol(chance={SHAPE: 0.125}, gate=0.10, health={"metric": COLOR, "floor": 0.5})
+
+
+def _runs(**groups: list[tuple[float, float]]) -> list[dict]:
+    """Rows with (shape, colour) per seed."""
+    return [
+        {"run": f"{g}-s{s}", "group": g, "seed": s, "status": "finished", "metrics": {SHAPE: a, COLOR: c}}
+        for g, values in groups.items()
+        for s, (a, c) in enumerate(values)
+    ]
+
+
+def test_a_baseline_at_chance_makes_the_verdict_untestable() -> None:
+    """SigLIP's batch-16 case: both arms near 12.5%; a clear paired difference decides nothing."""
+    rows = _runs(arm=[(0.15 + 0.01 * s, 1.0) for s in range(6)], clip=[(0.13 + 0.005 * s, 1.0) for s in range(6)])
+    result = verdict(_claim(metric=SHAPE, baseline="clip", expect="greater"), rows, PROTOCOL)
+    assert (
+        result["verdict"] == "untestable" and "clip at chance" in result["words"] and "arm at chance" in result["words"]
+    )
+    assert result["p"]["claimed"] < 1e-3  # the paired test alone would have said "reproduced"
+    competent = _runs(arm=[(0.60 + 0.01 * s, 1.0) for s in range(6)], clip=[(0.45 + 0.01 * s, 1.0) for s in range(6)])
+    assert (
+        verdict(_claim(metric=SHAPE, baseline="clip", expect="greater"), competent, PROTOCOL)["verdict"] == "reproduced"
+    )
+    # An arm that never learned contradicts nothing: a failed run, not a worse objective.
+    failed_arm = _runs(arm=[(0.14, 1.0)] * 6, clip=[(0.55 + 0.01 * s, 1.0) for s in range(6)])
+    result = verdict(_claim(metric=SHAPE, baseline="clip", expect="greater", margin=0.02), failed_arm, PROTOCOL)
+    assert result["verdict"] == "untestable" and "arm at chance: 14.0% vs 12.5%" in result["words"]
+
+
+def test_a_collapsed_seed_is_dropped_and_named() -> None:
+    rows = _runs(arm=[(0.60 + 0.01 * s, 1.0) for s in range(6)], clip=[(0.45 + 0.01 * s, 1.0) for s in range(6)])
+    rows[2]["metrics"][COLOR] = 0.3  # arm-s2 never learned even colour
+    rows.append({"run": "clip-s6", "group": "clip", "seed": 6, "status": "failed", "metrics": {}})
+    result = verdict(_claim(metric=SHAPE, baseline="clip", expect="greater"), rows, PROTOCOL)
+    assert result["seeds"] == [0, 1, 3, 4, 5]
+    assert result["dropped"] == {"arm-s2": "collapsed (color 30.0%)", "clip-s2": "no paired run of the other arm",
+                                 "clip-s6": "failed"}  # fmt: skip
+
+
+def test_holm_on_a_hand_computed_example() -> None:
+    """Four p-values; by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06,
+    0.04, made monotone: 0.02, 0.03, 0.06, 0.06, back in the given order."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9]) and holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_holm_across_a_report_turns_a_lone_verdict_undecided() -> None:
+    """One claim decided alone (one-sided p 0.016) is no longer decided beside a second claim (p 0.44):
+    Holm doubles the smaller p (0.032 > 0.025) and the larger keeps its own."""
+    from analysis.claims.verdicts import decide, paired_effect
+
+    strong, weak = [0.035, 0.01, 0.05, 0.0, 0.04, 0.01], [0.03, -0.02, 0.01, -0.04, 0.02, -0.01]
+    rows = _rows(arm=[0.5 + d for d in strong], weak=[0.5 + d for d in weak], clip=[0.5] * 6)
+    alone = verdict(_claim(baseline="clip", expect="greater", smallest_effect=0.02), rows)
+    assert alone["verdict"] == "reproduced" and alone["adjusted_p"] == pytest.approx(0.01604, abs=1e-5)
+    both = [
+        paired_effect(
+            _claim(id=g, arm=g, baseline="clip", expect="greater", smallest_effect=0.02), rows, Protocol(), {}
+        )
+        for g in ("arm", "weak")
+    ]
+    decide(both, Protocol())
+    assert [r["adjusted_p"] for r in both] == pytest.approx([2 * 0.016044, 0.44156], abs=1e-5)
+    assert [r["verdict"] for r in both] == ["underpowered", "underpowered"]
+
+
+def test_sign_flip_p_of_six_positive_differences_is_one_in_64() -> None:
+    claimed, against = sign_flip_p([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    assert claimed == pytest.approx(1 / 64) and against == pytest.approx(1.0)
+    assert sign_flip_p([1.0, -1.0])[0] == pytest.approx(3 / 4)  # patterns ++, +-, -+, -- -> means 0, 1, -1, 0 ... >= 0
+    five = verdict(_claim(baseline="clip", expect="greater"), _rows(arm=[0.6] * 5, clip=[0.5, 0.51, 0.5, 0.52, 0.5]))
+    assert five["exact_p"]["claimed"] == pytest.approx(1 / 32)  # five seeds can never reach 0.025 exactly
+
+
+def test_the_minimal_detectable_effect_has_the_power_it_claims() -> None:
+    """At the MDE, a simulated one-sided paired t test at 0.025 rejects 80% of the time."""
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    n, std = 6, 0.05
+    mde = minimal_detectable_effect(std, n, alpha=0.025, power=0.8)
+    critical = scipy_stats.t.ppf(0.975, n - 1)
+    assert scipy_stats.nct.sf(critical, n - 1, mde * np.sqrt(n) / std) == pytest.approx(0.8, abs=1e-6)
+    rng = np.random.default_rng(0)
+    samples = rng.normal(mde, std, size=(40_000, n))
+    t = samples.mean(1) / (samples.std(1, ddof=1) / np.sqrt(n))
+    assert (t > critical).mean() == pytest.approx(0.8, abs=0.01)
+    assert seeds_for_power(mde * 1.001, std) == n and seeds_for_power(mde * 0.9, std) > n
+
+
+def test_ruled_out_and_underpowered_are_told_apart() -> None:
+    """CyCLIP's case: an interval [-21.9, 1.4] excludes the paper's +4 (ruled out); one that still
+    holds it is underpowered."""
+    below = _rows(arm=[0.40, 0.42, 0.41, 0.43, 0.44, 0.40], clip=[0.42, 0.41, 0.43, 0.42, 0.44, 0.41])
+    claim = _claim(baseline="clip", expect="greater", smallest_effect=0.04, paper_effect=0.04)
+    result = verdict(claim, below)
+    assert result["verdict"] == "ruled out" and "paper: +4" in result["words"]
+    wide = _rows(arm=[0.40, 0.50, 0.41, 0.53, 0.44, 0.40], clip=[0.42, 0.41, 0.43, 0.42, 0.44, 0.41])
+    result = verdict(claim, wide)
+    assert result["verdict"] == "underpowered" and f"detectable: {100 * result['mde']:.3g}" in result["words"]
+
+
+def test_budgets_are_read_from_each_runs_history(tmp_path: Path) -> None:
+    """A run's metrics.json history gives a row per evaluated step; verdicts come at every share of
+    the run, and a damaged run is named among the dropped seeds, not the end of the report."""
+    folder = tmp_path / "runs" / "claims-variants"
+    for group, level in (("clip", 0.55), ("mmd", 0.75), ("adversarial", 0.6)):
+        for seed in range(1 if group == "adversarial" else 0, 3):
+            run = folder / f"{group}-s{seed}"
+            run.mkdir(parents=True)
+            history = {str(step): {SHAPE: level * step / 400 + 0.01 * seed, COLOR: 1.0} for step in (100, 200, 400)}
+            final = history["400"] | {"global_step": 400, "history": history,
+                                      "geometry/shapesworld_test/modality_gap": 0.3 - 0.1 * (group == "mmd")}  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(final))
+            (run / "grid_status.json").write_text(json.dumps({"status": "finished", "seconds": 300.0}))
+    (folder / "adversarial-s0").mkdir()
+    (folder / "adversarial-s0" / "metrics.json").write_text('{"zeroshot/shapesworld_test/shape/top1": 0.5, "glob')
+    rows = runs_of(folder, [SHAPE], {"clip", "mmd", "adversarial"})
+    assert sorted({(r["group"], r["step"]) for r in rows if r["group"] != "adversarial"})[:3] == [
+        ("clip", 100), ("clip", 200), ("clip", 400)]  # fmt: skip
+    assert [r["status"] for r in rows if r["run"] == "adversarial-s0"] == ["damaged"]
+    summary = claims(tmp_path / "runs", tmp_path / "out", only=["mmd-keeps-zero-shot", "adversarial-keeps-zero-shot"])
+    by_id = {r["claim"]["id"]: r for r in summary["claims"]}
+    assert [b["budget"] for b in by_id["mmd-keeps-zero-shot"]["budgets"]] == ["1/4", "1/2", "1"]
+    assert by_id["mmd-keeps-zero-shot"]["steps"] == 400
+    assert by_id["adversarial-keeps-zero-shot"]["dropped"]["adversarial-s0"] == "damaged run files"
+    assert (tmp_path / "out" / "alignment-terms-budgets.png").is_file()
+    table = (tmp_path / "out" / "claims.md").read_text()
+    assert "## Verdicts at every budget" in table and "adversarial-s0 (damaged run files)" in table
+    committed = read_runs_csv(tmp_path / "out" / "runs" / "alignment-terms.csv")
+    assert [(r["run"], r["step"], r["status"], r["seconds"]) for r in committed] == [
+        (r["run"], r["step"], r["status"], r["seconds"]) for r in rows]  # fmt: skip
+
+
+def test_a_hand_edited_csv_cell_that_is_not_a_number_names_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text("run,group,seed,zeroshot/x/top1\nclip-s0,clip,0,0.5\nclip-s1,clip,1,n/a\n")
+    with pytest.raises(UserError, match=r"e.csv: line 3, column 'zeroshot/x/top1': 'n/a' is not a number"):
+        read_runs_csv(path)
+    path.write_text("run,group,seed,zeroshot/x/top1\nclip-s0,clip,0,nan\nclip-s1,clip,1,\n")
+    rows = read_runs_csv(path)
+    assert math.isnan(rows[0]["metrics"]["zeroshot/x/top1"]) and rows[1]["metrics"] == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("experiments:\n  - grid: g.yaml\n", "'experiments' maps each experiment's id to its entry"),
+        ("claims:\n  c: {id: c}\n", "'claims' is a list of claims"),
+        ("- a\n- b\n", "a claims registry is a mapping"),
+        ("protocol: {alpha: 5}\n", "protocol.alpha is a number between 0 and 1"),
+        ("protocol: {health: {metric: m}}\n", "protocol.health: give {metric"),
+    ],
+)
+def test_a_registry_of_the_wrong_shape_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_registry(tmp_path / "r.yaml")
+
+
 @pytest.mark.slow
 def test_every_claim_grid_parses_as_its_runs_will(monkeypatch: pytest.MonkeyPatch) -> None:
     from experiments.grid import load_grid, validate
 
     monkeypatch.chdir(REPO)  # grid files name their configs relative to the repository
-    experiments, all_claims = load_registry()
+    _, experiments, all_claims = load_registry()
     for experiment in experiments.values():
         grid = load_grid(experiment.grid)
         assert len(grid.runs) >= 10 and len({run.seed for run in grid.runs}) >= 5, experiment.id

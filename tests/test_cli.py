@@ -150,6 +150,35 @@ def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: 
     assert metrics["global_step"] == 0 and metrics["geometry/shapesworld_test/modality_gap"] > 0.1
 
 
+def test_eval_steps_evaluate_earlier_weights_and_leave_the_final_metrics_alone(tmp_path: Path) -> None:
+    """Budget curves from one run: the weights of steps 0 and 2 are saved and evaluated after fit
+    (validation and test), metrics.json's history holds every step, its top level the final
+    weights' values, equal to those of the same run without eval_steps."""
+    common = ["fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), "--trainer.limit_val_batches", "0"]
+    plain = run_cli(*common, cwd=tmp_path / "plain")
+    budgets = run_cli(*common, "--eval_steps", "[0, 2]", "--validate_after_fit", "true", cwd=tmp_path / "budgets")
+    assert plain.returncode == 0 and budgets.returncode == 0, budgets.stderr[-3000:]
+    (run,) = (tmp_path / "budgets" / "runs").glob("*/version_0")
+    assert sorted(p.name for p in (run / "checkpoints" / "eval").iterdir()) == ["step=0.ckpt", "step=2.ckpt"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sorted(metrics["history"], key=int) == ["0", "2", "4"]
+    for step in ("0", "2", "4"):  # limit_val_batches 0 turns off validation during fit only
+        assert {"zeroshot/shapesworld_val/shape/top1", "zeroshot/shapesworld_test/shape/top1"} <= set(
+            metrics["history"][step]
+        )
+    assert metrics["history"]["0"] != metrics["history"]["4"]
+    final = {k: v for k, v in metrics["history"]["4"].items()}
+    assert all(metrics[k] == v for k, v in final.items())
+    (plain_run,) = (tmp_path / "plain" / "runs").glob("*/version_0")
+    plain_metrics = json.loads((plain_run / "metrics.json").read_text())
+    assert {k: v for k, v in plain_metrics.items() if "_test/" in k} == {
+        k: v for k, v in final.items() if "_test/" in k
+    }
+    assert "zeroshot/shapesworld_val/shape/top1" not in plain_metrics  # validation after fit is asked for
+    bad = run_cli(*common, "--eval_steps", "[2, 9]", cwd=tmp_path / "bad")
+    assert bad.returncode == 2 and "eval_steps [9]: each is a training step in [0, trainer.max_steps = 4]" in bad.stderr
+
+
 # Chinese-CLIP's BERT text tower loaded from a model folder (the HF_ folders below).
 HF_TOWER = ["--config", str(CONFIGS / "chinese_clip.yaml"), "--model.text_tower.init_args.config", "null",
             "--model.text_tower.init_args.pretrained"]  # fmt: skip

@@ -191,3 +191,38 @@ def test_slurm_launcher_runs_the_array_with_submitits_local_executor(tmp_path: P
         assert status["status"] == "finished" and (root / name / "metrics.json").is_file()
     assert "| all | 2/2 |" in (root / "results.md").read_text()
     assert "2 runs, 0 to submit, 2 skipped" in run_grid(path, "--launcher", "slurm").stderr
+
+
+def test_tuning_chooses_each_groups_value_on_validation_only(tmp_path: Path) -> None:
+    """A sweep whose test metric would choose differently chooses by the validation metric; the
+    tuning runs never evaluate the test set, and a test metric cannot be named to choose on."""
+    from experiments.grid.tuning import TUNE_ARGS, apply_choices, choose, select, tuning_runs
+
+    val, test = "zeroshot/shapesworld_val/shape/top1", "zeroshot/shapesworld_test/shape/top1"
+    spec = dict(configs=[str(CONFIGS / "smoke.yaml")], seeds=[0, 1],
+                product={"config": [str(CONFIGS / "clip.yaml"), str(CONFIGS / "siglip.yaml")]},
+                tune={"key": "model.lr", "values": [1e-4, 1e-3, 1e-2], "seeds": [100, 101], "metric": val})  # fmt: skip
+    grid = load_grid(grid_file(tmp_path, **spec))
+    runs = tuning_runs(grid)
+    assert len(runs) == 2 * 3 * 2 and all(r.args[-len(TUNE_ARGS) :] == TUNE_ARGS for r in runs)
+    assert runs[0].name == "lr0.0001-clip-s100" and runs[0].directory.parent == grid.directory / "tune"
+    # clip: validation prefers 1e-3, test would prefer 1e-2; siglip: validation prefers 1e-2.
+    best = {"clip": {1e-4: (0.3, 0.3), 1e-3: (0.6, 0.4), 1e-2: (0.5, 0.9)},
+            "siglip": {1e-4: (0.2, 0.9), 1e-3: (0.3, 0.8), 1e-2: (0.7, 0.1)}}  # fmt: skip
+    for run in runs:
+        arm = Path(run.values["config"]).stem
+        score_val, score_test = best[arm][run.values["model.lr"]]
+        run.directory.mkdir(parents=True)
+        (run.directory / "metrics.json").write_text(json.dumps({val: score_val + 0.01 * run.seed, test: score_test}))
+        (run.directory / "grid_status.json").write_text(json.dumps({"status": "finished"}))
+    choices = choose(grid, runs)
+    assert {g: c["value"] for g, c in choices.items()} == {"config=clip": 1e-3, "config=siglip": 1e-2}
+    assert json.loads((grid.directory / "tuning.json").read_text()) == choices
+    apply_choices(grid, choices)
+    for run in grid.runs:
+        assert run.args[-2:] == ["--model.lr", "0.001" if "clip" in run.name else "0.01"]
+    assert select({"a": [0.5, float("nan")], "b": [0.4, 0.6], "c": [0.5]}) == "a"  # ties: the first listed
+    with pytest.raises(UserError, match="not a validation metric"):
+        load_grid(grid_file(tmp_path, **(spec | {"tune": spec["tune"] | {"metric": test}})))
+    with pytest.raises(UserError, match="also final seeds"):
+        load_grid(grid_file(tmp_path, **(spec | {"tune": spec["tune"] | {"seeds": [1, 100]}})))

@@ -19,6 +19,8 @@ config.yaml, TensorBoard events, checkpoints/last.ckpt, metrics.json, and the gr
     # each seed's run starts from the same seed's checkpoint (paired two-stage comparisons).
     args: ["--trainer.precision", "32-true"]    # extra arguments of every run, last
     slurm: {partition: gpu, time_min: 120, nodes: 1, gpus_per_node: 4, cpus_per_task: 8}  # --launcher slurm
+    tune: {key: model.lr, values: [3.0e-4, 1.0e-3], seeds: [100, 101], metric: zeroshot/shapesworld_val/shape/top1}
+    # each group's model.lr chosen on validation in runs of its own seeds first (experiments/grid/tuning.py)
 
 Every run is validated (keys, types, class paths, unique names) before any starts. Re-running
 skips finished runs (and failed ones unless --retry-failed); one failing run never stops the
@@ -34,11 +36,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from experiments.grid.launch import run_local, run_slurm
 from experiments.grid.results import results
 from experiments.grid.spec import Grid, Run, load_grid, validate
+from experiments.grid.tuning import apply_choices, choose, tuning_runs
 
 __all__ = ["Grid", "Run", "load_grid", "main", "results", "run_local", "run_slurm", "validate"]
 
@@ -56,14 +60,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     grid = load_grid(args.grid)
     validate(grid)
+    tuning = replace(grid, runs=tuning_runs(grid))
+    validate(tuning)
     if args.dry_run:
-        for run in grid.runs:
+        for run in tuning.runs + grid.runs:
             print(f"{run.name} [{run.status()['status']}]: python -m experiments {shlex.join(run.args)}")
+        if grid.tune is not None:
+            print(f"(the final runs then take each group's {grid.tune.key} chosen on {grid.tune.metric})")
         return
-    if args.launcher == "slurm":
-        run_slurm(grid, args.retry_failed)
-    else:
-        run_local(grid, args.workers, args.retry_failed)
+
+    def launch(which: Grid) -> None:
+        if args.launcher == "slurm":
+            run_slurm(which, args.retry_failed)
+        else:
+            run_local(which, args.workers, args.retry_failed)
+
+    if tuning.runs:
+        launch(tuning)
+        choices = choose(grid, tuning.runs)
+        for group, choice in choices.items():
+            print(
+                f"  {group}: {choice['key']} = {choice['value']} (validation means {choice['means']})", file=sys.stderr
+            )
+        apply_choices(grid, choices)
+    launch(grid)
     csv_path, md_path = results(grid)
     print(Path(md_path).read_text())
     print(f"results: {csv_path}, {md_path}", file=sys.stderr)

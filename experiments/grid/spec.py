@@ -14,7 +14,8 @@ from pathlib import Path
 from common.errors import UserError, one_line
 from common.files import read_yaml
 
-GRID_KEYS = {"name", "configs", "product", "zip", "seeds", "run_name", "args", "runs_dir", "slurm"}
+GRID_KEYS = {"name", "configs", "product", "zip", "seeds", "run_name", "args", "runs_dir", "slurm", "tune"}
+TUNE_KEYS = {"key", "values", "seeds", "metric"}
 SLURM_KEYS = {"partition", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism"}
 STATUS = "grid_status.json"
 
@@ -37,12 +38,28 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else {"status": "pending"}
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """The grid file's ``tune:`` section: ``key`` takes each of ``values`` in runs of ``seeds``,
+    for every group, and each group's final runs take the value with the best mean ``metric``
+    (a validation metric, higher is better): ``experiments/grid/tuning.py``."""
+
+    key: str
+    values: list
+    seeds: list[int]
+    metric: str
+
+
 @dataclass
 class Grid:
     name: str
     runs: list[Run] = field(default_factory=list)
     directory: Path = Path("runs")
     slurm: dict = field(default_factory=dict)  # the grid file's `slurm:` section
+    tune: Tuning | None = None
+    template: str = ""  # run_name
+    configs: list[str] = field(default_factory=list)  # every run's --config files, first
+    extra: list[str] = field(default_factory=list)  # every run's last arguments
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -91,24 +108,54 @@ def load_grid(path: str | Path) -> Grid:
             for zip_row in zip_rows:
                 values = dict(zip(product, combo)) | zip_row
                 run_name = _fill(template, values | {"seed": seed}, path)
-                args = ["fit", *(a for c in configs for a in ("--config", c))]
-                for key, value in values.items():
-                    args += ["--config", str(value)] if key == "config" else [f"--{key}", _cli_value(value, seed)]
-                args += [
-                    "--seed_everything", str(seed),
-                    "--trainer.logger.init_args.save_dir", str(directory),
-                    "--trainer.logger.init_args.name", run_name,
-                    "--trainer.logger.init_args.version", "",
-                    *extra,
-                ]  # fmt: skip
-                runs.append(Run(run_name, seed, values, args, directory / run_name))
+                runs.append(make_run(run_name, seed, values, configs, extra, directory))
     names = [run.name for run in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserError(
             f"{path}: run_name {template!r} gives duplicate run names ({', '.join(duplicates[:5])}): add the varying keys"
         )
-    return Grid(name, runs, directory, slurm)
+    tune = _tuning(spec.get("tune"), seeds, set(product) | set(zipped), path)
+    return Grid(name, runs, directory, slurm, tune, template, configs, extra)
+
+
+def _tuning(spec: object, seeds: list[int], axes: set[str], path: Path) -> Tuning | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) != TUNE_KEYS:
+        raise UserError(f"{path}: 'tune' takes exactly {', '.join(sorted(TUNE_KEYS))}; got {spec!r}")
+    values, tune_seeds, metric = spec["values"], spec["seeds"], spec["metric"]
+    if not isinstance(values, list) or len(values) < 2:
+        raise UserError(f"{path}: tune.values lists at least two values of {spec['key']} to choose from")
+    if not isinstance(tune_seeds, list) or not tune_seeds or not all(isinstance(s, int) for s in tune_seeds):
+        raise UserError(f"{path}: tune.seeds is a non-empty list of integers, got {tune_seeds!r}")
+    if set(tune_seeds) & set(seeds):
+        raise UserError(
+            f"{path}: tune.seeds {sorted(set(tune_seeds) & set(seeds))} are also final seeds; tune on seeds of their own"
+        )
+    if spec["key"] in axes:
+        raise UserError(f"{path}: tune.key {spec['key']} is also an axis of the grid; tune it or vary it, not both")
+    if not isinstance(metric, str) or "_val/" not in metric:
+        raise UserError(
+            f"{path}: tune.metric {metric!r} is not a validation metric (its name holds '_val/', e.g. "
+            "zeroshot/shapesworld_val/shape/top1): the choice never reads the test set"
+        )
+    return Tuning(str(spec["key"]), values, tune_seeds, metric)
+
+
+def make_run(name: str, seed: int, values: dict, configs: list[str], extra: list[str], directory: Path) -> Run:
+    """One run of a grid: its configs, then its axis values, its seed and folder, then ``extra``."""
+    args = ["fit", *(a for c in configs for a in ("--config", c))]
+    for key, value in values.items():
+        args += ["--config", str(value)] if key == "config" else [f"--{key}", _cli_value(value, seed)]
+    args += [
+        "--seed_everything", str(seed),
+        "--trainer.logger.init_args.save_dir", str(directory),
+        "--trainer.logger.init_args.name", name,
+        "--trainer.logger.init_args.version", "",
+        *extra,
+    ]  # fmt: skip
+    return Run(name, seed, values, args, directory / name)
 
 
 def validate(grid: Grid) -> None:
