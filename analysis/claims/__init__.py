@@ -13,8 +13,8 @@ a run did not log (linear probe, consistency) are computed from its checkpoint a
 ``OUT/runs/<experiment>.csv``, small enough to commit, with the learning rates its grid chose on
 validation (``OUT/runs/<experiment>-tuning.json``); given a folder holding such files
 (``docs/claims``) instead, the verdicts are recomputed from them without any run. Writes
-``OUT/claims.md``, ``OUT/claims.json``, each experiment's figure ``OUT/<experiment>.png`` and its
-learning curves ``OUT/<experiment>-budgets.png``. ``--plan`` prints the seeds each claim needs.
+``OUT/claims.md``, ``OUT/claims.json``, ``OUT/table.md`` (the README's table), each experiment's
+figure ``OUT/<experiment>.png`` and its learning curves ``OUT/<experiment>-budgets.png``. ``--plan`` prints the seeds each claim needs.
 
 ``registry.py`` reads the registry, ``runs.py`` the per-run values, ``verdicts.py`` decides,
 ``report.py`` and ``figures.py`` write the tables and figures.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from analysis.claims.figures import budget_figure, figure
 from analysis.claims.registry import REGISTRY, REPOSITORY, Claim, Experiment, Protocol, load_registry
-from analysis.claims.report import markdown, plan
+from analysis.claims.report import markdown, plan, summary_table
 from analysis.claims.runs import METRICS_VERSION, read_runs_csv, run_folders, run_status, runs_csv, runs_of
 from analysis.claims.verdicts import VERDICTS, at_budget, budget_of, budgets, decide, paired_effect, verdict
 from analysis.results import split_run_name
@@ -111,6 +111,8 @@ def claims(
     }
     write_json(out / "claims.json", summary)
     write_text(out / "claims.md", markdown(results, protocol, experiments, missing, tuning))
+    if not only:  # the README's table: every claim, or none
+        write_text(out / "table.md", summary_table(results, protocol))
     if show_plan:
         table = plan(results, rows_by_experiment, experiments)
         write_text(out / "plan.md", table)

@@ -52,6 +52,7 @@ class Claim:
     margin: float = 0.0
     paper_effect: float | None = None
     competence: list[str] | None = None  # None: the deciding metric(s), where they have a chance level
+    label: str = ""  # the claim's row in the README's table (default: says)
 
     @property
     def base_metric(self) -> str:

@@ -172,3 +172,32 @@ def plan(results: list[dict], rows: dict[str, list[dict]], experiments: dict[str
         "time with --workers 2 on 2 cores). A baseline shared by several claims is counted in each.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def summary_table(results: list[dict], protocol: Protocol) -> str:
+    """The README's table: one row per claim at its largest budget (``docs/claims/table.md``)."""
+    lines = [
+        "| claim | arm vs baseline (mean) | chance | paired effect [95% CI] | p (Holm) | n | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        if not r["largest"]:
+            continue
+        c = Claim(**r["claim"])
+        scale = _scale(c.metric)
+        digits = 1 if scale == 100.0 else 3
+        arm = "-" if r["arm"]["mean"] is None else f"{scale * r['arm']['mean']:.{digits}f}"
+        if c.baseline is not None:
+            base = "-" if r["baseline"]["mean"] is None else f"{scale * r['baseline']['mean']:.{digits}f}"
+            versus = f"{c.arm} {arm} vs {c.baseline} {base}"
+        else:
+            versus = f"{c.arm} {arm} vs value {c.baseline_value:g}"
+        chance = protocol.chance.get(c.metric)
+        effect = _estimate(r["effect"], c.metric) + (
+            " pts" if scale == 100.0 and r["effect"]["mean"] is not None else ""
+        )
+        lines.append(
+            f"| {c.label or c.says} | {versus} | {'-' if chance is None else _percent(chance, c.metric)} | {effect} | "
+            f"{_p(r.get('adjusted_p'))} | {len(r['seeds'])} | **{r.get('short_words', r['words'])}** |"
+        )
+    return "\n".join(lines) + "\n"

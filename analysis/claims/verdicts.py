@@ -173,11 +173,12 @@ def _competence(
         for metric in metrics:
             chance = protocol.chance[metric]
             values = [runs[s]["metrics"].get(metric, math.nan) for s in seeds]
-            above = mean_ci([v - chance for v in values])
+            bounds = metric_bounds(metric)
+            above = mean_ci([v - chance for v in values], bounds=bounds and (bounds[0] - chance, bounds[1] - chance))
             lower = None if above["ci95"] is None else above["ci95"][0]
             found.setdefault(group, []).append({
                 "metric": metric, "chance": chance, "mean": mean_ci(values)["mean"], "lower": lower,
-                "competent": lower is not None and lower > protocol.gate,
+                "competent": lower is not None and lower > protocol.gate, "gate": protocol.gate,
             })  # fmt: skip
     return found
 
@@ -193,14 +194,29 @@ def decide(results: list[dict], protocol: Protocol) -> list[dict]:
     return results
 
 
-def _incompetent(result: dict) -> list[str]:
-    return [
-        f"{group} at chance: {_percent(entry['mean'], entry['metric'])} vs {_percent(entry['chance'], entry['metric'])} "
-        f"on {_short(entry['metric'])}"
-        for group, entries in result["competence"].items()
-        for entry in entries
-        if not entry["competent"]
-    ]
+def _incompetent(result: dict, short: bool = False) -> list[str]:
+    """Each group not shown competent, in words (``short``: for the README's table)."""
+    failing = []
+    for group, entries in result["competence"].items():
+        for e in entries:
+            if e["competent"]:
+                continue
+            mean, chance = _percent(e["mean"], e["metric"]), _percent(e["chance"], e["metric"])
+            if short and e["mean"] is not None and e["mean"] - e["chance"] > protocol_gate(result):
+                failing.append(
+                    f"{group} not shown above chance on {_short(e['metric'])} with {len(result['seeds'])} seeds"
+                )
+                continue
+            if short:
+                failing.append(f"{group} {mean} on {_short(e['metric'])} (chance {chance})")
+                continue
+            lower = "" if e["lower"] is None else f", 95% lower bound {_percent(e['chance'] + e['lower'], e['metric'])}"
+            failing.append(f"{group} not above chance on {_short(e['metric'])}: {mean}{lower} vs chance {chance}")
+    return failing
+
+
+def protocol_gate(result: dict) -> float:
+    return next((e["gate"] for entries in result["competence"].values() for e in entries), 0.0)
 
 
 def _verdict(result: dict, protocol: Protocol) -> tuple[str, str]:
@@ -211,7 +227,8 @@ def _verdict(result: dict, protocol: Protocol) -> tuple[str, str]:
         because = f" ({len(result['dropped'])} runs dropped: {', '.join(reasons)})" if result["dropped"] else ""
         return "untestable", f"untestable: {len(result['seeds'])} paired seed(s){because}"
     if failing:
-        gate = f"gate: lower 95% bound > chance + {_percent(protocol.gate, claim.metric, points=True)}"
+        gate = f"gate: 95% lower bound > chance + {_percent(protocol.gate, claim.metric, points=True)}"
+        result["short_words"] = f"untestable: {'; '.join(_incompetent(result, short=True))}"
         return "untestable", f"untestable: {'; '.join(failing)} ({gate})"
     p, scale = result["p"], _scale(claim.metric)
     if result["adjusted_p"] < protocol.alpha:
@@ -221,10 +238,14 @@ def _verdict(result: dict, protocol: Protocol) -> tuple[str, str]:
             return "contradicted", f"worse by more than the {scale * claim.margin:g}-point margin at this budget"
         return "contradicted", f"{'lower' if claim.sign > 0 else 'higher'} at this budget"
     low, high = sorted(claim.sign * bound for bound in result["effect"]["ci95"])
-    paper = "" if claim.paper_effect is None else f"; paper: {scale * claim.paper_effect:+.3g}"
+    unit = " points" if scale == 100.0 else ""
+    paper = "" if claim.paper_effect is None else f"; paper: {scale * claim.paper_effect:+.3g}{unit}"
     if not claim.margin and high < claim.smallest_effect:
-        return "ruled out", f"effect of interest ruled out (interval below {scale * claim.smallest_effect:g}{paper})"
-    return "underpowered", f"underpowered (detectable: {scale * result['mde']:.3g}{paper})"
+        return (
+            "ruled out",
+            f"effect of interest ruled out (interval below {scale * claim.smallest_effect:+.3g}{unit}{paper})",
+        )
+    return "underpowered", f"underpowered (detectable: {scale * result['mde']:.3g}{unit}{paper})"
 
 
 def _scale(metric: str) -> float:
@@ -241,4 +262,5 @@ def _percent(value: float | None, metric: str, points: bool = False) -> str:
 
 
 def _short(metric: str) -> str:
-    return metric.replace("zeroshot/shapesworld_test/", "").replace("/top1", "")
+    name = metric.replace("zeroshot/shapesworld_test/", "").replace("/top1", "")
+    return name.replace("probes/shapesworld/", "").replace("/acc", "")

@@ -87,7 +87,10 @@ def choose(grid: Grid, runs: list[Run]) -> dict[str, dict]:
             "means": {value: _mean(values) for value, values in scores.items()},
             "seeds": tune.seeds,
         }
-    write_json(grid.directory / CHOICES, choices)
+    # Grids sharing a folder (an experiment's extra arms) add their groups' choices to the file.
+    path = grid.directory / CHOICES
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, earlier | choices)
     return choices
 
 
