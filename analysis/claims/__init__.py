@@ -30,7 +30,7 @@ from pathlib import Path
 
 from analysis.claims.figures import budget_figure, figure
 from analysis.claims.registry import REGISTRY, REPOSITORY, Claim, Experiment, Protocol, load_registry
-from analysis.claims.report import markdown, plan, summary_table
+from analysis.claims.report import markdown, not_run_notes, plan, summary_table
 from analysis.claims.runs import METRICS_VERSION, read_runs_csv, run_folders, run_status, runs_csv, runs_of
 from analysis.claims.verdicts import VERDICTS, at_budget, budget_of, budgets, decide, paired_effect, verdict
 from analysis.results import split_run_name
@@ -105,14 +105,14 @@ def claims(
     summary = {
         "protocol": asdict(protocol),
         "claims": final,
-        "not_run": missing | {e.id: e.not_run for e in experiments.values() if e.not_run},
+        "not_run": not_run_notes(experiments, missing),
         "tuning": tuning,
         "counts": {v: sum(r["verdict"] == v for r in final) for v in VERDICTS},
     }
     write_json(out / "claims.json", summary)
     write_text(out / "claims.md", markdown(results, protocol, experiments, missing, tuning))
     if not only:  # the README's table: every claim, or none
-        write_text(out / "table.md", summary_table(results, protocol))
+        write_text(out / "table.md", summary_table(results, protocol, sorted(missing)))
     if show_plan:
         table = plan(results, rows_by_experiment, experiments)
         write_text(out / "plan.md", table)

@@ -114,15 +114,21 @@ def markdown(
                 lines.append(
                     f"| {experiment} | {group} | {choice['key']} = {choice['value']} | `{choice['metric']}` | {means} |"
                 )
-    not_run = {e.id: e.not_run for e in experiments.values() if e.not_run}
-    if missing or not_run:
-        lines += ["", "## Not run", ""]
-        lines += [f"- {experiment}: {why}" for experiment, why in (not_run | missing).items()]
+    notes = not_run_notes(experiments, missing)
+    if notes:
+        lines += ["", "## Not run (or not finished)", ""]
+        lines += [f"- {experiment}: {why}" for experiment, why in notes.items()]
     timed = [e for e in experiments.values() if e.wall_time]
     if timed:
         lines += ["", "| experiment | grid | measured wall time | host |", "| --- | --- | --- | --- |"]
         lines += [f"| {e.id} | `{e.grid}` | {e.wall_time} | {e.host or '-'} |" for e in timed]
     return "\n".join(lines) + "\n"
+
+
+def not_run_notes(experiments: dict[str, Experiment], missing: dict[str, str]) -> dict[str, str]:
+    """What is missing (no runs and no committed CSV) beside what the registry says was not run."""
+    ids = [e for e in experiments if e in missing or experiments[e].not_run]
+    return {e: "; ".join(filter(None, [missing.get(e), experiments[e].not_run])) for e in ids}
 
 
 def _mean(value: float | None) -> str:
@@ -174,8 +180,9 @@ def plan(results: list[dict], rows: dict[str, list[dict]], experiments: dict[str
     return "\n".join(lines) + "\n"
 
 
-def summary_table(results: list[dict], protocol: Protocol) -> str:
-    """The README's table: one row per claim at its largest budget (``docs/claims/table.md``)."""
+def summary_table(results: list[dict], protocol: Protocol, pending: list[str] | None = None) -> str:
+    """The README's table: one row per claim at its largest budget, and the experiments still
+    ``pending`` (no results yet) named below it (``docs/claims/table.md``)."""
     lines = [
         "| claim | arm vs baseline (mean) | chance | paired effect [95% CI] | p (Holm) | n | verdict |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
@@ -200,4 +207,6 @@ def summary_table(results: list[dict], protocol: Protocol) -> str:
             f"| {c.label or c.says} | {versus} | {'-' if chance is None else _percent(chance, c.metric)} | {effect} | "
             f"{_p(r.get('adjusted_p'))} | {len(r['seeds'])} | **{r.get('short_words', r['words'])}** |"
         )
+    if pending:
+        lines += ["", f"Not finished yet (see [docs/claims/claims.md](docs/claims/claims.md)): {', '.join(pending)}."]
     return "\n".join(lines) + "\n"
