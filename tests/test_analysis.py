@@ -343,6 +343,11 @@ ANALYSIS_BAD_INPUT = [
         "--templates zh.txt: the tokenizer (WordTokenizer) maps the class prompt '一张circle的图片' (class circle) "
         "mostly to its unknown token",
     ),
+    (  # a committed per-run CSV edited by hand
+        ["claims", "committed"],
+        "committed/runs/alignment-terms.csv: line 3, column 'zeroshot/shapesworld_test/shape/top1': 'n/a' is not a number",
+    ),
+    (["claims", "committed", "--registry", "list_registry.yaml"], "'experiments' maps each experiment's id to its entry"),
 ]
 
 
@@ -359,6 +364,11 @@ def analysis_bad_input(trained_run, tmp_path_factory: pytest.TempPathFactory) ->
             (folder / "classes" / shape).mkdir(parents=True)
             Image.fromarray(scenes(1)[0].permute(1, 2, 0).numpy()).save(folder / "classes" / shape / "0.png")
         (folder / "zh.txt").write_text("一张{}的图片\n", encoding="utf-8")
+        (folder / "committed" / "runs").mkdir(parents=True)
+        (folder / "committed" / "runs" / "alignment-terms.csv").write_text(
+            "run,group,seed,zeroshot/shapesworld_test/shape/top1\nclip-s0,clip,0,0.5\nclip-s1,clip,1,n/a\n"
+        )
+        (folder / "list_registry.yaml").write_text("experiments:\n  - grid: experiments/claims/alignment_terms.yaml\n")
         command = [run if a == "RUN" else a for a in args] + ["--out", str(folder / "out")]
         cases.append({"package": "analysis", "args": command, "cwd": str(folder)})
         folders.append(folder)
