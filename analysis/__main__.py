@@ -11,8 +11,9 @@
     report     zeroshot, geometry and probes + OUT/report.md + the run's TensorBoard
     compare    ``python -m analysis compare runs/<grid>``: runs' TensorBoard curves and final
                metrics by group (seeds pooled)  -> compare.{json,md,png}
-    claims     ``python -m analysis claims runs [--out docs/claims]``: each paper's claim from
-               its claim experiment: paired effect, 95% interval, verdict  -> claims.{md,json}
+    claims     ``python -m analysis claims runs [--out docs/claims] [--plan] [--readme README.md]``:
+               each paper's claim from its claim experiment under the verdict protocol: paired
+               effect, 95% interval, Holm-adjusted p, verdict  -> claims.{md,json}, table.md
 
 --ckpt takes a .ckpt file or a run directory (its newest checkpoints/last.ckpt). OUT defaults
 to <run directory>/analysis. A user mistake prints one ``error:`` line and exits with 2
@@ -95,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print the seeds each claim needs for the protocol's power, and their CPU time",
     )
+    claims.add_argument("--readme", help="also write the summary table into this README, between its claims-table markers")
     return main
 
 
@@ -110,7 +112,9 @@ def run(argv: list[str] | None = None) -> dict:
     if args.command == "claims":
         from analysis.claims import REGISTRY, claims
 
-        summary = claims(args.source, args.out, args.registry or REGISTRY, args.only, show_plan=args.plan)
+        summary = claims(
+            args.source, args.out, args.registry or REGISTRY, args.only, show_plan=args.plan, readme=args.readme
+        )
         print((Path(args.out) / "claims.md").read_text())
         if args.plan:
             print(summary["plan"])

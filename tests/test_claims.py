@@ -430,3 +430,14 @@ def test_the_readme_shows_the_generated_claims_table() -> None:
     edited by hand that drifts from the verdicts."""
     table = (REPO / "docs" / "claims" / "table.md").read_text().strip()
     assert table in (REPO / "README.md").read_text()
+
+
+def test_the_readme_table_is_written_between_its_markers(tmp_path: Path) -> None:
+    from analysis.claims import TABLE_END, TABLE_START, with_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{TABLE_START}\nold table\n{TABLE_END}\n\nafter\n")
+    assert with_table(readme, "| new |\n") == f"intro\n{TABLE_START}\n| new |\n{TABLE_END}\n\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(UserError, match="no claims table markers"):
+        with_table(readme, "| new |\n")

@@ -49,6 +49,7 @@ def claims(
     registry: str | Path = REGISTRY,
     only: list[str] | None = None,
     show_plan: bool = False,
+    readme: str | Path | None = None,
 ) -> dict:
     """Verdicts of every claim in the registry (or the ``only`` ids) from ``source`` into ``out``."""
     source, out = Path(source), Path(out)
@@ -112,7 +113,10 @@ def claims(
     write_json(out / "claims.json", summary)
     write_text(out / "claims.md", markdown(results, protocol, experiments, missing, tuning))
     if not only:  # the README's table: every claim, or none
-        write_text(out / "table.md", summary_table(results, protocol, sorted(missing)))
+        table = summary_table(results, protocol, sorted(missing))
+        write_text(out / "table.md", table)
+        if readme is not None:
+            write_text(readme, with_table(Path(readme), table))
     if show_plan:
         table = plan(results, rows_by_experiment, experiments)
         write_text(out / "plan.md", table)
@@ -178,3 +182,18 @@ def _experiment_rows(
 def _health(experiment: Experiment, protocol: Protocol) -> dict:
     """The experiment's run-health rule: its own (``{}``: none, for an untrained arm by design) or the protocol's."""
     return experiment.health if experiment.health is not None else protocol.health
+
+
+TABLE_START, TABLE_END = (
+    "<!-- claims table: python -m analysis claims ... --readme README.md -->",
+    "<!-- end of claims table -->",
+)
+
+
+def with_table(readme: Path, table: str) -> str:
+    """The README's text with the table between its two markers replaced."""
+    text = readme.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise UserError(f"{readme}: no claims table markers ({TABLE_START} ... {TABLE_END}) to write the table between")
+    head, rest = text.split(TABLE_START, 1)
+    return head + TABLE_START + "\n" + table + rest[rest.index(TABLE_END) :]
