@@ -96,7 +96,9 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print the seeds each claim needs for the protocol's power, and their CPU time",
     )
-    claims.add_argument("--readme", help="also write the summary table into this README, between its claims-table markers")
+    claims.add_argument(
+        "--readme", help="also write the summary table into this README, between its claims-table markers"
+    )
     return main
 
 

@@ -347,7 +347,10 @@ ANALYSIS_BAD_INPUT = [
         ["claims", "committed"],
         "committed/runs/alignment-terms.csv: line 3, column 'zeroshot/shapesworld_test/shape/top1': 'n/a' is not a number",
     ),
-    (["claims", "committed", "--registry", "list_registry.yaml"], "'experiments' maps each experiment's id to its entry"),
+    (
+        ["claims", "committed", "--registry", "list_registry.yaml"],
+        "'experiments' maps each experiment's id to its entry",
+    ),
 ]
 
 
