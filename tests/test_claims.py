@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import yaml
 
 from analysis.claims import Claim, Protocol, claims, load_registry, read_runs_csv, runs_csv, runs_of, verdict
+from analysis.claims.verdicts import budgets
 from analysis.consistency import consistency_scores, knn_labels
 from analysis.results import split_run_name
 from analysis.stats import holm, minimal_detectable_effect, seeds_for_power, sign_flip_p
@@ -441,3 +442,27 @@ def test_the_readme_table_is_written_between_its_markers(tmp_path: Path) -> None
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="no claims table markers"):
         with_table(readme, "| new |\n")
+
+
+def test_a_matched_claim_reads_the_baseline_curve_at_the_arms_accuracy() -> None:
+    """CyCLIP at matched accuracy: the baseline's consistency where its own run reached the arm's
+    zero-shot accuracy, interpolated between its evaluated steps; outside them the seed is dropped."""
+    consistency = "consistency/shapesworld/shape/top1"
+    rows = []
+    for seed in range(3):
+        for step, (acc, cons) in zip(
+            (100, 200, 400), ((0.3, 0.40), (0.5, 0.50), (0.7, 0.60))
+        ):  # CLIP: cons = 0.25 + acc / 2
+            rows.append({"run": f"clip-s{seed}", "group": "clip", "seed": seed, "status": "finished", "step": step,
+                         "final_step": 400, "metrics": {SHAPE: acc, consistency: cons}})  # fmt: skip
+        arm_acc = (0.4, 0.6, 0.9)[seed]  # seed 2's accuracy is beyond CLIP's curve
+        rows.append({"run": f"cyclip-s{seed}", "group": "cyclip", "seed": seed, "status": "finished", "step": 400,
+                     "final_step": 400, "metrics": {SHAPE: arm_acc, consistency: 0.25 + arm_acc / 2 + 0.03}})  # fmt: skip
+    claim = _claim(metric=consistency, arm="cyclip", baseline="clip", expect="greater", matched_on=SHAPE)
+    from analysis.claims.verdicts import at_budget, paired_effect
+
+    result = paired_effect(claim, at_budget(rows, budgets(claim, rows)[-1]), Protocol(), {}, curves=rows)
+    assert result["seeds"] == [0, 1] and result["differences"] == pytest.approx([0.03, 0.03])
+    assert result["dropped"] == {"clip-s2": "no point of its curve at the arm's shape"}
+    unmatched = paired_effect(dataclasses.replace(claim, matched_on=None), at_budget(rows, 1), Protocol(), {})
+    assert unmatched["differences"] == pytest.approx([0.45 + 0.03 - 0.6, 0.55 + 0.03 - 0.6, 0.7 + 0.03 - 0.6])

@@ -86,7 +86,7 @@ def claims(
         health = _health(experiments[claim.experiment], protocol)
         found = budgets(claim, rows) or [Fraction(1)]
         for budget in found:
-            result = paired_effect(claim, at_budget(rows, budget), protocol, health)
+            result = paired_effect(claim, at_budget(rows, budget), protocol, health, curves=rows)
             steps = [
                 r["step"] for r in rows if r["group"] == claim.arm and r["step"] is not None and budget_of(r) == budget
             ]
@@ -138,7 +138,7 @@ def _experiment_rows(
     health = _health(spec, protocol)
     metrics = list(dict.fromkeys(
         [m for c in claims_of for m in (c.metric, c.base_metric, *c.competence_metrics(protocol),
-                                         *c.competence_metrics(protocol, baseline=True))]
+                                         *c.competence_metrics(protocol, baseline=True), c.matched_on) if m]
         + ([health["metric"]] if health else [])
         + ([spec.figure["metric"]] if "metric" in spec.figure else []) + list(spec.figure.get("metrics", []))
     ))  # fmt: skip

@@ -53,6 +53,9 @@ class Claim:
     paper_effect: float | None = None
     competence: list[str] | None = None  # None: the deciding metric(s), where they have a chance level
     label: str = ""  # the claim's row in the README's table (default: says)
+    # Compare at matched values of this metric: the baseline's deciding metric is read off its
+    # run's curve (every evaluated step) where it reached the arm's value (CyCLIP at matched accuracy).
+    matched_on: str | None = None
 
     @property
     def base_metric(self) -> str:

@@ -25,6 +25,8 @@ import math
 from dataclasses import asdict
 from fractions import Fraction
 
+import numpy as np
+
 from analysis.claims.registry import Claim, Protocol
 from analysis.stats import holm as holm_adjust
 from analysis.stats import (
@@ -70,7 +72,11 @@ def verdict(claim: Claim, rows: list[dict], protocol: Protocol | None = None, he
     return decide([result], protocol)[0]
 
 
-def paired_effect(claim: Claim, rows: list[dict], protocol: Protocol, health: dict) -> dict:
+def paired_effect(
+    claim: Claim, rows: list[dict], protocol: Protocol, health: dict, curves: list[dict] | None = None
+) -> dict:
+    """The paired effect of ``claim`` over ``rows`` (one budget); ``curves``, every row of the
+    experiment, give a ``matched_on`` claim its baseline curves."""
     dropped: dict[str, str] = {}
 
     def usable(group: str) -> dict[int, dict]:
@@ -92,6 +98,8 @@ def paired_effect(claim: Claim, rows: list[dict], protocol: Protocol, health: di
 
     arm = usable(claim.arm)
     base = usable(claim.baseline) if claim.baseline is not None else None
+    if base is not None and claim.matched_on:
+        base = {seed: _matched(row, arm.get(seed), claim, curves or rows, dropped) for seed, row in base.items()}
     if base is not None:
         seeds = []
         for seed in sorted(set(arm) | set(base)):
@@ -102,7 +110,7 @@ def paired_effect(claim: Claim, rows: list[dict], protocol: Protocol, health: di
                 dropped.setdefault(present["run"], "no paired run of the other arm")
             elif missing:
                 for run in missing:
-                    dropped[run] = "non-finite or missing value"
+                    dropped.setdefault(run, "non-finite or missing value")
             else:
                 seeds.append(seed)
         differences = [value(arm[s], claim.metric) - value(base[s], claim.base_metric) for s in seeds]
@@ -149,6 +157,28 @@ def paired_effect(claim: Claim, rows: list[dict], protocol: Protocol, health: di
             "seeds_needed": seeds_for_power(target, std, protocol.alpha, protocol.power) if target else None,
         }
     return result
+
+
+def _matched(base: dict, arm: dict | None, claim: Claim, curves: list[dict], dropped: dict[str, str]) -> dict:
+    """The baseline's metric where its run reached the arm's value of ``matched_on`` (CyCLIP's
+    consistency at CLIP's consistency for the same zero-shot accuracy): linear interpolation
+    along the baseline run's rows at every evaluated step; NaN outside the range they span."""
+    if arm is None:
+        return base
+    points = sorted(
+        (r["metrics"][claim.matched_on], r["metrics"][claim.base_metric])
+        for r in curves
+        if r["run"] == base["run"] and r.get("status", "finished") == "finished"
+        and math.isfinite(r["metrics"].get(claim.matched_on, math.nan))
+        and math.isfinite(r["metrics"].get(claim.base_metric, math.nan))
+    )  # fmt: skip
+    target = arm["metrics"].get(claim.matched_on, math.nan)
+    value = math.nan
+    if len(points) >= 2 and math.isfinite(target) and points[0][0] <= target <= points[-1][0]:
+        value = float(np.interp(target, [x for x, _ in points], [y for _, y in points]))
+    else:
+        dropped[base["run"]] = f"no point of its curve at the arm's {_short(claim.matched_on)}"
+    return base | {"metrics": base["metrics"] | {claim.base_metric: value}}
 
 
 def _below(row: dict, health: dict) -> bool:
