@@ -35,7 +35,8 @@ def _rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def build(towers: str, micro: int | None, checkpointing: bool):
+def build(towers: str, micro: int | None, checkpointing: bool, terms: list | None = None):
+    """The module of one configuration; ``terms`` default to ``[InfoNCE()]``."""
     from variants.module import ContrastiveModule
     from variants.objectives import InfoNCE
     from variants.towers import TextTower, VisionTower
@@ -53,17 +54,19 @@ def build(towers: str, micro: int | None, checkpointing: bool):
                           "num_heads": c["width"] // 64},
             grad_checkpointing=checkpointing,
         )  # fmt: skip
-    return ContrastiveModule(vision, text, [InfoNCE()], warmup_steps=10, micro_batch_size=micro)
+    return ContrastiveModule(vision, text, terms or [InfoNCE()], warmup_steps=10, micro_batch_size=micro)
 
 
-def one(towers: str, batch: int, micro: int | None, checkpointing: bool, steps: int, warmup: int) -> dict:
+def one(
+    towers: str, batch: int, micro: int | None, checkpointing: bool, steps: int, warmup: int, terms: list | None = None
+) -> dict:
     """One configuration in this process: (median s/step, peak MiB, step MiB)."""
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
     from experiments.memory import ReuseFreedMemory
 
-    module = build(towers, micro, checkpointing)
+    module = build(towers, micro, checkpointing, terms)
     data = synthetic_batch({"batch": batch, "image_size": 64, "text_context": 32})
     total = steps + warmup + 1 if steps else 1
     loader = DataLoader([data] * total, batch_size=None)

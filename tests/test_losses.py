@@ -305,3 +305,164 @@ def test_distributed_forms_average_to_the_global_loss() -> None:
     }  # fmt: skip
     for name, (local, global_value) in cases.items():
         torch.testing.assert_close(averaged(local), global_value, msg=name)
+
+
+# ---- chunked, recomputing InfoNCE and sigmoid (issue 30) against the naive references --------
+def naive_siglip_loss(image: torch.Tensor, text: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
+    """-(1/N) sum_ij log sigmoid(z_ij (s <I_i, T_j> + b)) as explicit loops."""
+    n, total = image.shape[0], 0.0
+    for i in range(n):
+        for j in range(text.shape[0]):
+            z = 1.0 if i == j else -1.0
+            total += math.log1p(math.exp(-z * (scale * float(image[i] @ text[j]) + bias)))
+    return torch.tensor(total / n, dtype=D64)
+
+
+def dense_reference(kind: str, image: torch.Tensor, text: torch.Tensor, scale, bias) -> torch.Tensor:
+    """The formula on the whole logit matrix, for autograd's gradients: InfoNCE from its row and
+    column log-sum-exps, sigmoid from its signed logits."""
+    logits = scale * image @ text.T
+    if kind == "infonce":
+        positives = logits.diagonal()
+        return 0.5 * ((logits.logsumexp(1) - positives).mean() + (logits.logsumexp(0) - positives).mean())
+    signs = 2 * torch.eye(image.shape[0], dtype=image.dtype) - 1
+    return -F.logsigmoid(signs * (logits + bias)).sum() / image.shape[0]
+
+
+def chunked(kind: str, image, text, scale, bias, chunk: int, **distributed) -> torch.Tensor:
+    if kind == "infonce":
+        return clip_loss(image, text, scale, chunk=chunk, **distributed)
+    distributed.pop("all_image", None)
+    return siglip_loss(image, text, scale, bias, chunk=chunk, **distributed)
+
+
+def loss_and_grads(loss_fn, image: torch.Tensor, text: torch.Tensor, log_scale: float, bias: float):
+    """(loss, dI, dT, d log s, db) of ``loss_fn(image, text, s, b)`` with s = exp(log_scale)."""
+    leaves = [image.clone().requires_grad_(), text.clone().requires_grad_()]
+    leaves += [
+        torch.tensor(log_scale, dtype=D64, requires_grad=True),
+        torch.tensor(bias, dtype=D64, requires_grad=True),
+    ]
+    loss = loss_fn(leaves[0], leaves[1], leaves[2].exp(), leaves[3])
+    loss.backward()
+    return [loss.detach()] + [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+
+
+def _pairs(n: int = 12, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit image and text rows with duplicate captions: the last text repeats text 3, and texts
+    1 and 2 both equal image 1 (a tie between the target column and another)."""
+    torch.manual_seed(seed)
+    image, text = _unit(n, d), _unit(n, d)
+    text[-1] = text[3]
+    text[1] = text[2] = image[1]
+    return image, text
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sigmoid"])
+@pytest.mark.parametrize("chunk", [1, 3, 4, 5, 7, 12, 20])  # divides 12 or not, one block, more than N
+@pytest.mark.parametrize("log_scale", [math.log(10.0), math.log(100.0)])  # the init scale, the clamp
+def test_chunked_loss_and_gradients_equal_the_naive_references(kind: str, chunk: int, log_scale: float) -> None:
+    """float64, duplicate captions: the chunked loss equals the loops over the formula, and its
+    gradients (embeddings, scale, bias) equal autograd's through the whole logit matrix, to 1e-9."""
+    image, text = _pairs()
+    scale, bias = math.exp(log_scale), -10.0
+    got = loss_and_grads(lambda i, t, s, b: chunked(kind, i, t, s, b, chunk), image, text, log_scale, bias)
+    want = loss_and_grads(lambda i, t, s, b: dense_reference(kind, i, t, s, b), image, text, log_scale, bias)
+    naive = naive_clip_loss(image, text, scale) if kind == "infonce" else naive_siglip_loss(image, text, scale, bias)
+    torch.testing.assert_close(got[0], naive, rtol=1e-9, atol=1e-9)
+    if kind == "infonce":
+        assert got[4].abs().max() == 0  # no bias
+    for name, a, b in zip(["loss", "image", "text", "log_scale", "bias"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sigmoid"])
+@pytest.mark.parametrize("chunk", [2, 3, 6])
+def test_chunked_distributed_form_gives_the_global_gradient(kind: str, chunk: int) -> None:
+    """Two 'ranks' of 6 rows: each rank's local rows against the gathered columns, labels offset
+    by 6, divided by 6; their mean and its gradients are the global loss's (the identity that
+    makes DDP exact; the 2-process run is in test_objectives.py)."""
+    image, text = _pairs()
+    shards = [slice(0, 6), slice(6, 12)]
+
+    def averaged(i, t, s, b):
+        return (
+            sum(chunked(kind, i[r], t[r], s, b, chunk, all_image=i, all_text=t, row_offset=r.start) for r in shards) / 2
+        )
+
+    got = loss_and_grads(averaged, image, text, 2.0, -3.0)
+    want = loss_and_grads(lambda i, t, s, b: dense_reference(kind, i, t, s, b), image, text, 2.0, -3.0)
+    for name, a, b in zip(["loss", "image", "text", "log_scale", "bias"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sigmoid"])
+def test_chunked_backward_passes_gradcheck(kind: str) -> None:
+    """Finite differences, independent of autograd: one process, and a rank's distributed form."""
+    image, text = _pairs(7, 4)
+    leaves = (image.requires_grad_(), text.requires_grad_(), torch.tensor(1.7, dtype=D64, requires_grad=True),
+              torch.tensor(-2.0, dtype=D64, requires_grad=True))  # fmt: skip
+    assert torch.autograd.gradcheck(lambda i, t, s, b: chunked(kind, i, t, s, b, 3), leaves)
+    assert torch.autograd.gradcheck(
+        lambda i, t, s, b: chunked(kind, i[4:], t[4:], s, b, 2, all_image=i, all_text=t, row_offset=4), leaves
+    )
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sigmoid"])
+def test_chunked_losses_keep_float32_logits_under_bf16_autocast(kind: str) -> None:
+    """Under bf16 autocast the chunked path computes exactly what it computes outside it, in
+    float32 (forward and recomputing backward): autocast is off inside."""
+    image, text = (x.float() for x in _pairs(10, 8))
+    results = []
+    for autocast in (False, True):
+        i, t = image.clone().requires_grad_(), text.clone().requires_grad_()
+        s, b = torch.tensor(50.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = chunked(kind, i, t, s, b, 3)
+            loss.backward()  # inside the region: the backward must not drop to bf16 either
+        assert loss.dtype == torch.float32
+        results.append([loss.detach(), i.grad, t.grad, s.grad] + ([b.grad] if kind == "sigmoid" else []))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    dense = dense_reference(kind, image, text, torch.tensor(50.0), -10.0)
+    torch.testing.assert_close(results[0][0], dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sigmoid"])
+def test_chunked_losses_save_no_logit_matrix_for_the_backward(kind: str) -> None:
+    """What autograd keeps for the backward: the dense formula saves [N, N] logits, the chunked
+    path only its inputs and [N] log-sum-exps (memory O(N x chunk) at any N)."""
+    n, d = 64, 8
+    image, text = _unit(n, d).requires_grad_(), _unit(n, d).requires_grad_()
+    scale = torch.tensor(10.0, dtype=D64, requires_grad=True)
+
+    def largest_saved(chunk: int | None) -> int:
+        sizes = [0]
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            sizes.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            if kind == "infonce":
+                clip_loss(image, text, scale, chunk=chunk)
+            else:
+                siglip_loss(image, text, scale, -10.0, chunk=chunk)
+        return max(sizes)
+
+    assert largest_saved(None) >= n * n
+    assert largest_saved(8) <= n * d
+
+
+def test_chunked_losses_stay_accurate_at_extreme_logits() -> None:
+    """Scale 100 on identical pairs in float32 (target logits 100, loss ~0.01): the running
+    log-sum-exp and the sigmoid's log stay finite, and the small loss survives the subtraction
+    of target logits from log-sum-exps near 100 (each row's difference is taken first)."""
+    image = F.normalize(torch.randn(33, 4), dim=-1)
+    exact = image.double()
+    for loss, reference in [
+        (clip_loss(image, image, 100.0, chunk=8), clip_loss(exact, exact, 100.0)),
+        (siglip_loss(image, image, 100.0, 10.0, chunk=8), siglip_loss(exact, exact, 100.0, 10.0)),
+    ]:
+        assert torch.isfinite(loss)
+        torch.testing.assert_close(loss.double(), reference, rtol=1e-6, atol=1e-6)

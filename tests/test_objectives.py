@@ -18,6 +18,7 @@ from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimC
 from variants.towers import Encoded
 
 from helpers.terms import (
+    CHUNKED,
     DECLIP,
     TOY_TEXT,
     TOY_VISION,
@@ -31,6 +32,7 @@ from helpers.terms import (
 )
 
 TERMS = all_term_classes()
+GENERIC = TERMS + list(CHUNKED)  # every term, and the chunked losses on their chunked path
 ids = lambda c: c.__name__  # noqa: E731
 
 
@@ -38,7 +40,7 @@ def test_every_term_of_the_design_is_discovered() -> None:
     assert set(TERMS) >= {InfoNCE, Sigmoid, TokenwiseInfoNCE, Cyclic, SimCLR, MMD, Adversarial}
 
 
-@pytest.mark.parametrize("cls", TERMS, ids=ids)
+@pytest.mark.parametrize("cls", GENERIC, ids=ids)
 def test_every_parameter_gets_a_gradient(cls: type[Term]) -> None:
     model = toy_model(cls)
     loss = model(*toy_batch(6))
@@ -50,7 +52,7 @@ def test_every_parameter_gets_a_gradient(cls: type[Term]) -> None:
             assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient for {name}"
 
 
-@pytest.mark.parametrize("cls", TERMS, ids=ids)
+@pytest.mark.parametrize("cls", GENERIC, ids=ids)
 def test_same_seed_same_loss_and_gradients(cls: type[Term]) -> None:
     first, second = toy_model(cls), toy_model(cls)
     batch = toy_batch(6)
@@ -62,7 +64,7 @@ def test_same_seed_same_loss_and_gradients(cls: type[Term]) -> None:
         assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name
 
 
-@pytest.mark.parametrize("cls", TERMS, ids=ids)
+@pytest.mark.parametrize("cls", GENERIC, ids=ids)
 def test_bf16_autocast_keeps_the_loss_math_in_float32(cls: type[Term]) -> None:
     """Under bf16 autocast the term returns a float32 loss close to its float32 loss on the same
     (bf16-rounded) record: the reference sees the same inputs, so a choice made from them (NNS's
@@ -84,7 +86,7 @@ def test_bf16_autocast_keeps_the_loss_math_in_float32(cls: type[Term]) -> None:
     torch.testing.assert_close(outputs["loss"], reference, rtol=0.05, atol=0.05)
 
 
-DDP_CASES = [(cls,) for cls in TERMS] + [
+DDP_CASES = [(cls,) for cls in GENERIC] + [
     (InfoNCE, Cyclic, MMD),
     (InfoNCE, SimCLR),
     (Sigmoid, TokenwiseInfoNCE, Adversarial),
@@ -157,6 +159,8 @@ def test_negative_or_non_finite_weight_is_refused(weight: float) -> None:
         (lambda: MMD(sigmas=[]), "sigmas is empty"),
         (lambda: MMD(sigmas=[1.0, -2.0]), r"sigmas\[1\] must be a finite number > 0"),
         (lambda: TokenwiseInfoNCE(chunk_size=-3), "chunk_size must be a finite number > 0"),
+        (lambda: InfoNCE(chunk_size=-1), "infonce: chunk_size must be a number of rows >= 0"),
+        (lambda: Sigmoid(chunk_size=2.5), "sigmoid: chunk_size must be a number of rows >= 0"),
         (lambda: Adversarial(hidden_dim=0), "hidden_dim must be a finite number > 0"),
     ],
 )
@@ -206,6 +210,40 @@ def test_sigmoid_initialisation_and_value() -> None:
     term, encoded = Sigmoid(), _encoded()
     assert math.isclose(term.logit_scale().item(), 10.0, rel_tol=1e-6) and term.logit_bias.item() == -10.0
     torch.testing.assert_close(term(encoded)["loss"], siglip_loss(encoded.image, encoded.text, 10.0, -10.0))
+
+
+@pytest.mark.parametrize("cls", [InfoNCE, Sigmoid], ids=ids)
+def test_chunk_size_none_chooses_by_size_and_zero_keeps_the_dense_formula(cls: type[Term], monkeypatch) -> None:
+    """None: the dense formula while the logits fit one block (2**20 on a CPU), blocks of 2**20
+    logits above; 0: dense at any size; n: n rows per block at any size. Each path gives the
+    same loss."""
+    import variants.objectives.infonce as infonce_module
+    import variants.objectives.sigmoid as sigmoid_module
+
+    module, name = (infonce_module, "clip_loss") if cls is InfoNCE else (sigmoid_module, "siglip_loss")
+    loss_fn, chunks = getattr(module, name), []
+
+    def spy(*args, **kwargs):
+        chunks.append(kwargs["chunk"])
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    large = Encoded(**{k: v.double() for k, v in vars(_encoded(1100)).items() if v is not None})
+    losses = [cls(chunk_size=size).double()(encoded)["loss"] for size, encoded in
+              [(None, _encoded(1024)), (None, large), (0, large), (500, large)]]  # fmt: skip
+    assert chunks == [None, 2**20 // 1100, None, 500]
+    torch.testing.assert_close(losses[1], losses[2], rtol=1e-12, atol=0)
+    torch.testing.assert_close(losses[3], losses[2], rtol=1e-12, atol=0)
+
+
+def test_logit_chunk_keeps_blocks_of_a_fixed_size_and_at_least_32_rows() -> None:
+    from variants.losses import logit_chunk
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert logit_chunk(1024, 1024, cpu) is None and logit_chunk(4096, 4096, gpu) is None
+    assert logit_chunk(2048, 2048, cpu) == 512 and logit_chunk(4096, 4096, cpu) == 256
+    assert logit_chunk(512, 4096, cpu) == 256  # under DDP: local rows against the gathered columns
+    assert logit_chunk(65536, 65536, cpu) == 32 and logit_chunk(65536, 65536, gpu) == 256
 
 
 def test_cyclic_is_weighted_sum_of_the_two_consistencies() -> None:

@@ -158,6 +158,28 @@ def _entry(rank: int, port: int, fn: Callable, args: tuple) -> None:
         dist.destroy_process_group()
 
 
+def _chunked(cls: type[Term]) -> type[Term]:
+    """``cls`` on its chunked, recomputing loss at toy sizes: blocks of 3 rows, so batches of 6
+    and 12 split evenly, and 8 rows (4 per DDP rank) leave a remainder block."""
+
+    def __init__(self, **kwargs) -> None:
+        cls.__init__(self, **{"chunk_size": 3} | kwargs)
+
+    return type(f"Chunked{cls.__name__}", (cls,), {"__init__": __init__, "__module__": __name__})
+
+
+def _chunked_terms() -> tuple[type[Term], ...]:
+    from variants.objectives import InfoNCE, MultiViewInfoNCE, Sigmoid
+
+    return tuple(_chunked(cls) for cls in (InfoNCE, Sigmoid, MultiViewInfoNCE))
+
+
+#: The terms whose loss has a chunked path, forced onto it (every generic test runs them too);
+#: named here, so pickle finds them in the DDP processes.
+CHUNKED = _chunked_terms()
+ChunkedInfoNCE, ChunkedSigmoid, ChunkedMultiViewInfoNCE = CHUNKED
+
+
 def _declip() -> tuple[type[Term], ...]:
     from variants.objectives import MaskedLanguageModel, MultiViewInfoNCE, NearestNeighbourInfoNCE, SimSiam
 
@@ -168,11 +190,12 @@ DECLIP = _declip()
 
 
 def term_cases() -> list[tuple[type[Term], ...]]:
-    """Every term alone, then the multi-term presets' combinations (SLIP, CyCLIP + MMD, ...)."""
+    """Every term alone (and on its chunked path, ``CHUNKED``), then the multi-term presets'
+    combinations (SLIP, CyCLIP + MMD, ...)."""
     from variants.objectives import MMD, Adversarial, Cyclic, InfoNCE, Sigmoid, SimCLR, TokenwiseInfoNCE
 
     combined = [(InfoNCE, Cyclic, MMD), (InfoNCE, SimCLR), (Sigmoid, TokenwiseInfoNCE, Adversarial), DECLIP]
-    return [(cls,) for cls in all_term_classes()] + combined  # type: ignore[misc]
+    return [(cls,) for cls in (*all_term_classes(), *CHUNKED)] + combined  # type: ignore[misc]
 
 
 def case_id(classes: tuple[type[Term], ...]) -> str:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
+from variants.losses import logit_chunk
 from variants.towers import OPTIONAL_FIELDS, Encoded
 
 
@@ -108,6 +109,26 @@ def require_token_towers(term: Term, vision_tower: nn.Module, text_tower: nn.Mod
             )
         dims.append(int(dim))
     return dims[0], dims[1]
+
+
+def check_chunk_size(term: Term, chunk_size: int | None) -> None:
+    """Raise a UserError unless ``chunk_size`` is None or a whole number of rows >= 0."""
+    if chunk_size is not None and not (
+        isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 0
+    ):
+        raise UserError(
+            f"{term.name}: chunk_size must be a number of rows >= 0 (0: the dense formula at every size) "
+            f"or null (chosen by the batch size), got {chunk_size!r}"
+        )
+
+
+def chunk_rows(chunk_size: int | None, rows: int, columns: int, device: torch.device) -> int | None:
+    """The ``chunk`` argument of ``clip_loss``/``siglip_loss`` from a term's ``chunk_size``:
+    None chooses by the size of the [rows, columns] logit matrix (``logit_chunk``), 0 is the dense
+    formula, n is n rows per block."""
+    if chunk_size is None:
+        return logit_chunk(rows, columns, device)
+    return chunk_size or None
 
 
 @contextlib.contextmanager

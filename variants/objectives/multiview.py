@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import multi_view_clip_loss
-from variants.objectives.base import at_least_float32, full_precision
+from variants.objectives.base import at_least_float32, chunk_rows, full_precision
 from variants.objectives.infonce import InfoNCE
 from variants.towers import Encoded
 
@@ -41,6 +41,7 @@ class MultiViewInfoNCE(InfoNCE):
         init_temperature: initial 1/s (0.07).
         max_logit_scale: upper bound of s (100).
         learn_temperature: learn t (True) or keep s fixed.
+        chunk_size: rows per block of each pair's chunked InfoNCE (None: chosen by size; 0: dense).
     """
 
     needs = frozenset({"image_views", "text_view"})
@@ -51,12 +52,14 @@ class MultiViewInfoNCE(InfoNCE):
             images = [F.normalize(views[:, v], dim=-1) for v in range(views.shape[1])]
             texts = [text, text_view]
             scale = self.logit_scale()
+            all_texts = [gather_with_grad(t) for t in texts]
             loss = multi_view_clip_loss(
                 images,
                 texts,
                 scale,
                 all_images=[gather_with_grad(image) for image in images],
-                all_texts=[gather_with_grad(t) for t in texts],
+                all_texts=all_texts,
                 row_offset=row_offset(text.shape[0]),
+                chunk=chunk_rows(self.chunk_size, text.shape[0], all_texts[0].shape[0], text.device),
             )
         return {"loss": loss, "logit_scale": scale.detach()}
