@@ -2,6 +2,8 @@
 
     shapesworld            the run's own ShapesWorld test tasks and retrieval set (its seed and language)
     digits                 scikit-learn's bundled 8x8 digits (a small real-image suite)
+    faces                  scikit-image's 200 real face / non-face crops (a linear probe; the `real` extra)
+    photos                 fourteen real photographs with captions written in the repo (retrieval; `real`)
     imagefolder:DIR        DIR/<class>/<image> (or DIR/train/... and DIR/test/...)
     cifar10:DIR            the python-pickle CIFAR-10 directory (cifar-10-batches-py)
     cifar100:DIR           the python-pickle CIFAR-100 directory (cifar-100-python)
@@ -23,12 +25,23 @@ from datamodules.suites.cifar import cifar_suite
 from datamodules.suites.digits import digits_suite
 from datamodules.suites.imagefolder import imagefolder_suite
 from datamodules.suites.karpathy import karpathy_suite
+from datamodules.suites.photos import faces_suite, photos_suite
 from datamodules.suites.probe_files import probe_file_suite
 from datamodules.suites.shapesworld import shapesworld_probes, shapesworld_suites
 from datamodules.suites.templates import read_templates
 from datamodules.tokenizer.coverage import check_prompts
 
-SPECS = ("shapesworld", "digits", "imagefolder:DIR", "cifar10:DIR", "cifar100:DIR", "coco:JSON", "flickr30k:JSON")
+SPECS = (
+    "shapesworld",
+    "digits",
+    "faces",
+    "photos",
+    "imagefolder:DIR",
+    "cifar10:DIR",
+    "cifar100:DIR",
+    "coco:JSON",
+    "flickr30k:JSON",
+)
 
 
 @dataclass
@@ -68,6 +81,10 @@ def load_suites(
             suites += shapesworld_suites(probe_train_samples=2 * world["samples"], **world)
         elif kind == "digits":
             suites.append(digits_suite(seed=options.seed))
+        elif kind == "faces":
+            suites.append(faces_suite(seed=options.seed))
+        elif kind == "photos":
+            suites.append(photos_suite())
         elif kind == "imagefolder":
             templates = read_templates(options.templates) if options.templates else None
             suites.append(imagefolder_suite(path, templates=templates))

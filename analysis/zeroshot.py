@@ -13,8 +13,6 @@ from collections import Counter
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 
 from analysis.checkpoint import LoadedCheckpoint
 from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
@@ -22,9 +20,9 @@ from common.errors import UserError
 from datamodules.suites import ClassificationSuite, RetrievalSuite
 from datamodules.tokenizer.coverage import describe, mostly_unknown, unknown_counts
 from variants.metrics import mean_per_class_recall, recall_at_k, topk_accuracy
+from variants.probe import fit_linear_probe
 
 RECALL_AT = (1, 5, 10)
-PROBE_C = tuple(float(c) for c in np.logspace(-3, 3, 7))  # inverse L2 strengths tried
 
 
 def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict) -> dict:
@@ -133,35 +131,6 @@ def zeroshot_retrieval(
         metrics[f"text_retrieval_recall@{k}"] = float(recall_at_k(i2t, positives, k)) if k < n_texts else None
         metrics[f"image_retrieval_recall@{k}"] = float(recall_at_k(t2i.T, positives.T, k)) if k < n_images else None
     return record(loaded, suite.name, "zeroshot_retrieval", metrics) | {"n_images": n_images, "n_texts": n_texts}
-
-
-def fit_linear_probe(
-    train_x: np.ndarray, train_y: np.ndarray, seed: int = 0, val_fraction: float = 0.2
-) -> tuple[LogisticRegression, dict]:
-    """Logistic regression whose L2 strength is chosen on a held-out part of the training set,
-    then refitted on all of it (CLIP appendix A.3 sweeps the same parameter)."""
-    counts = np.bincount(train_y)[np.unique(train_y)]
-    # Stratify when every class can have a member on both sides (tiny sets cannot).
-    can_stratify = counts.min() >= 2 and int(np.ceil(val_fraction * len(train_y))) >= len(counts)
-    stratify = train_y if can_stratify else None
-    fit_x, val_x, fit_y, val_y = train_test_split(
-        train_x, train_y, test_size=val_fraction, random_state=seed, stratify=stratify
-    )
-    if len(np.unique(fit_y)) < 2:
-        raise UserError(
-            f"the linear probe's {len(train_y)} training images are too few to fit 2 classes: raise --samples"
-        )
-    val_accuracy = {}
-    for c in PROBE_C:
-        probe = LogisticRegression(C=c, max_iter=2000).fit(fit_x, fit_y)
-        val_accuracy[c] = float(probe.score(val_x, val_y))
-    best = max(PROBE_C, key=lambda c: (val_accuracy[c], -c))  # ties: the stronger regulariser
-    probe = LogisticRegression(C=best, max_iter=2000).fit(train_x, train_y)
-    return probe, {
-        "C": best,
-        "val_acc1": val_accuracy[best],
-        "val_acc1_by_C": {str(c): a for c, a in val_accuracy.items()},
-    }
 
 
 @torch.inference_mode()

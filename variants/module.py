@@ -23,6 +23,7 @@ from variants.freezing import FreezeSchedule
 from variants.grad_cache import encode_in_micro_batches
 from variants.metrics import class_embeddings, crosslingual_recall, recall_at_k, topk_accuracy
 from variants.objectives.base import Term
+from variants.probe import probe_accuracy
 from variants.towers import Encoded, TextTower, VisionTower
 from variants.weights import TOWERS, init_towers
 
@@ -412,19 +413,32 @@ class ContrastiveModule(pl.LightningModule):
         fields = ("image", "text", "image_tokens", "text_tokens", "text_mask")
         for task_id, task in enumerate(self._eval_tasks(stage)):
             rows = outputs["task"] == task_id
-            if not rows.any():
-                continue  # e.g. limit_val_batches stopped before this task
+            if not rows.any() or task.kind == "probe_train":
+                continue  # e.g. limit_val_batches stopped before this task; a probe's fitting rows
             images = Encoded(image=outputs["image"][rows], image_tokens=_rows(outputs, "image_tokens", rows))
             if task.kind == "zeroshot":
                 scores = self._zeroshot_scores(images, task.prompts.to(self.device))
                 metrics = {"top1": topk_accuracy(scores, outputs["label"][rows], 1)}
             elif task.kind == "crosslingual":
                 metrics = self._crosslingual_metrics(outputs, rows, fields)
+            elif task.kind == "linear_probe":
+                fit = outputs["task"] == task.fit_task
+                if not fit.any():
+                    continue
+                accuracy = probe_accuracy(
+                    outputs["image"][fit].cpu().numpy(), outputs["label"][fit].cpu().numpy(),
+                    images.image.cpu().numpy(), outputs["label"][rows].cpu().numpy(),
+                    fix="raise data.init_args.probe_train_rows",
+                )  # fmt: skip
+                metrics = {"top1": torch.tensor(accuracy, device=self.device)}
             else:
                 texts = Encoded(**{k: _rows(outputs, k, rows) for k in fields if k.startswith("text")})
                 i2t, t2i = self.score(images, texts)
                 tokens = outputs["tokens"][rows]
                 positives = (tokens[:, None] == tokens[None]).all(-1)  # same caption text
+                if task.positives == "label":  # class-level captions: any caption of the image's class
+                    labels = outputs["label"][rows]
+                    positives = labels[:, None] == labels[None]
                 metrics = {
                     "i2t_R@1": recall_at_k(i2t, positives, 1),
                     "t2i_R@1": recall_at_k(t2i.T, positives.T, 1),

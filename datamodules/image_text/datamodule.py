@@ -11,16 +11,18 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from common.errors import UserError, require_at_least
 from datamodules.augment import SSLViews, TextViews, TokenMasking
 from datamodules.collate import Collate
 from datamodules.evaluation import EvalTask, TaskDatasets
+from datamodules.image_text.classes import distinct_images, evenly_spaced, prompt_sets, read_labels
 from datamodules.image_text.rows import ImageTextRows, PairAugment, StreamingImageText
 from datamodules.image_text.sources import (
     DEFAULT_COLUMNS,
     FORMATS,
+    FileBuilder,
     RowNames,
     captioned,
     load_segments,
@@ -30,7 +32,7 @@ from datamodules.image_text.sources import (
 from datamodules.sampling import ResumableSampler, contrastive_loader, training_position
 from datamodules.suites.files import warn_skipped
 from datamodules.tokenizer import TextTokenizer, TokenizerLinks
-from datamodules.tokenizer.coverage import CAPTION_SAMPLE, check_captions, sample_indices
+from datamodules.tokenizer.coverage import CAPTION_SAMPLE, check_captions, check_prompts, sample_indices
 from datamodules.transforms import CLIP_MEAN, CLIP_STD, EvalImageTransform, TrainImageTransform, check_crop_scale
 
 SKIPPED_METRIC = "data/skipped_rows"
@@ -88,6 +90,19 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         text_masking: mask the training captions' tokens for masked language modelling (DeCLIP),
             e.g. ``datamodules.augment.TokenMasking``; the tokenizer gets <mask> as its last id
             (``vocab_size`` grows by one) and training batches "mlm_labels".
+        label_column: an integer class per row (0 .. classes - 1) in the validation and test files
+            (and the training files, for the linear probe); None: captions only.
+        zeroshot: zero-shot tasks on the evaluation images, ``{task: {"classnames": [...],
+            "templates": ["a photo of a {}", ...]}}`` (one per language or prompt set), logged as
+            ``zeroshot/<name>_<split>/<task>/top1``; needs ``label_column``.
+        retrieval_positives: which captions count as right for an image in the retrieval task:
+            "caption" (its own caption, or an identical one) or "label" (any caption of its class:
+            class-level captions such as "a handwritten seven").
+        probe_train_rows: fit a linear probe (``variants.probe``) on this many training images (the
+            first row of each distinct image path, evenly spaced; evaluation transform) and score it
+            on the evaluation images as ``linear_probe/<name>_<split>/top1``; 0: no probe.
+        build: writes the files before they are read (``prepare_data``, once per machine), e.g.
+            ``datamodules.captioned.DigitsFiles``; None: the files must exist.
 
     Views, text views and masks are a pure function of (seed, row, epoch) for the map-style
     formats (drawn afresh each epoch; exact resume), of (seed, rank, worker, position) for a
@@ -119,12 +134,21 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         views: SSLViews | None = None,
         text_views: TextViews | None = None,
         text_masking: TokenMasking | None = None,
+        label_column: str | None = None,
+        zeroshot: dict[str, dict[str, list[str]]] | None = None,
+        retrieval_positives: Literal["caption", "label"] = "caption",
+        probe_train_rows: int = 0,
+        build: FileBuilder | None = None,
     ) -> None:
         super().__init__()
         counts = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "image_size": image_size,
                   "shuffle_buffer": shuffle_buffer}  # fmt: skip
-        require_at_least("data.init_args", {k: (v, 1) for k, v in counts.items()} | {"num_workers": (num_workers, 0)})
-        self.save_hyperparameters(ignore=["views", "text_views"])  # objects; the CLI saves their configs
+        require_at_least(
+            "data.init_args",
+            {k: (v, 1) for k, v in counts.items()}
+            | {"num_workers": (num_workers, 0), "probe_train_rows": (probe_train_rows, 0)},
+        )
+        self.save_hyperparameters(ignore=["views", "text_views", "build"])  # objects; the CLI saves their configs
         # Under LightningCLI the tokenizer and text_masking (which adds a token) are saved as their
         # class_path configs, which the analysis rebuilds; objects (a datamodule built in Python)
         # cannot be saved that way.
@@ -135,6 +159,18 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
             raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
         if text_views is not None:
             text_views.require_synonyms("image-text data")
+        self.prompt_sets = prompt_sets(zeroshot, label_column)
+        for option, used in (("retrieval_positives: label", retrieval_positives == "label"),
+                             ("probe_train_rows", probe_train_rows > 0)):  # fmt: skip
+            if used and label_column is None:
+                raise UserError(f"data.init_args.{option} needs each row's class: set data.init_args.label_column")
+        if retrieval_positives not in ("caption", "label"):
+            raise UserError(
+                f"data.init_args.retrieval_positives must be 'caption' or 'label', got {retrieval_positives!r}"
+            )
+        if probe_train_rows and format == "webdataset":
+            raise UserError("data.init_args.probe_train_rows needs map-style training files; webdataset streams them")
+        self.build = build
         self.tokenizer = tokenizer
         if text_masking is not None:
             tokenizer.add_mask_token()
@@ -152,6 +188,8 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         self.train_set: ImageTextRows | None = None  # map-style formats
         self._stream = None  # webdataset: HF's streaming dataset of every shard
         self._eval_sets: dict[str, ImageTextRows] = {}
+        self._probe_set: Dataset | None = None  # the training images the linear probe fits on
+        self._prompts: dict[str, torch.Tensor] = {}  # zero-shot task -> token ids [classes, templates, L]
         # Rows skipped per split and reason, e.g. {"val": {"empty captions": 1}}; training adds
         # "unreadable images" (replacements on this process) and "streamed rows" as batches arrive.
         self.skipped: dict[str, dict[str, int]] = {}
@@ -164,9 +202,20 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     def _files(self, split: str) -> list[Path]:
         return resolve_files(self.hparams[f"{split}_files"], self.hparams.format, f"data {split}_files")
 
-    def _rows(self, split: str, transform: Callable[[Image.Image], torch.Tensor], verify: bool) -> ImageTextRows:
+    def prepare_data(self) -> None:
+        if self.build is not None:
+            self.build()
+
+    def _rows(
+        self, split: str, transform: Callable[[Image.Image], torch.Tensor], verify: bool, labels: bool = False,
+        counted_as: str | None = None,
+    ) -> ImageTextRows:  # fmt: skip
+        """The captioned rows of a split; skipped rows are counted under ``counted_as`` (default: the split)."""
         h, source = self.hparams, self._source(split)
-        segments = load_segments(self._files(split), h.format, self.image_column, self.caption_column, h.cache_dir)
+        label_column = h.label_column if labels else None
+        segments = load_segments(
+            self._files(split), h.format, self.image_column, self.caption_column, h.cache_dir, label_column
+        )
         empty = RowNames(self.image_column)
         for segment in segments:
             segment.keep = captioned(segment, self.caption_column)
@@ -174,14 +223,24 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         total = sum(len(segment.rows) for segment in segments)
         dataset = ImageTextRows(segments, self.image_column, self.caption_column, transform, source)
         unreadable = dataset.drop_unreadable() if verify else []
-        self.skipped[split] = {"empty captions": len(empty), "unreadable images": len(unreadable)}
-        if self._rank_zero():
+        self.skipped[counted_as or split] = {"empty captions": len(empty), "unreadable images": len(unreadable)}
+        if self._rank_zero() and counted_as is None:
             warn_skipped(source, [("empty captions", empty, total), ("unreadable images", unreadable, total)])
         if len(dataset) == 0:
             raise UserError(
                 f"{source}: no row with a caption{' and a readable image' if verify else ''} in {h[f'{split}_files']}"
             )
+        if label_column is not None:  # after drop_unreadable: one label per kept row
+            classes = len(self.prompt_sets[0].classnames) if self.prompt_sets else None
+            dataset.labels = np.concatenate([read_labels(s, label_column, classes, source) for s in segments])
         return dataset
+
+    def _probe_rows(self) -> Dataset:
+        """The training images the linear probe fits on: ``probe_train_rows`` of the first rows of
+        each distinct image, evenly spaced, read with the evaluation transform."""
+        rows = self._rows("train", self.image_transform, verify=False, labels=True, counted_as="probe")
+        images = distinct_images(rows.segments, self.image_column)
+        return Subset(rows, evenly_spaced(images, self.hparams.probe_train_rows))
 
     def setup(self, stage: str) -> None:
         h = self.hparams
@@ -196,7 +255,10 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         for split in ("val", "test"):
             wanted = stage in ("fit", "validate") if split == "val" else stage == "test"
             if wanted and h[f"{split}_files"] is not None and split not in self._eval_sets:
-                self._eval_sets[split] = self._rows(split, self.image_transform, verify=True)
+                labels = h.label_column is not None
+                self._eval_sets[split] = self._rows(split, self.image_transform, verify=True, labels=labels)
+                if h.probe_train_rows and self._probe_set is None:
+                    self._probe_set = self._probe_rows()
 
     def _check_vocabulary(self) -> None:
         """Stop the run when the tokenizer maps the training captions mostly to its unknown token
@@ -211,12 +273,35 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
             "BertTokenizer with vocab: cn_clip for Chinese, or CLIPTokenizer (byte-level: nothing is unknown)"
         )
         check_captions(self.tokenizer, captions, self._source("train"), fix)
+        prompts = [
+            (f"task {s.name}, class {name}", prompt)
+            for s in self.prompt_sets
+            for name, class_prompts in zip(s.classnames, s.prompts(), strict=True)
+            for prompt in class_prompts
+        ]
+        check_prompts(self.tokenizer, prompts, "data.init_args.zeroshot", fix.replace("captions'", "prompts'"))
 
     def eval_tasks(self, stage: str) -> list[EvalTask]:
-        split = "test" if stage == "test" else "val"
-        if self.hparams[f"{split}_files"] is None:
+        """Retrieval on the split's rows; with classes, a zero-shot task per prompt set and a linear
+        probe (its fitting rows are a task of their own, "probe_train", which logs nothing)."""
+        return [task for task, _ in self._tasks("test" if stage == "test" else "val")]
+
+    def _tasks(self, split: str) -> list[tuple[EvalTask, str]]:
+        """(task, the rows it reads: "eval" or "probe") of a split, in the loader's order."""
+        h = self.hparams
+        if h[f"{split}_files"] is None:
             return []
-        return [EvalTask(f"retrieval/{self.hparams.name}_{split}", "retrieval")]
+        prefix = f"{h.name}_{split}"
+        tasks = [(EvalTask(f"retrieval/{prefix}", "retrieval", positives=h.retrieval_positives), "eval")]
+        for prompt_set in self.prompt_sets:
+            if prompt_set.name not in self._prompts:
+                self._prompts[prompt_set.name] = torch.stack([self.tokenizer(p) for p in prompt_set.prompts()])
+            prompts = self._prompts[prompt_set.name]
+            tasks.append((EvalTask(f"zeroshot/{prefix}/{prompt_set.name}", "zeroshot", prompts), "eval"))
+        if h.probe_train_rows:
+            tasks.append((EvalTask(f"probe_train/{h.name}_train", "probe_train"), "probe"))
+            tasks.append((EvalTask(f"linear_probe/{prefix}", "linear_probe", fit_task=len(tasks) - 1), "eval"))
+        return tasks
 
     # ---- loaders ------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
@@ -256,7 +341,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader | list:
         if split not in self._eval_sets:
             return []  # no evaluation data: Lightning runs no evaluation loop
-        return self._loader(TaskDatasets([self._eval_sets[split]]), self.hparams.eval_batch_size, train=False)
+        rows = {"eval": self._eval_sets[split], "probe": self._probe_set}
+        datasets = [rows[which] for _, which in self._tasks(split)]
+        return self._loader(TaskDatasets(datasets), self.hparams.eval_batch_size, train=False)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")

@@ -109,6 +109,7 @@ class ImageTextRows(Dataset):
         self.segments, self.image_column, self.caption_column = segments, image_column, caption_column
         self.transform, self.source = transform, source
         self.augment: PairAugment | None = None  # set by the datamodule for training
+        self.labels: np.ndarray | None = None  # each item's class, set by the datamodule for evaluation
         self._index()
         self._warned: set[str] = set()
 
@@ -164,6 +165,8 @@ class ImageTextRows(Dataset):
             try:
                 image, caption = self._read(position)
                 item = {"image": self.transform(image), "caption": caption, "index": index, "skipped": tries}
+                if self.labels is not None:
+                    item["label"] = int(self.labels[position])
                 if self.augment is not None:
                     item |= self.augment(image, caption, index, epoch)
                 return item

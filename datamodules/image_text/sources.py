@@ -96,9 +96,12 @@ def _metadata_folder(folder: Path, what: str) -> Path:
     return folder
 
 
-def _check_columns(columns: list[str], image_column: str, caption_column: str, source: str) -> None:
-    for role, name in (("image_column", image_column), ("caption_column", caption_column)):
-        if name not in columns:
+def _check_columns(
+    columns: list[str], image_column: str, caption_column: str, source: str, label_column: str | None = None
+) -> None:
+    roles = [("image_column", image_column), ("caption_column", caption_column), ("label_column", label_column)]
+    for role, name in roles:
+        if name is not None and name not in columns:
             raise UserError(
                 f"{source}: no column {name!r} ({role}); columns found: {', '.join(columns)}. Set data.init_args.{role}"
             )
@@ -110,9 +113,11 @@ def _csv_header(path: Path, sep: str) -> list[str]:
 
 
 def load_segments(
-    files: list[Path], format: str, image_column: str, caption_column: str, cache_dir: str | None
-) -> list[Segment]:
-    """Map-style tables of (image, caption), empty captions not yet dropped (see :func:`captioned`).
+    files: list[Path], format: str, image_column: str, caption_column: str, cache_dir: str | None,
+    label_column: str | None = None,
+) -> list[Segment]:  # fmt: skip
+    """Map-style tables of (image, caption), empty captions not yet dropped (see :func:`captioned`),
+    and the ``label_column`` when one is given (evaluation sets with classes).
 
     csv/tsv/parquet files are loaded one by one so each keeps its folder (relative image paths
     start there, as in open_clip's csv loader); columns are checked from the header or schema
@@ -120,34 +125,35 @@ def load_segments(
     training streams them (:func:`load_stream`).
     """
     load = {"cache_dir": cache_dir, "split": "train"}
+    labels = [label_column] if label_column is not None else []
     if format in ("csv", "tsv"):
         sep = "\t" if format == "tsv" else ","
         segments = []
         for path in files:
-            _check_columns(_csv_header(path, sep), image_column, caption_column, f"{format} {path}")
+            _check_columns(_csv_header(path, sep), image_column, caption_column, f"{format} {path}", label_column)
             # Everything as text, and only "" as missing: a caption "NA" or "123" stays a caption.
-            features = datasets.Features(
-                {image_column: datasets.Value("string"), caption_column: datasets.Value("string")}
-            )
+            columns = [image_column, caption_column, *labels]
+            features = datasets.Features({column: datasets.Value("string") for column in columns})
             rows = datasets.load_dataset(
-                "csv", data_files=[str(path)], sep=sep, usecols=[image_column, caption_column], features=features,
+                "csv", data_files=[str(path)], sep=sep, usecols=columns, features=features,
                 keep_default_na=False, **load,
             )  # fmt: skip
             segments.append(Segment(rows, path.parent, np.arange(0), str(path)))
     elif format == "parquet":
         segments = []
         for path in files:
-            _check_columns(pq.read_schema(path).names, image_column, caption_column, f"parquet {path}")
+            _check_columns(pq.read_schema(path).names, image_column, caption_column, f"parquet {path}", label_column)
             rows = datasets.load_dataset(
-                "parquet", data_files=[str(path)], columns=[image_column, caption_column], **load
+                "parquet", data_files=[str(path)], columns=[image_column, caption_column, *labels], **load
             )
             segments.append(Segment(rows, path.parent, np.arange(0), str(path)))
     elif format in ("imagefolder", "webdataset"):
         patterns = [f"{f}/**" for f in files] if format == "imagefolder" else [str(f) for f in files]
         rows = datasets.load_dataset(format, data_files={"train": patterns}, **load)
         source = f"{format} {', '.join(map(str, files))}"
-        _check_columns(rows.column_names, image_column, caption_column, source)
-        segments = [Segment(rows.select_columns([image_column, caption_column]), Path("."), np.arange(0), source)]
+        _check_columns(rows.column_names, image_column, caption_column, source, label_column)
+        table = rows.select_columns([image_column, caption_column, *labels])
+        segments = [Segment(table, Path("."), np.arange(0), source)]
     else:
         raise UserError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     for segment in segments:
@@ -234,3 +240,12 @@ def row_name(segment: Segment, row: int, image_column: str) -> str:
     value = segment.rows[int(row)][image_column]
     path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
     return str(path) if path else f"{Path(segment.name).name} row {row}"
+
+
+class FileBuilder:
+    """Writes data files before they are read: an ``ImageTextDataModule``'s ``build``, called by its
+    ``prepare_data`` (once per machine, before ``setup`` reads the files), e.g.
+    :class:`datamodules.captioned.DigitsFiles`. A build that is already complete must be kept."""
+
+    def __call__(self) -> object:
+        raise NotImplementedError
