@@ -9,6 +9,11 @@
                importance; a pointing game against ShapesWorld's object positions  -> OUT/explain.json,
                or one pair with --image PATH --text "..."  -> OUT/explain/<caption>.png
     report     zeroshot, geometry and probes + OUT/report.md + the run's TensorBoard
+    export     ``--format open_clip | onnx | clip_benchmark``: the checkpoint as an open_clip model
+               (config, weights, tokenizer), its towers as ONNX graphs, or the --suite classification
+               suites as CLIP_benchmark datasets  -> OUT (default <run>/export/<format>)
+    search     ``--images DIR (--text "..." | --image PATH) [--k 10]``: the folder's images ranked
+               by the query through a FAISS index (cached)  -> OUT/search.{json,html}
     compare    ``python -m analysis compare runs/<grid>``: runs' TensorBoard curves and final
                metrics by group (seeds pooled)  -> compare.{json,md,png}
     claims     ``python -m analysis claims runs [--out docs/claims] [--plan] [--readme README.md]``:
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from common.errors import UserError, exit_on_user_error
 
-COMMANDS = ("embed", "zeroshot", "geometry", "probes", "consistency", "explain", "report")
+COMMANDS = ("embed", "zeroshot", "geometry", "probes", "consistency", "explain", "report", "export", "search")
 
 
 def _positive(text: str) -> int:
@@ -50,8 +55,22 @@ def parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         sub = commands.add_parser(name)
         sub.add_argument("--ckpt", required=True, help="a .ckpt file or a run directory")
-        sub.add_argument("--out", help="output directory (default: <run dir>/analysis)")
-        if name != "probes":
+        where = "<run dir>/export/<format>" if name == "export" else "<run dir>/analysis"
+        sub.add_argument("--out", help=f"output directory (default: {where})")
+        if name == "export":
+            from analysis.export import FORMATS
+
+            sub.add_argument("--format", required=True, choices=FORMATS)
+            sub.add_argument("--name", help="open_clip: the model's name (default: cv-<run>)")
+            sub.add_argument(
+                "--model-dir", dest="model_dir", help="clip_benchmark: the open_clip export its commands name"
+            )
+        if name == "search":
+            sub.add_argument("--images", required=True, help="a folder of images (searched recursively)")
+            sub.add_argument("--text", help="rank the images by this text")
+            sub.add_argument("--image", help="rank the images by this image")
+            sub.add_argument("--k", type=_positive, default=10, help="how many images to return")
+        if name not in ("probes", "search"):
             sub.add_argument("--suite", nargs="+", default=["shapesworld"], help=f"suites: {', '.join(SPECS)}")
         if name in ("probes", "report"):
             sub.add_argument("--probes", nargs="+", default=["shapesworld"], help="'shapesworld' or probe JSON files")
@@ -128,19 +147,20 @@ def run(argv: list[str] | None = None) -> dict:
 
     if args.command == "explain":
         _check_explain_args(args)
+    if args.command == "search" and (args.text is None) == (args.image is None):
+        raise UserError('search: give exactly one query, --text "..." or --image PATH')
     loaded = load_checkpoint(args.ckpt)
-    out = (
-        Path(args.out)
-        if args.out
-        else (run_directory(loaded.path) or Path(f"analysis-{loaded.path.stem}")) / "analysis"
-    )
+    run_dir = run_directory(loaded.path) or Path(f"analysis-{loaded.path.stem}")
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = run_dir / "export" / args.format if args.command == "export" else run_dir / "analysis"
     suite_options = SuiteOptions(
         samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed
     )
     options = EmbedOptions(batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
-    suites = (
-        load_suites(args.suite, loaded, suite_options) if hasattr(args, "suite") and args.command != "explain" else []
-    )
+    wants_suites = args.command not in ("explain", "export") or getattr(args, "format", None) == "clip_benchmark"
+    suites = load_suites(args.suite, loaded, suite_options) if hasattr(args, "suite") and wants_suites else []
     probe_suites = load_probe_suites(args.probes, loaded, suite_options) if hasattr(args, "probes") else []
     print(f"{args.command}: {loaded.name} (step {loaded.global_step}) from {loaded.path}", file=sys.stderr)
     if args.command == "embed":
@@ -156,6 +176,14 @@ def run(argv: list[str] | None = None) -> dict:
         result = result["metrics"] | {"figures": result["figures"]}
     elif args.command == "probes":
         result = commands.probe_analysis(loaded, probe_suites, out, options=options)["metrics"]
+    elif args.command == "export":
+        from analysis.export import export
+
+        result = export(loaded, args.format, out, suites, name=args.name, model_dir=args.model_dir)
+    elif args.command == "search":
+        from analysis.search import search
+
+        result = search(loaded, args.images, out, text=args.text, image=args.image, k=args.k, options=options)
     elif args.command == "consistency":
         result = commands.consistency_analysis(loaded, suites, out, options=options)
     elif args.command == "explain":

@@ -351,6 +351,22 @@ ANALYSIS_BAD_INPUT = [
         ["claims", "committed", "--registry", "list_registry.yaml"],
         "'experiments' maps each experiment's id to its entry",
     ),
+    # search and export (issue 32)
+    (["search", "--ckpt", "RUN", "--images", "nowhere", "--text", "a red circle"], "--images nowhere does not exist"),
+    (
+        ["search", "--ckpt", "RUN", "--images", "zh.txt", "--text", "a red circle"],
+        "--images zh.txt is a file, not a folder",
+    ),
+    (["search", "--ckpt", "RUN", "--images", "committed", "--text", "a red circle"], "holds no image files"),
+    (["search", "--ckpt", "RUN", "--images", "classes", "--text", " "], "search: --text is empty"),
+    (
+        ["search", "--ckpt", "RUN", "--images", "classes"],
+        'search: give exactly one query, --text "..." or --image PATH',
+    ),
+    (
+        ["export", "--ckpt", "RUN", "--format", "clip_benchmark", "--suite", "photos"],
+        "--format clip_benchmark writes classification suites",
+    ),
 ]
 
 
