@@ -230,3 +230,18 @@ def test_label_positives_and_the_linear_probe_in_the_module() -> None:
     module._eval_outputs = {k: [v[:24]] for k, v in outputs.items()}
     module._log_eval_metrics("test")
     assert logged["retrieval/x_test/i2t_R@1"] < 0.5
+
+
+def test_the_builder_command_writes_and_then_keeps_the_files(tmp_path: Path, monkeypatch, capsys) -> None:
+    from datamodules.captioned.__main__ import main
+
+    monkeypatch.setattr("sys.argv", ["python -m datamodules.captioned", "--out", str(tmp_path / "d")])
+    main()
+    assert '"test": {"images": 450, "rows": 450}' in capsys.readouterr().out
+    stamp = (tmp_path / "d" / "BUILD.json").stat().st_mtime_ns
+    main()  # a complete build is kept
+    assert (tmp_path / "d" / "BUILD.json").stat().st_mtime_ns == stamp
+    monkeypatch.setattr("sys.argv", ["python -m datamodules.captioned", "--out", str(tmp_path / "d"), "--seed", "3"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: ")
