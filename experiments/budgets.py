@@ -2,10 +2,10 @@
 
 ``eval_steps: [100, 200, 400]`` (a top-level key of a run's config, or ``--eval_steps``) saves the
 weights at each of those steps to ``checkpoints/eval/step=<n>.ckpt`` (weights and the configs the
-analysis rebuilds the run from, no optimizer state). After fit, each of them is evaluated as the
-final weights are (the validation tasks when ``validate_after_fit``, the test tasks when
-``test_after_fit``), then the final weights last, so ``metrics.json`` keeps the final values at the
-top level and gains ``history``: ``{"<step>": {metric: value}}`` for every evaluated step, the final
+analysis rebuilds the run from, no optimizer state). After fit, the final weights are evaluated
+first (the validation tasks when ``validate_after_fit``, the test tasks when ``test_after_fit``),
+then each saved step's weights the same way, so ``metrics.json`` keeps the final values at the top
+level and gains ``history``: ``{"<step>": {metric: value}}`` for every evaluated step, the final
 one included. TensorBoard gets the same metrics at their steps.
 
 Read the curve as "this run at step n", not "a run of n steps": the learning-rate schedule spans the
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from common.errors import UserError
 
@@ -100,21 +101,30 @@ def evaluation_outside_fit(trainer: pl.Trainer, log_at: int | None) -> Iterator[
         trainer.limit_val_batches, trainer.loggers = limit, loggers
 
 
-def evaluate_after_fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: object, stages: list[str]) -> None:
-    """Each saved step's weights, then the final weights, through ``stages`` ("validate", "test")."""
+def evaluate_after_fit(
+    trainer: pl.Trainer, module: pl.LightningModule, datamodule: object, stages: list[str], steps: list[int]
+) -> None:
+    """The final weights through ``stages`` ("validate", "test"), first, so that a failure later
+    cannot cost the values of record; then the weights saved at each of ``steps`` before the end
+    (only the declared ones: a folder may hold an earlier attempt's other checkpoints)."""
+    for stage in stages:
+        with evaluation_outside_fit(trainer, log_at=None):
+            getattr(trainer, stage)(module, datamodule=datamodule, verbose=stage == "test")
     log_dir = trainer.log_dir
-    earlier = {s: p for s, p in saved_steps(log_dir).items() if s != trainer.global_step} if log_dir else {}
-    for step, path in earlier.items():
+    saved = saved_steps(log_dir) if log_dir else {}
+    for step in steps:
+        if step == trainer.global_step:
+            continue
+        if step not in saved:
+            rank_zero_warn(f"eval_steps: no weights saved at step {step} (a run resumed after it?); not evaluated")
+            continue
         metrics: dict[str, float] = {}
-        with weights_of(module, path, step), evaluation_outside_fit(trainer, log_at=step):
+        with weights_of(module, saved[step], step), evaluation_outside_fit(trainer, log_at=step):
             for stage in stages:
                 getattr(trainer, stage)(module, datamodule=datamodule, verbose=False)
                 metrics |= evaluation_metrics(trainer)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-    for stage in stages:
-        with evaluation_outside_fit(trainer, log_at=None):
-            getattr(trainer, stage)(module, datamodule=datamodule, verbose=stage == "test")
 
 
 def evaluation_metrics(trainer: pl.Trainer) -> dict[str, float]:

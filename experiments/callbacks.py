@@ -36,6 +36,16 @@ class FinalMetrics(pl.Callback):
         if trainer.loggers:
             self._log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A fresh fit in a folder an earlier attempt left (a grid retrying a failed run) starts a
+        # new metrics.json: its history must not mix two attempts. A resumed fit keeps it.
+        if self._log_dir is not None and trainer.ckpt_path is None:
+            self._forget(Path(self._log_dir) / self.filename)
+
+    @rank_zero_only
+    def _forget(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._log_dir is not None:
             path = Path(self._log_dir) / self.filename

@@ -121,7 +121,8 @@ class CLI(LightningCLI):
         ]
         stages = [stage for stage, wanted in after if wanted]
         if stages and not self.trainer.interrupted:
-            evaluate_after_fit(self.trainer, self.model, self.datamodule, stages)
+            steps = check_eval_steps(self.config.fit.get("eval_steps") or [], self.trainer.max_steps)
+            evaluate_after_fit(self.trainer, self.model, self.datamodule, stages, steps)
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none)"
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if log_dir is None:

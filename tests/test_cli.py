@@ -179,12 +179,19 @@ def test_a_fit_of_zero_steps_keeps_the_initial_weights_and_tests_them(tmp_path: 
 def test_eval_steps_evaluate_earlier_weights_and_leave_the_final_metrics_alone(tmp_path: Path) -> None:
     """Budget curves from one run: the weights of steps 0 and 2 are saved and evaluated after fit
     (validation and test), metrics.json's history holds every step, its top level the final
-    weights' values, equal to those of the same run without eval_steps."""
+    weights' values, equal to those of the same run without eval_steps; a stale metrics.json of an
+    earlier attempt in the same folder is not mixed in; a saved step loads for the analysis."""
+    from analysis.checkpoint import load_checkpoint
+
     common = ["fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(SMOKE), "--trainer.limit_val_batches", "0"]
     plain = run_cli(*common, cwd=tmp_path / "plain")
-    budgets = run_cli(*common, "--eval_steps", "[0, 2]", "--validate_after_fit", "true", cwd=tmp_path / "budgets")
+    stale = tmp_path / "budgets" / "runs" / "clip" / "version_0" / "metrics.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"history": {"999": {"zeroshot/shapesworld_test/shape/top1": 1.0}}}))
+    budgets = run_cli(*common, "--eval_steps", "[0, 2]", "--validate_after_fit", "true",
+                      "--trainer.logger.init_args.version", "0", cwd=tmp_path / "budgets")  # fmt: skip
     assert plain.returncode == 0 and budgets.returncode == 0, budgets.stderr[-3000:]
-    (run,) = (tmp_path / "budgets" / "runs").glob("*/version_0")
+    run = stale.parent
     assert sorted(p.name for p in (run / "checkpoints" / "eval").iterdir()) == ["step=0.ckpt", "step=2.ckpt"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert sorted(metrics["history"], key=int) == ["0", "2", "4"]
@@ -193,7 +200,7 @@ def test_eval_steps_evaluate_earlier_weights_and_leave_the_final_metrics_alone(t
             metrics["history"][step]
         )
     assert metrics["history"]["0"] != metrics["history"]["4"]
-    final = {k: v for k, v in metrics["history"]["4"].items()}
+    final = dict(metrics["history"]["4"])
     assert all(metrics[k] == v for k, v in final.items())
     (plain_run,) = (tmp_path / "plain" / "runs").glob("*/version_0")
     plain_metrics = json.loads((plain_run / "metrics.json").read_text())
@@ -201,6 +208,7 @@ def test_eval_steps_evaluate_earlier_weights_and_leave_the_final_metrics_alone(t
         k: v for k, v in final.items() if "_test/" in k
     }
     assert "zeroshot/shapesworld_val/shape/top1" not in plain_metrics  # validation after fit is asked for
+    assert load_checkpoint(run / "checkpoints" / "eval" / "step=2.ckpt").global_step == 2
     bad = run_cli(*common, "--eval_steps", "[2, 9]", cwd=tmp_path / "bad")
     assert bad.returncode == 2 and "eval_steps [9]: each is a training step in [0, trainer.max_steps = 4]" in bad.stderr
 
