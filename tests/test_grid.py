@@ -205,6 +205,7 @@ def test_tuning_chooses_each_groups_value_on_validation_only(tmp_path: Path) -> 
     grid = load_grid(grid_file(tmp_path, **spec))
     runs = tuning_runs(grid)
     assert len(runs) == 2 * 3 * 2 and all(r.args[-len(TUNE_ARGS) :] == TUNE_ARGS for r in runs)
+    assert runs[0].args[-len(TUNE_ARGS) - 2 : -len(TUNE_ARGS)] == ["--model.lr", "0.0001"]
     assert runs[0].name == "lr0.0001-clip-s100" and runs[0].directory.parent == grid.directory / "tune"
     # clip: validation prefers 1e-3, test would prefer 1e-2; siglip: validation prefers 1e-2.
     best = {"clip": {1e-4: (0.3, 0.3), 1e-3: (0.6, 0.4), 1e-2: (0.5, 0.9)},
@@ -221,8 +222,19 @@ def test_tuning_chooses_each_groups_value_on_validation_only(tmp_path: Path) -> 
     apply_choices(grid, choices)
     for run in grid.runs:
         assert run.args[-2:] == ["--model.lr", "0.001" if "clip" in run.name else "0.01"]
-    assert select({"a": [0.5, float("nan")], "b": [0.4, 0.6], "c": [0.5]}) == "a"  # ties: the first listed
+    assert select({"a": [0.5, 0.5], "b": [0.4, 0.6], "c": [0.5]}) == "a"  # ties: the first listed
+    assert select({"a": [0.9, float("nan")], "b": [0.4, 0.6]}) == "b"  # a rate that diverged once is out
+    with pytest.raises(UserError, match="every value had a tuning run that failed"):
+        select({"a": [0.9, float("nan")]})
     with pytest.raises(UserError, match="not a validation metric"):
         load_grid(grid_file(tmp_path, **(spec | {"tune": spec["tune"] | {"metric": test}})))
+    with pytest.raises(UserError, match="also an axis or an 'args' entry"):
+        load_grid(grid_file(tmp_path, **(spec | {"args": ["--model.lr", "0.01"]})))
+    (runs[0].directory / "metrics.json").write_text(json.dumps({"zeroshot/shapesworld_val/color/top1": 0.5}))
+    typo = load_grid(
+        grid_file(tmp_path, **(spec | {"tune": spec["tune"] | {"metric": "zeroshot/shapesworld_val/shap/top1"}}))
+    )
+    with pytest.raises(UserError, match="tune.metric zeroshot/shapesworld_val/shap/top1 is logged by no tuning run"):
+        choose(typo, tuning_runs(typo))
     with pytest.raises(UserError, match="also final seeds"):
         load_grid(grid_file(tmp_path, **(spec | {"tune": spec["tune"] | {"seeds": [1, 100]}})))

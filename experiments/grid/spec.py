@@ -115,11 +115,11 @@ def load_grid(path: str | Path) -> Grid:
         raise UserError(
             f"{path}: run_name {template!r} gives duplicate run names ({', '.join(duplicates[:5])}): add the varying keys"
         )
-    tune = _tuning(spec.get("tune"), seeds, set(product) | set(zipped), path)
+    tune = _tuning(spec.get("tune"), seeds, set(product) | set(zipped), extra, path)
     return Grid(name, runs, directory, slurm, tune, template, configs, extra)
 
 
-def _tuning(spec: object, seeds: list[int], axes: set[str], path: Path) -> Tuning | None:
+def _tuning(spec: object, seeds: list[int], axes: set[str], extra: list[str], path: Path) -> Tuning | None:
     if spec is None:
         return None
     if not isinstance(spec, dict) or set(spec) != TUNE_KEYS:
@@ -133,8 +133,10 @@ def _tuning(spec: object, seeds: list[int], axes: set[str], path: Path) -> Tunin
         raise UserError(
             f"{path}: tune.seeds {sorted(set(tune_seeds) & set(seeds))} are also final seeds; tune on seeds of their own"
         )
-    if spec["key"] in axes:
-        raise UserError(f"{path}: tune.key {spec['key']} is also an axis of the grid; tune it or vary it, not both")
+    if spec["key"] in axes or f"--{spec['key']}" in [str(a).split("=")[0] for a in extra]:
+        raise UserError(
+            f"{path}: tune.key {spec['key']} is also an axis or an 'args' entry of the grid; tune it or set it, not both"
+        )
     if not isinstance(metric, str) or "_val/" not in metric:
         raise UserError(
             f"{path}: tune.metric {metric!r} is not a validation metric (its name holds '_val/', e.g. "

@@ -12,7 +12,8 @@ value, one run per tuning seed, in ``runs/<grid>/tune/<key><value>-<run name>/``
 evaluate the test set (``test_after_fit false``, ``validate_after_fit true``), and the metric must be
 a validation one, so the choice cannot read a test metric. The group's value is the one with the
 highest mean metric over the tuning seeds that finished (ties: the first listed); the choices go
-to ``runs/<grid>/tuning.json`` and every final run of the group takes its group's value.
+to ``runs/<grid>/tuning.json`` and every final run of the group takes its group's value. A final run that finished is not run again if a later
+tuning changes its group's value: delete it to re-run it at the new value.
 """
 
 from __future__ import annotations
@@ -44,18 +45,27 @@ def tuning_runs(grid: Grid) -> list[Run]:
             for value in tune.values:
                 name = f"{leaf}{short(value)}-{_fill(grid.template, final.values | {'seed': seed}, Path(grid.name))}"
                 run = make_run(name, seed, final.values, grid.configs, [], grid.directory / "tune")
-                run.args += [f"--{tune.key}", json.dumps(value), *grid.extra, *TUNE_ARGS]
+                run.args += [
+                    *grid.extra,
+                    f"--{tune.key}",
+                    json.dumps(value),
+                    *TUNE_ARGS,
+                ]  # as the finals: the value last
                 run.values = final.values | {tune.key: value}
                 runs.append(run)
     return runs
 
 
 def select(scores: dict[object, Sequence[float]]) -> object:
-    """The value with the highest mean score (non-finite scores left out; ties: the first)."""
+    """The value with the highest mean score over its tuning seeds; a value with a failed or
+    non-finite run is not eligible (a rate that diverged on one seed is not judged on the other);
+    ties: the first listed."""
     means = {value: _mean(values) for value, values in scores.items()}
-    eligible = {value: mean for value, mean in means.items() if mean is not None}
+    eligible = {value: means[value] for value, values in scores.items() if values and all(map(math.isfinite, values))}
     if not eligible:
-        raise UserError("no tuning run finished with a finite validation metric; nothing to choose from")
+        raise UserError(
+            "every value had a tuning run that failed or logged a non-finite metric; nothing to choose from"
+        )
     return max(eligible, key=lambda value: (eligible[value], -list(means).index(value)))
 
 
@@ -64,14 +74,20 @@ def choose(grid: Grid, runs: list[Run]) -> dict[str, dict]:
     assert grid.tune is not None
     tune, choices = grid.tune, {}
     by_group: dict[str, dict[str, list[float]]] = {}
+    logged: set[str] = set()  # every validation metric the finished runs logged, to name a typo
     for run in runs:
         group = ", ".join(f"{k}={short(v)}" for k, v in run.values.items() if k != tune.key) or "all"
         value = json.dumps(run.values[tune.key])
-        metrics = run.directory / "metrics.json"
-        finished = run.status()["status"] == "finished" and metrics.is_file()
-        score = json.loads(metrics.read_text()).get(tune.metric) if finished else None
+        metrics = _metrics(run)
+        logged |= {k for k in metrics if "_val/" in k}
+        score = metrics.get(tune.metric)
         by_group.setdefault(group, {}).setdefault(value, []).append(
             float(score) if isinstance(score, (int, float)) else math.nan
+        )
+    if logged and tune.metric not in logged:
+        raise UserError(
+            f"grid {grid.name}: tune.metric {tune.metric} is logged by no tuning run; they log e.g. "
+            f"{', '.join(sorted(logged)[:4])}"
         )
     for group, scores in by_group.items():
         try:
@@ -101,6 +117,18 @@ def apply_choices(grid: Grid, choices: dict[str, dict]) -> None:
             raise UserError(f"grid {grid.name}: no tuned value for group {run.group}")
         choice = choices[run.group]
         run.args += [f"--{choice['key']}", json.dumps(choice["value"])]
+
+
+def _metrics(run: Run) -> dict:
+    """A finished tuning run's metrics.json ({} for a run that failed or whose file is damaged)."""
+    path = run.directory / "metrics.json"
+    if run.status()["status"] != "finished" or not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def _mean(values: Sequence[float]) -> float | None:
