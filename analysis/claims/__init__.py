@@ -57,6 +57,8 @@ def claims(
         raise UserError(
             f"claims: {source} is not a folder (a runs root such as runs/, or a folder of per-run CSVs such as docs/claims)"
         )
+    if only and readme is not None:
+        raise UserError("claims: --readme writes the table of every claim; drop --claim (or --readme)")
     protocol, experiments, all_claims = load_registry(registry)
     selected = [c for c in all_claims if not only or c.id in only]
     if only and len(selected) != len(set(only)):
@@ -74,7 +76,8 @@ def claims(
         if rows is None:
             continue
         rows_by_experiment[experiment] = rows
-        for name, fig in ((experiment, figure(spec, rows)), (f"{experiment}-budgets", budget_figure(spec, mine, rows))):
+        budgets_fig = budget_figure(spec, mine, rows, _health(spec, protocol))
+        for name, fig in ((experiment, figure(spec, rows)), (f"{experiment}-budgets", budgets_fig)):
             if fig is not None:
                 save_figure(fig, out / f"{name}.png")
 

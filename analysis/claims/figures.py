@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from analysis.claims.registry import Claim, Experiment
-from analysis.claims.verdicts import _scale, budget_of
+from analysis.claims.verdicts import _below, _scale, budget_of
 from analysis.stats import mean_ci, metric_bounds
 from common.errors import UserError
 
@@ -95,11 +95,17 @@ def _bars_figure(title: str, spec: dict, values: dict[str, dict[str, list[float]
     return fig
 
 
-def budget_figure(experiment: Experiment, claims: list[Claim], rows: list[dict]) -> Figure | None:
+def budget_figure(
+    experiment: Experiment, claims: list[Claim], rows: list[dict], health: dict | None = None
+) -> Figure | None:
     """The deciding metric of each of the experiment's claims against the training step, one line
-    per group the claims compare (mean and 95% interval of the finished runs; each seed a dot);
-    None when the runs were evaluated at their end only."""
-    finished = [r for r in rows if r.get("status", "finished") == "finished" and r.get("step") is not None]
+    per group the claims compare (mean and 95% interval of the finished runs that did not collapse
+    at that step, as the verdicts count them; each seed a dot); None when the runs were evaluated
+    at their end only."""
+    finished = [
+        r for r in rows
+        if r.get("status", "finished") == "finished" and r.get("step") is not None and not (health and _below(r, health))
+    ]  # fmt: skip
     if len({budget_of(r) for r in finished}) < 2:
         return None
     panels = list(

@@ -6,7 +6,9 @@ healthy (the protocol's control metric at or above its floor: below it a run "co
 have a finite value; every other seed is listed with the reason it was dropped. With the expected
 direction as + and the margin m (0 for a superiority claim), the shifted differences sign * d + m
 get a one-sided paired t test each way and, beside it, the exact sign-flip test; Holm's correction
-across the report's claims (at each budget) adjusts the smaller of the two t p-values, and
+across the report's claims (at each budget) adjusts the smaller of the two t p-values, compared
+with alpha (so a false verdict in either direction has at most 2 alpha familywise probability, each
+direction alpha), and
 
     untestable     the baseline or the arm is not competent (the lower 95% bound of its mean above
                    chance is not beyond the gate, on every competence metric), or < 2 seeds paired
@@ -14,9 +16,11 @@ across the report's claims (at each budget) adjusts the smaller of the two t p-v
     contradicted   adjusted p < alpha, the other way ("lower at this budget": a ShapesWorld budget
                    is never the paper's)
     ruled out      neither, and the 95% interval lies below the smallest effect of interest (a
-                   superiority claim): the effect the claim is about is excluded
+                   superiority claim): the effect the claim is about is excluded (per claim: the
+                   interval is not corrected for the other claims)
     underpowered   neither: the interval holds both no effect and the effect of interest; the
-                   minimal detectable effect (80% power, n, observed spread) says how far off
+                   minimal detectable effect (80% power, n, observed spread, one-sided alpha
+                   before Holm's correction, which asks for more) says how far off
 """
 
 from __future__ import annotations
@@ -275,7 +279,7 @@ def _verdict(result: dict, protocol: Protocol) -> tuple[str, str]:
             "ruled out",
             f"effect of interest ruled out (interval below {scale * claim.smallest_effect:+.3g}{unit}{paper})",
         )
-    return "underpowered", f"underpowered (detectable: {scale * result['mde']:.3g}{unit}{paper})"
+    return "underpowered", f"underpowered (detectable before Holm: {scale * result['mde']:.3g}{unit}{paper})"
 
 
 def _scale(metric: str) -> float:
