@@ -75,9 +75,13 @@ def image_index(
     files = list_images(folder)
     key = stamp(loaded.path, folder, files)
     path = cache / f"{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.pt"
+    saved: dict = {}
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("stamp") == key:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged or foreign cache file is rebuilt, not trusted
+            saved = {}
+        if isinstance(saved, dict) and saved.get("stamp") == key:
             return ImageIndex(folder, saved["paths"], saved["embeddings"], saved["skipped"], rebuilt=False)
     ok, bad = readable_images(files)
     skipped = [str(p.relative_to(folder)) for p in bad]

@@ -107,6 +107,8 @@ def test_a_build_is_kept_and_a_different_one_refused(root: Path, tmp_path: Path)
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="is not a captioned-digits build"):
         build_digits(tmp_path / "other")
+    with pytest.raises(UserError, match="notes.txt is a file: give the folder"):
+        build_digits(tmp_path / "other" / "notes.txt")
 
 
 def test_the_preset_tokenizer_covers_every_caption_and_prompt() -> None:

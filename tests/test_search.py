@@ -61,3 +61,7 @@ def test_top_k_equal_a_brute_force_cosine_ranking(trained_run, tmp_path: Path) -
     checkpoint = run / "checkpoints" / "last.ckpt"
     os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
     assert analysis(["search", "--ckpt", str(run), "--images", str(images), "--text", "a star", "--out", str(out)])["index_rebuilt"]  # fmt: skip
+    assert list(out.rglob("*.pt"))
+    for cached in out.rglob("*.pt"):  # a damaged cache is rebuilt, not a traceback
+        cached.write_bytes(b"not a torch file")
+    assert analysis(["search", "--ckpt", str(run), "--images", str(images), "--text", "a star", "--out", str(out)])["index_rebuilt"]  # fmt: skip

@@ -82,10 +82,17 @@ def export_onnx(loaded: LoadedCheckpoint, out: Path, check_batch: int = 3) -> di
             batch = torch.export.Dim("batch", min=1, max=65536)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module, (example,), str(path), input_names=[name], output_names=[f"{name}_embedding"],
-                    dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False, external_data=False,
-                )  # fmt: skip
+                try:
+                    torch.onnx.export(
+                        module, (example,), str(path), input_names=[name], output_names=[f"{name}_embedding"],
+                        dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False, external_data=False,
+                    )  # fmt: skip
+                except Exception as error:  # the exporter's own failure, on a tower it cannot trace
+                    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    raise UserError(
+                        f"--format onnx: torch.onnx cannot export the {type(tower).__name__} ({reason}); the other "
+                        "formats may still work"
+                    ) from None
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             with torch.no_grad():
                 expected = module(checks[name]).numpy()

@@ -1,5 +1,5 @@
-"""Captioned real digits: scikit-learn's 1,797 handwritten 8x8 digits (``load_digits``, scans of 43
-writers, Alpaydin and Kaynak 1998) written to disk as a user's image-caption data, in English and
+"""Captioned real digits: scikit-learn's 1,797 handwritten 8x8 digits (``load_digits``: the test part
+of UCI's optical-digits set, Alpaydin and Kaynak 1998, 13 writers) written to disk as a user's image-caption data, in English and
 Chinese:
 
     root/images/<split>/<i>.png      the real 8x8 pixels (grey, value * 255 / 16), i = sklearn's index
@@ -7,7 +7,8 @@ Chinese:
     root/parquet/<split>.parquet     image (HF's {bytes, path}), text, label, language
     root/BUILD.json                  what was built (written last: a folder without it is incomplete)
 
-The split is fixed and stratified (60% train, 15% validation, 25% test; ``seed`` fixes it). Each
+The split is fixed and stratified (60% train, 15% validation, 25% test; ``seed`` fixes it). It splits
+images, not writers: the held-out digits are new images of the same 13 hands. Each
 training image appears once per phrasing of :data:`EN_PHRASINGS` and :data:`ZH_PHRASINGS` (10
 rows); a validation or test image once, its caption's language alternating over the images of a
 digit and its phrasing drawn from ``seed``. ``experiments/configs/digits.yaml`` trains on the
@@ -122,6 +123,8 @@ def build_digits(root: str | Path, seed: int = 0) -> Path:
     from sklearn.datasets import load_digits
 
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is a file: give the folder to write the captioned digits to (e.g. data/digits)")
     wanted = {"dataset": "sklearn load_digits, captioned", "version": VERSION, "seed": seed}
     stamp = root / "BUILD.json"
     if stamp.is_file():
