@@ -22,9 +22,10 @@ def logit_chunk(rows: int, columns: int, device: torch.device) -> int | None:
     matrix, or None for the dense formula, chosen by size and device.
 
     A block holds about 2**20 logits on a CPU (4 MiB in float32: blocks that stay in cache were
-    the fastest, and the chunked loss 1.9-2.4x faster than the dense one at N = 2048-4096 on the
-    project's 2-core EPYC, D = 128, one thread) and 2**24 elsewhere (64 MiB: fewer, larger
-    kernels; not measured). A matrix that fits in one block keeps the dense formula: its few
+    the fastest; the chunked loss took 0.47-0.51x the dense one's time at N = 4096, D = 128, one
+    thread of a 2-core Xeon: benchmarks/RESULTS.md) and 2**24 elsewhere (64 MiB: fewer, larger
+    kernels; not measured). The threshold counts one process's logits, [local rows, all columns]:
+    under DDP the dense formula stops earlier (about 724 local rows with 2 processes). A matrix that fits in one block keeps the dense formula: its few
     N x N matrices are small there (<= 24 MiB on a CPU, N <= 1024 in one process), and runs at
     those batches keep their bit-exact losses. At least 32 rows: each block's backward updates
     the whole [N, D] column gradient, which thinner blocks would pass over too often.
