@@ -1,7 +1,8 @@
 """``python -m analysis <command> --ckpt PATH [--suite ...] [--out DIR]``
 
     embed      embeddings (+ metadata) of every suite  -> OUT/embeddings/<suite>.pt
-    zeroshot   zero-shot classification, retrieval, linear probes  -> OUT/zeroshot.json
+    zeroshot   zero-shot classification, retrieval, linear probes  -> OUT/zeroshot.json; your own
+               benchmark as a CLIP_benchmark dataset folder: --suite clip_benchmark:DIR
     geometry   PCA, modality gap and its shift, uniformity/alignment, t-SNE  -> OUT/geometry.json
     probes     text-only pair similarities, grounded caption selection  -> OUT/probes.json
     consistency  CyCLIP's consistency of the zero-shot and k-NN classifiers  -> OUT/consistency.json
@@ -71,7 +72,13 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--image", help="rank the images by this image")
             sub.add_argument("--k", type=_positive, default=10, help="how many images to return")
         if name not in ("probes", "search"):
-            sub.add_argument("--suite", nargs="+", default=["shapesworld"], help=f"suites: {', '.join(SPECS)}")
+            sub.add_argument(
+                "--suite",
+                nargs="+",
+                default=["shapesworld"],
+                help=f"suites: {', '.join(SPECS)}; clip_benchmark:DIR is a CLIP_benchmark wds folder (classnames.txt, "
+                "zeroshot_classification_templates.txt with {c}, test/*.tar of <key>.png|jpg|webp + <key>.cls)",
+            )
         if name in ("probes", "report"):
             sub.add_argument("--probes", nargs="+", default=["shapesworld"], help="'shapesworld' or probe JSON files")
         sub.add_argument(
@@ -79,7 +86,16 @@ def parser() -> argparse.ArgumentParser:
             type=_positive,
             help="ShapesWorld images per task and per probe (default: the run's test_samples)",
         )
-        sub.add_argument("--templates", help="prompt templates file for imagefolder suites ('{}' = class name)")
+        sub.add_argument(
+            "--templates",
+            help="prompt templates for imagefolder and clip_benchmark suites: a text file, one per line with "
+            "'{}' or '{c}' for the class name, or CLIP_benchmark's --custom_template_file JSON",
+        )
+        sub.add_argument(
+            "--classnames",
+            help="class names for imagefolder and clip_benchmark suites: CLIP_benchmark's --custom_classname_file "
+            "JSON ({dataset: [names in label order]})",
+        )
         sub.add_argument("--images-root", dest="images_root", help="where Karpathy-JSON / probe-file image paths start")
         sub.add_argument("--batch-size", dest="batch_size", type=_positive, default=256)
         sub.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
@@ -156,13 +172,18 @@ def run(argv: list[str] | None = None) -> dict:
     else:
         out = run_dir / "export" / args.format if args.command == "export" else run_dir / "analysis"
     suite_options = SuiteOptions(
-        samples=args.samples, templates=args.templates, images_root=args.images_root, seed=args.seed
+        samples=args.samples,
+        templates=args.templates,
+        classnames=args.classnames,
+        images_root=args.images_root,
+        seed=args.seed,
     )
     options = EmbedOptions(batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
     wants_suites = args.command not in ("explain", "export") or getattr(args, "format", None) == "clip_benchmark"
     suites = load_suites(args.suite, loaded, suite_options) if hasattr(args, "suite") and wants_suites else []
     probe_suites = load_probe_suites(args.probes, loaded, suite_options) if hasattr(args, "probes") else []
     print(f"{args.command}: {loaded.name} (step {loaded.global_step}) from {loaded.path}", file=sys.stderr)
+    result: dict  # the command's JSON-able summary, printed
     if args.command == "embed":
         result = commands.embed(loaded, suites, out, tokens=args.tokens, options=options)
     elif args.command == "zeroshot":

@@ -24,11 +24,11 @@ from lightning.pytorch.cli import instantiate_module
 
 from common.errors import UserError
 from common.runs import resolve_checkpoint
-from datamodules.tokenizer.base import with_state
+from datamodules.tokenizer.base import TextTokenizer, with_state
 from variants.module import ContrastiveModule
 from variants.weights import fit_problems
 
-TRUSTED_PACKAGES = ("variants.", "datamodules.")
+TRUSTED_PACKAGES = ("variants.", "datamodules.", "analysis.", "common.")  # this suite's own
 
 
 @dataclass
@@ -36,7 +36,7 @@ class LoadedCheckpoint:
     """What the analysis needs from one checkpoint."""
 
     model: ContrastiveModule  # in eval mode, on CPU
-    tokenizer: Callable[..., torch.Tensor]  # list of texts -> int64 ids [B, L]
+    tokenizer: TextTokenizer  # list of texts -> int64 ids [B, L]
     image_transform: Callable[[Any], torch.Tensor]  # PIL image or uint8 [3, H, W] -> float [3, H, W]
     datamodule: LightningDataModule
     path: Path
@@ -51,13 +51,23 @@ class LoadedCheckpoint:
             return None
         return "no term trains the global embeddings (token-wise FILIP only): measures on them describe untrained projections"
 
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [3, 1, 1] mean and std the image transform normalises with, to show its outputs as pictures."""
+        mean, std = getattr(self.image_transform, "mean", None), getattr(self.image_transform, "std", None)
+        if mean is None or std is None:
+            raise UserError(
+                f"the image transform {type(self.image_transform).__name__} has no mean and std: "
+                "its outputs cannot be shown as pictures"
+            )
+        return torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild a suite checkpoint (file or run directory) for analysis."""
     path = resolve_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated file, not a torch file, unsafe content
+    except Exception as error:  # noqa: BLE001 - truncated file, not a torch file, unsafe content: one line
         raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
     for key in ("state_dict", "hyper_parameters", "datamodule_hyper_parameters"):
         if key not in checkpoint:
@@ -131,7 +141,7 @@ def _instantiate(cls: type, config: dict, path: Path, what: str) -> Any:
             return instantiate_module(cls, config)
     except UserError:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever the recorded part's constructor raises, in one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot rebuild the {what} recorded in {path}: {message}") from None
 

@@ -15,12 +15,13 @@ import torch
 
 from analysis import geometry, probes, zeroshot
 from analysis.checkpoint import LoadedCheckpoint
-from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, dataset_length, embed_images, embed_texts
 from common.errors import UserError
 from common.files import save_figure, save_torch, write_json
 from datamodules.shapesworld.probes import text_pairs, text_pairs_zh
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from variants.metrics import class_embeddings
+from variants.objectives.base import present
 
 MIN_GEOMETRY_POINTS = 10
 GAP_SHIFTS = tuple(float(x) for x in np.round(np.linspace(-1.0, 1.5, 11), 2))
@@ -61,8 +62,8 @@ def embed(
             "model": loaded.name,
             "checkpoint": str(loaded.path),
             "step": loaded.global_step,
-            "image": images.encoded.image,
-            "image_ids": torch.arange(len(images.encoded.image)),
+            "image": images.image,
+            "image_ids": torch.arange(len(images.image)),
             "text": encoded_texts.text,
             "texts": texts,
             **meta,
@@ -119,20 +120,23 @@ def geometry_analysis(
     classes = next((s for s in suites if isinstance(s, ClassificationSuite)), None)
     if paired is None and classes is None:
         raise UserError("geometry needs a retrieval or a classification suite (e.g. --suite shapesworld)")
-    for suite, data in ((paired, paired and paired.images), (classes, classes and classes.test)):
-        if suite is not None and len(data) < MIN_GEOMETRY_POINTS:  # 5-fold separability, t-SNE
+    sizes = ([(paired.name, dataset_length(paired.images))] if paired is not None else []) + (
+        [(classes.name, dataset_length(classes.test))] if classes is not None else []
+    )
+    for name, size in sizes:
+        if size < MIN_GEOMETRY_POINTS:  # 5-fold separability, t-SNE
             raise UserError(
-                f"geometry needs >= {MIN_GEOMETRY_POINTS} images per suite, {suite.name} has {len(data)}: raise --samples"
+                f"geometry needs >= {MIN_GEOMETRY_POINTS} images per suite, {name} has {size}: raise --samples"
             )
     result: dict = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step}
     if loaded.global_note:
         result["note"] = loaded.global_note
-        warnings.warn(loaded.global_note)
+        warnings.warn(loaded.global_note, stacklevel=2)
     figures = {}
     gap = None
     if paired is not None:
-        image = embed_images(loaded, paired.images, desc=paired.name, options=options).encoded.image
-        text = embed_texts(loaded, [c[0] for c in paired.captions], options=options).text
+        image = embed_images(loaded, paired.images, desc=paired.name, options=options).image
+        text = present(embed_texts(loaded, [c[0] for c in paired.captions], options=options), "text")
         result["paired"] = {"suite": paired.name, **geometry.geometry_report(image, text, paired=True)}
         gap = geometry.gap_vector(image, text)
         figures["pca"] = geometry.pca_figure(
@@ -140,18 +144,20 @@ def geometry_analysis(
         )
     if classes is not None:
         images = embed_images(loaded, classes.test, desc=classes.name, options=options)
+        image, labels = images.image, images.labels
+        assert labels is not None, "a classification suite's items carry their label"
         prompts = classes.class_prompts()
-        prompt_text = embed_texts(loaded, [p for ps in prompts for p in ps], options=options).text
+        prompt_text = present(embed_texts(loaded, [p for ps in prompts for p in ps], options=options), "text")
         classifier = class_embeddings(prompt_text.view(len(prompts), len(prompts[0]), -1))
         if gap is None:  # no paired set: images against their own class text
-            gap = geometry.gap_vector(images.encoded.image, classifier[images.labels])
-        curve = geometry.gap_shift_curve(images.encoded.image, images.labels, classifier, gap, list(GAP_SHIFTS))
+            gap = geometry.gap_vector(image, classifier[labels])
+        curve = geometry.gap_shift_curve(image, labels, classifier, gap, list(GAP_SHIFTS))
         result["gap_shift"] = {"suite": classes.name, "curve": curve}
         figures["gap_shift"] = geometry.gap_shift_figure(curve, title=f"{loaded.name}: {classes.name}")
-        keep = torch.randperm(len(images.labels), generator=torch.Generator().manual_seed(seed))[:tsne_points]
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:tsne_points]
         text_labels = torch.arange(len(prompts)).repeat_interleave(len(prompts[0]))
         figures["tsne"] = geometry.tsne_figure(
-            images.encoded.image[keep], prompt_text, images.labels[keep], text_labels, classes.classnames,
+            image[keep], prompt_text, labels[keep], text_labels, classes.classnames,
             seed=seed, title=f"{loaded.name}: {classes.name}",
         )  # fmt: skip
     result["figures"] = {name: str(save_figure(fig, out / "figures" / f"{name}.png")) for name, fig in figures.items()}
@@ -161,7 +167,7 @@ def geometry_analysis(
 
 
 def _geometry_metrics(result: dict) -> dict[str, float]:
-    metrics = {}
+    metrics: dict[str, float] = {}
     if "paired" in result:
         p = result["paired"]
         metrics |= {

@@ -1,6 +1,8 @@
 """Compare runs from their TensorBoard event files: ``python -m analysis compare runs/<grid>``.
 
-Reads every run under the folder with TensorBoard's own EventAccumulator, groups the runs that
+Reads every run under the folder with TensorBoard's own EventAccumulator (the evaluation curves
+from the run's ``metrics.json`` history where it has one: the steps the weights were evaluated at,
+and the evaluations after fit), groups the runs that
 differ only in their seed (a trailing ``-s<seed>`` of the run name, or the versions of one
 ``runs/<name>/``), and writes ``compare.json`` / ``compare.md`` (final value of each metric:
 mean, std and 95% CI over seeds, ``analysis.stats``) and ``compare.png`` (curves per group: the mean over seeds
@@ -9,6 +11,7 @@ with a band from the lowest to the highest seed).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,10 +43,25 @@ def read_runs(root: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]
     for directory in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
         events = EventAccumulator(str(directory), size_guidance={"scalars": 0}).Reload()
         scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-        runs[str(directory.relative_to(root)) or directory.name] = scalars
+        runs[str(directory.relative_to(root)) or directory.name] = scalars | history_curves(directory)
     if not runs:
         raise UserError(f"no TensorBoard event files under {root}: pass the folder a grid or runs were written to")
     return runs
+
+
+def history_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """{metric: [(step, value), ...]} from the run's metrics.json history ({} without one)."""
+    path = run / "metrics.json"
+    try:
+        history = json.loads(path.read_text()).get("history", {}) if path.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        return {}  # a damaged file: the event files still tell
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for step in sorted(history, key=int):
+        for tag, value in history[step].items():
+            if isinstance(value, (int, float)):
+                curves[tag].append((int(step), float(value)))
+    return dict(curves)
 
 
 def compare(root: str | Path, out: str | Path | None = None, curves: tuple[str, ...] = CURVES) -> dict:

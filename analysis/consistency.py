@@ -103,7 +103,8 @@ def suite_consistency(
             desc=f"{suite.name} prompts",
         )
         zeroshot = loaded.model.zeroshot_scores(test.encoded, texts, len(prompts[0])).argmax(dim=1)
-        knn = knn_labels(test.encoded.image, train.encoded.image, train.labels, ks)
+        assert train.labels is not None, "a classification suite's items carry their label"
+        knn = knn_labels(test.image, train.image, train.labels, ks)
         scores = consistency_scores(zeroshot, knn, test.labels)
         metrics |= {f"consistency/{suite.name}/{key}": value for key, value in scores.items()}
     if not metrics:

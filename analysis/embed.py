@@ -8,7 +8,7 @@ extraction runs at the towers' forward speed (``benchmarks/embed_throughput.py``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from analysis.checkpoint import LoadedCheckpoint
 from common.errors import UserError
 from datamodules.transforms import EvalImageTransform
+from variants.objectives.base import present
 from variants.towers import Encoded
 
 PRECISIONS = ("32", "bf16")
@@ -45,10 +46,23 @@ class EmbedOptions:
 DEFAULT_OPTIONS = EmbedOptions()
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """``len(dataset)``: the analysis reads map-style datasets, whose length torch's ``Dataset`` type
+    does not declare."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no length: the analysis reads map-style datasets")
+    return len(dataset)
+
+
 @dataclass
 class ImageEmbeddings:
     encoded: Encoded  # float32 on CPU: image [N, D] and, if asked, image_tokens [N, P, d]
     labels: torch.Tensor | None  # [N] when the items carry a "label"
+
+    @property
+    def image(self) -> torch.Tensor:
+        """[N, D] the global embeddings (always computed)."""
+        return present(self.encoded, "image")
 
 
 class _Collate:
@@ -94,7 +108,7 @@ def embed_images(
     """Global (and, with ``tokens``, patch) embeddings of every image of ``dataset``; with
     ``trunk``, the vision backbone's pooled features instead (before the projection, unnormalised:
     what SLIP and MoCo-style linear probes read)."""
-    if len(dataset) == 0:
+    if dataset_length(dataset) == 0:
         raise UserError(f"{desc}: the suite has no images")
     loader = DataLoader(
         dataset,
@@ -103,17 +117,19 @@ def embed_images(
         collate_fn=_Collate(loaded.image_transform),
     )
     images, patch_tokens, labels = [], [], []
+    device = loaded.model.device  # the CPU in the analysis; a run's accelerator when an evaluator embeds
     with autocast(options.precision):
         for batch in tqdm(loader, desc=f"embed {desc}", unit="batch", leave=False, disable=None):
+            pixels = batch["image"].to(device)
             if trunk:
-                record = Encoded(image=loaded.model.vision_tower.pooled(batch["image"]))
+                record = Encoded(image=loaded.model.vision_tower.pooled(pixels))
             else:
-                record = loaded.model.image_record(batch["image"], tokens=tokens)
-            images.append(record.image.float())
+                record = loaded.model.image_record(pixels, tokens=tokens)
+            images.append(present(record, "image").float())
             if tokens:
-                patch_tokens.append(record.image_tokens.float())
+                patch_tokens.append(present(record, "image_tokens").float())
             if "label" in batch:
-                labels.append(batch["label"])
+                labels.append(batch["label"].to(device))
     encoded = Encoded(image=torch.cat(images), image_tokens=torch.cat(patch_tokens) if tokens else None)
     return ImageEmbeddings(encoded, torch.cat(labels) if labels else None)
 
@@ -138,11 +154,11 @@ def embed_texts(
             # to the end-of-text token do not depend on the padding after it, and prompts are
             # short (5x less work for ShapesWorld's prompts).
             ids = loaded.tokenizer(list(texts[start : start + batch_size]), pad_to_context=False)
-            record = loaded.model.text_record(ids, tokens=tokens)
-            out["text"].append(record.text.float())
+            record = loaded.model.text_record(ids.to(loaded.model.device), tokens=tokens)
+            out["text"].append(present(record, "text").float())
             if tokens:
-                out["text_tokens"].append(record.text_tokens.float())
-                out["text_mask"].append(record.text_mask)
+                out["text_tokens"].append(present(record, "text_tokens").float())
+                out["text_mask"].append(present(record, "text_mask"))
     if not tokens:
         return Encoded(text=torch.cat(out["text"]))
     length = max(t.shape[1] for t in out["text_tokens"])  # batches differ in length: pad (masked out)

@@ -250,7 +250,7 @@ def geometry_report(image: Array, text: Array, paired: bool) -> dict:
             "uniformity": uniformity(x),
         }
 
-    report = {
+    report: dict[str, dict | float] = {
         "image": single(image),
         "text": single(text),
         "joint": {"pca": pca_summary(torch.cat([image, text]))},

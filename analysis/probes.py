@@ -15,9 +15,10 @@ from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from analysis.checkpoint import LoadedCheckpoint
-from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, dataset_length, embed_images, embed_texts
 from analysis.stats import wilson_interval
 from datamodules.suites import ProbeSuite
+from variants.objectives.base import present
 from variants.towers import Encoded
 
 # General English pairs (the seed chapter's examples and a few more). A checkpoint trained on
@@ -52,14 +53,14 @@ def text_pair_similarities(
     unk_id = getattr(loaded.tokenizer, "unk_id", None)
     results = {}
     for kind, kind_pairs in pairs.items():
-        firsts = embed_texts(loaded, [a for a, _ in kind_pairs], options=options, desc=kind).text
-        seconds = embed_texts(loaded, [b for _, b in kind_pairs], options=options, desc=kind).text
+        firsts = present(embed_texts(loaded, [a for a, _ in kind_pairs], options=options, desc=kind), "text")
+        seconds = present(embed_texts(loaded, [b for _, b in kind_pairs], options=options, desc=kind), "text")
         similarity = (firsts * seconds).sum(-1)
         entry = {
             "mean": float(similarity.mean()),
             "std": float(similarity.std()) if len(kind_pairs) > 1 else 0.0,
             "n": len(kind_pairs),
-            "pairs": [[a, b, float(s)] for (a, b), s in zip(kind_pairs, similarity)],
+            "pairs": [[a, b, float(s)] for (a, b), s in zip(kind_pairs, similarity, strict=True)],
         }
         if unk_id is not None:
             ids = loaded.tokenizer([text for pair in kind_pairs for text in pair])
@@ -79,17 +80,19 @@ def selection_probe(
 ) -> dict:
     """Accuracy of choosing the positive caption (strictly highest score) over the negatives."""
     items = suite.items
-    captions = [_captions(items, i) for i in range(len(items))]
+    n = dataset_length(items)
+    captions = [_captions(items, i) for i in range(n)]
     needs = loaded.model.scoring_needs
     images = embed_images(loaded, _ImagesOnly(items), tokens="image_tokens" in needs, desc=suite.name, options=options)
     flat = [text for item_captions in captions for text in item_captions]
     texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, options=options, desc=f"{suite.name} captions")
-    correct, ties, chance, mistakes = 0, 0, 0.0, []
+    correct, ties, chance = 0, 0, 0.0
+    mistakes: list[dict[str, str]] = []
     offsets = [0]
     for item_captions in captions:
         offsets.append(offsets[-1] + len(item_captions))
-    for start in range(0, len(items), chunk):
-        stop = min(start + chunk, len(items))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         i2t, _ = loaded.model.score(
             _rows(images.encoded, slice(start, stop)), _rows(texts, slice(offsets[start], offsets[stop]))
         )
@@ -102,7 +105,6 @@ def selection_probe(
             if not right and len(mistakes) < examples:
                 chosen = int(scores[1:].argmax()) + 1
                 mistakes.append({"positive": captions[i][0], "chosen": captions[i][chosen]})
-    n = len(items)
     low, high = wilson_interval(correct, n)
     return {
         "acc": correct / n,
@@ -130,7 +132,7 @@ class _ImagesOnly(Dataset):
         self.items = items
 
     def __len__(self) -> int:
-        return len(self.items)
+        return dataset_length(self.items)
 
     def __getitem__(self, index: int) -> dict:
         return {"image": self.items[index]["image"]}

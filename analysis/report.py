@@ -14,12 +14,13 @@ from PIL import Image
 
 from analysis.checkpoint import LoadedCheckpoint, run_directory
 from analysis.commands import geometry_analysis, probe_analysis, zeroshot_benchmarks
-from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, dataset_length, embed_images, embed_texts
 from analysis.explain import available_methods
 from analysis.explain.command import explain_pointing
 from common.errors import UserError
 from common.files import write_json, write_text
 from datamodules.suites import ClassificationSuite
+from variants.objectives.base import present
 
 
 def write_report(
@@ -47,7 +48,7 @@ def write_report(
         try:
             explained = explain_pointing(loaded, out, samples=explain_samples, batch_size=min(options.batch_size, 64))
         except UserError as error:  # a tower the methods cannot read: the rest of the report still stands
-            warnings.warn(f"report: no pointing game: {error}")
+            warnings.warn(f"report: no pointing game: {error}", stacklevel=2)
     metrics = zeroshot["metrics"] | geometry["metrics"] | probes["metrics"] | (explained or {}).get("metrics", {})
     summary = {"model": loaded.name, "checkpoint": str(loaded.path), "step": loaded.global_step, "metrics": metrics}
     write_json(out / "report.json", summary)
@@ -84,15 +85,16 @@ def to_tensorboard(
             writer.add_image(f"analysis/{name}", array, step)
         suite = next((s for s in suites if isinstance(s, ClassificationSuite)), None)
         if suite is not None and projector_points > 0:
-            subset = torch.utils.data.Subset(suite.test, range(min(projector_points, len(suite.test))))
+            subset = torch.utils.data.Subset(suite.test, range(min(projector_points, dataset_length(suite.test))))
             images = embed_images(loaded, subset, desc="projector", options=options)
+            assert images.labels is not None, "a classification suite's items carry their label"
             prompts = suite.class_prompts()
-            texts = embed_texts(loaded, [p[0] for p in prompts], options=options).text
+            texts = present(embed_texts(loaded, [p[0] for p in prompts], options=options), "text")
             labels = [f"image: {suite.classnames[int(y)]}" for y in images.labels] + [f"text: {p[0]}" for p in prompts]
             thumbnails = torch.stack([_thumbnail(subset[i]["image"], loaded) for i in range(len(subset))])
             blank = torch.ones(len(prompts), *thumbnails.shape[1:])
             writer.add_embedding(
-                torch.cat([images.encoded.image, texts]),
+                torch.cat([images.image, texts]),
                 metadata=labels,
                 label_img=torch.cat([thumbnails, blank]),
                 global_step=step,
@@ -102,11 +104,8 @@ def to_tensorboard(
 
 def _thumbnail(image, loaded: LoadedCheckpoint, size: int = 32) -> torch.Tensor:
     """A raw suite image as a float [3, size, size] in [0, 1] for the projector."""
-    tensor = loaded.image_transform(image)
-    tensor = (
-        tensor * torch.tensor(loaded.image_transform.std)[:, None, None]
-        + torch.tensor(loaded.image_transform.mean)[:, None, None]
-    )
+    mean, std = loaded.normalisation()
+    tensor = loaded.image_transform(image) * std + mean
     return torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=True)[0].clamp(
         0, 1
     )

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import yaml
+from torch import nn
 
 from analysis.stats import group_summary, markdown_table, mean_ci, metric_bounds
 from variants.module import ContrastiveModule
@@ -131,7 +132,7 @@ def _label(name: str) -> str:
 def temperatures(model: ContrastiveModule) -> dict[str, float]:
     """The temperature 1/s of every term with a logit scale (InfoNCE, SigLIP, FILIP, ...)."""
     return {
-        name: float(1.0 / term.logit_scale().detach())
+        name: float(1.0 / scale().detach())
         for name, term in model.terms.items()
-        if hasattr(term, "logit_scale")
+        if isinstance(scale := getattr(term, "logit_scale", None), nn.Module)
     }

@@ -30,6 +30,7 @@ from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_te
 from common.errors import UserError
 from common.files import save_torch, write_json, write_text
 from datamodules.suites.files import ImageFiles, readable_images, warn_skipped
+from variants.objectives.base import present
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 THUMBNAIL = 160  # px, the longer side in the HTML page
@@ -79,7 +80,7 @@ def image_index(
     if path.is_file():
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged or foreign cache file is rebuilt, not trusted
+        except Exception:  # noqa: BLE001 - a damaged or foreign cache file is rebuilt, not trusted
             saved = {}
         if isinstance(saved, dict) and saved.get("stamp") == key:
             return ImageIndex(folder, saved["paths"], saved["embeddings"], saved["skipped"], rebuilt=False)
@@ -88,7 +89,7 @@ def image_index(
     warn_skipped(f"--images {folder}", [("unreadable images", skipped, len(files))])
     if not ok:
         raise UserError(f"--images {folder}: none of its {len(files)} image files can be read")
-    embedded = embed_images(loaded, ImageFiles(ok), options=options, desc=f"index {folder.name}").encoded.image
+    embedded = embed_images(loaded, ImageFiles(ok), options=options, desc=f"index {folder.name}").image
     paths = [str(p.relative_to(folder)) for p in ok]
     save_torch(path, {"stamp": key, "folder": str(folder), "paths": paths, "embeddings": embedded, "skipped": skipped})
     return ImageIndex(folder, paths, embedded, skipped, rebuilt=True)
@@ -101,13 +102,13 @@ def query_embedding(loaded: LoadedCheckpoint, text: str | None, image: str | Non
     if text is not None:
         if not text.strip():
             raise UserError("search: --text is empty; give words to search for")
-        return embed_texts(loaded, [text.strip()]).text
+        return present(embed_texts(loaded, [text.strip()]), "text")
     path = Path(str(image))
     if not path.is_file():
         raise UserError(f"search: --image {path} is not a file")
     if readable_images([path])[1]:
         raise UserError(f"search: --image {path} is not an image PIL can read")
-    return embed_images(loaded, ImageFiles([path]), desc="query").encoded.image
+    return embed_images(loaded, ImageFiles([path]), desc="query").image
 
 
 def top_k(embeddings: torch.Tensor, query: torch.Tensor, k: int) -> tuple[list[int], list[float]]:

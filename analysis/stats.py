@@ -13,7 +13,7 @@ the t interval's symmetric width was cut. Text-probe similarities are cosines, i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from scipy import stats as scipy_stats
 
@@ -86,7 +86,7 @@ def format_estimate(stats: dict, scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean} [{low}, {high}]{CLIPPED_MARK if stats.get('clipped') else ''}"
 
 
-def group_summary(groups: dict[str, Sequence[dict]], metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
+def group_summary(groups: Mapping[str, Sequence[dict]], metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
     """{group: {metric: mean_ci}} from each group's per-run metric dicts (a run that lacks a
     metric, or has a non-number, does not count towards it); fractions are kept in [0, 1]."""
     return {

@@ -5,12 +5,19 @@
     faces                  scikit-image's 200 real face / non-face crops (a linear probe; the `real` extra)
     photos                 fourteen real photographs with captions written in the repo (retrieval; `real`)
     imagefolder:DIR        DIR/<class>/<image> (or DIR/train/... and DIR/test/...)
+    clip_benchmark:DIR     a CLIP_benchmark wds folder: classnames.txt, zeroshot_classification_templates.txt
+                           ({c}), test/<n>.tar shards of <key>.<webp|png|jpg> + <key>.cls (train/ for the probe)
     cifar10:DIR            the python-pickle CIFAR-10 directory (cifar-10-batches-py)
     cifar100:DIR           the python-pickle CIFAR-100 directory (cifar-100-python)
     coco:JSON              Karpathy-split JSON (dataset_coco.json) for retrieval
     flickr30k:JSON         Karpathy-split JSON (dataset_flickr30k.json) for retrieval
 
 Probe specs: ``shapesworld`` (the four grounded probes) or a JSON file of probe items.
+
+``--templates FILE`` (a text file, one template per line with "{}" or "{c}", or CLIP_benchmark's
+``--custom_template_file`` JSON) and ``--classnames FILE.json`` (its ``--custom_classname_file``)
+replace the prompts and class names of the imagefolder and clip_benchmark suites; the JSON files
+are looked up by the suite's name (the folder's): "wds/<name>", then "<name>".
 """
 
 from __future__ import annotations
@@ -22,13 +29,13 @@ from analysis.checkpoint import LoadedCheckpoint
 from common.errors import UserError
 from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.suites.cifar import cifar_suite
+from datamodules.suites.clip_benchmark import clip_benchmark_suite, set_classnames, set_templates
 from datamodules.suites.digits import digits_suite
 from datamodules.suites.imagefolder import imagefolder_suite
 from datamodules.suites.karpathy import karpathy_suite
 from datamodules.suites.photos import faces_suite, photos_suite
 from datamodules.suites.probe_files import probe_file_suite
 from datamodules.suites.shapesworld import shapesworld_probes, shapesworld_suites
-from datamodules.suites.templates import read_templates
 from datamodules.tokenizer.coverage import check_prompts
 
 SPECS = (
@@ -37,6 +44,7 @@ SPECS = (
     "faces",
     "photos",
     "imagefolder:DIR",
+    "clip_benchmark:DIR",
     "cifar10:DIR",
     "cifar100:DIR",
     "coco:JSON",
@@ -47,7 +55,8 @@ SPECS = (
 @dataclass
 class SuiteOptions:
     samples: int | None = None  # ShapesWorld images per task and items per probe (None: the run's test_samples)
-    templates: str | None = None  # a templates file for imagefolder suites
+    templates: str | None = None  # a templates file (text or CLIP_benchmark JSON) for imagefolder/clip_benchmark suites
+    classnames: str | None = None  # a CLIP_benchmark class names JSON file for imagefolder/clip_benchmark suites
     images_root: str | None = None  # where Karpathy-JSON and probe-file image paths start
     seed: int = 0
 
@@ -71,7 +80,7 @@ def load_suites(
     suites: list[ClassificationSuite | RetrievalSuite] = []
     for spec in specs:
         kind, _, path = spec.partition(":")
-        needs_path = kind in ("imagefolder", "cifar10", "cifar100", "coco", "flickr30k")
+        needs_path = kind in ("imagefolder", "clip_benchmark", "cifar10", "cifar100", "coco", "flickr30k")
         if needs_path and not path:
             raise UserError(
                 f"suite {kind!r} needs a path: --suite {kind}:{'JSON' if kind in ('coco', 'flickr30k') else 'DIR'}"
@@ -86,10 +95,18 @@ def load_suites(
         elif kind == "photos":
             suites.append(photos_suite())
         elif kind == "imagefolder":
-            templates = read_templates(options.templates) if options.templates else None
-            suites.append(imagefolder_suite(path, templates=templates))
+            folder = imagefolder_suite(path)
+            if options.classnames:
+                set_classnames(folder, options.classnames)
             if options.templates:
-                _check_templates(suites[-1], loaded, options.templates)
+                set_templates(folder, options.templates)
+            if options.templates or options.classnames:
+                _check_templates(folder, loaded, _prompt_source(options))
+            suites.append(folder)
+        elif kind == "clip_benchmark":
+            wds = clip_benchmark_suite(path, template_file=options.templates, classname_file=options.classnames)
+            _check_templates(wds, loaded, _prompt_source(options) or f"--suite {spec}")
+            suites.append(wds)
         elif kind in ("cifar10", "cifar100"):
             suites.append(cifar_suite(path, kind))
         elif kind in ("coco", "flickr30k"):
@@ -99,17 +116,23 @@ def load_suites(
     return suites
 
 
-def _check_templates(suite: ClassificationSuite, loaded: LoadedCheckpoint, templates: str) -> None:
-    """Refuse the user's templates when a class prompt is mostly unknown to the checkpoint's
-    tokenizer (before any image is embedded): its classes would be told apart by a few known
-    words at most. Built-in suites' prompts only warn (``analysis.zeroshot``)."""
+def _prompt_source(options: SuiteOptions) -> str:
+    return " ".join(
+        f"--{k} {v}" for k, v in (("templates", options.templates), ("classnames", options.classnames)) if v
+    )
+
+
+def _check_templates(suite: ClassificationSuite, loaded: LoadedCheckpoint, source: str) -> None:
+    """Refuse the user's templates or class names when a class prompt is mostly unknown to the
+    checkpoint's tokenizer (before any image is embedded): its classes would be told apart by a
+    few known words at most. Built-in suites' prompts only warn (``analysis.zeroshot``)."""
     prompts = [
         (f"class {name}", prompt)
         for name, class_prompts in zip(suite.classnames, suite.class_prompts(), strict=True)
         for prompt in class_prompts
     ]
-    fix = "write the templates (and the class folder names) in the language and words the checkpoint was trained on"
-    check_prompts(loaded.tokenizer, prompts, f"--templates {templates}", fix)
+    fix = "write the templates (and the class names) in the language and words the checkpoint was trained on"
+    check_prompts(loaded.tokenizer, prompts, source, fix)
 
 
 def load_probe_suites(specs: list[str], loaded: LoadedCheckpoint, options: SuiteOptions) -> list[ProbeSuite]:

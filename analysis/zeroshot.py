@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from analysis.checkpoint import LoadedCheckpoint
-from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, embed_images, embed_texts
+from analysis.embed import DEFAULT_OPTIONS, EmbedOptions, ImageEmbeddings, dataset_length, embed_images, embed_texts
 from common.errors import UserError
 from datamodules.suites import ClassificationSuite, RetrievalSuite
 from datamodules.tokenizer.coverage import describe, mostly_unknown, unknown_counts
@@ -25,7 +25,7 @@ from variants.probe import fit_linear_probe
 RECALL_AT = (1, 5, 10)
 
 
-def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict) -> dict:
+def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict, language: str | None = None) -> dict:
     """One CLIP_benchmark-style result record."""
     return {
         "dataset": dataset,
@@ -34,7 +34,7 @@ def record(loaded: LoadedCheckpoint, dataset: str, task: str, metrics: dict) -> 
         "step": loaded.global_step,
         "task": task,
         "metrics": metrics,
-        "language": "zh" if dataset.endswith("_zh") else "en",  # ShapesWorld's Chinese suites end in _zh
+        "language": language,  # the suite's (None where its source does not say)
     }
 
 
@@ -61,12 +61,14 @@ def zeroshot_classification(
     flat = [prompt for class_prompts in prompts for prompt in class_prompts]
     texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, options=options, desc=f"{suite.name} prompts")
     scores = loaded.model.zeroshot_scores(images.encoded, texts, len(prompts[0]))
-    result = record(loaded, suite.name, "zeroshot_classification", classification_metrics(scores, images.labels))
+    metrics = classification_metrics(scores, images.labels)
+    result = record(loaded, suite.name, "zeroshot_classification", metrics, suite.language)
     result["prompt_check"] = prompt_check(loaded, prompts)
     if result["prompt_check"]["indistinguishable_classes"]:
         warnings.warn(
             f"{suite.name}: {result['prompt_check']['indistinguishable_classes']} classes have prompts that "
-            "tokenise identically to another class's (unknown words?): they can only tie"
+            "tokenise identically to another class's (unknown words?): they can only tie",
+            stacklevel=2,
         )
     if result["prompt_check"].get("mostly_unknown_prompts"):
         # A warning, not a refusal: a built-in suite's prompts are not the user's to rewrite, and the
@@ -75,7 +77,8 @@ def zeroshot_classification(
         warnings.warn(
             f"{suite.name}: {result['prompt_check']['mostly_unknown_prompts']} class prompts are mostly unknown "
             f"tokens to the checkpoint's tokenizer ({describe(loaded.tokenizer)}), so its zero-shot accuracy says "
-            "little: use prompts in the language and vocabulary the checkpoint was trained on"
+            "little: use prompts in the language and vocabulary the checkpoint was trained on",
+            stacklevel=2,
         )
     return result
 
@@ -118,19 +121,23 @@ def zeroshot_retrieval(
 ) -> dict:
     """Recall@k both ways, CLIP-style: a query is a hit when any positive is in its top k.
     CLIP_benchmark's names: text retrieval = image -> text, image retrieval = text -> image."""
-    if len(suite.captions) != len(suite.images):
-        raise UserError(f"suite {suite.name}: {len(suite.images)} images but {len(suite.captions)} caption lists")
+    if len(suite.captions) != dataset_length(suite.images):
+        raise UserError(
+            f"suite {suite.name}: {dataset_length(suite.images)} images but {len(suite.captions)} caption lists"
+        )
     needs = loaded.model.scoring_needs
     images = embed_images(loaded, suite.images, tokens="image_tokens" in needs, desc=suite.name, options=options)
     flat, positives = caption_positives(suite.captions)
     texts = embed_texts(loaded, flat, tokens="text_tokens" in needs, options=options, desc=f"{suite.name} captions")
     i2t, t2i = loaded.model.score(images.encoded, texts)
+    positives = positives.to(i2t.device)
     metrics = {}
     n_images, n_texts = positives.shape
     for k in RECALL_AT:  # None where k reaches every candidate (trivially 1)
         metrics[f"text_retrieval_recall@{k}"] = float(recall_at_k(i2t, positives, k)) if k < n_texts else None
         metrics[f"image_retrieval_recall@{k}"] = float(recall_at_k(t2i.T, positives.T, k)) if k < n_images else None
-    return record(loaded, suite.name, "zeroshot_retrieval", metrics) | {"n_images": n_images, "n_texts": n_texts}
+    result = record(loaded, suite.name, "zeroshot_retrieval", metrics, suite.language)
+    return result | {"n_images": n_images, "n_texts": n_texts}
 
 
 @torch.inference_mode()
@@ -149,29 +156,38 @@ def linear_probe(
         raise UserError(f"suite {suite.name} has no training split for a linear probe")
     train = embed_images(loaded, suite.train, desc=f"{suite.name} train", options=options, trunk=trunk)
     test = embed_images(loaded, suite.test, desc=f"{suite.name} test", options=options, trunk=trunk)
-    train_y = train.labels.numpy()
+    train_labels, test_labels = _labels(train, suite.name), _labels(test, suite.name)
+    train_y = train_labels.cpu().numpy()
     if len(np.unique(train_y)) < 2:
         raise UserError(f"suite {suite.name}: the linear probe needs at least 2 classes in the training split")
-    train_x, test_x = train.encoded.image.numpy(), test.encoded.image.numpy()
+    train_x, test_x = train.image.cpu().numpy(), test.image.cpu().numpy()
     if trunk:  # unnormalised features at the backbone's scale: standardise on the training split
         mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     probe, chosen = fit_linear_probe(train_x, train_y, seed)
     classes = len(suite.classnames)
-    scores = torch.full((len(test.labels), classes), -np.inf, dtype=torch.float64)
+    scores = torch.full((len(test_labels), classes), -np.inf, dtype=torch.float64)
     log_proba = probe.predict_log_proba(test_x)
     scores[:, torch.as_tensor(probe.classes_)] = torch.as_tensor(log_proba, dtype=torch.float64)
-    metrics = {f"lp_{key}": value for key, value in classification_metrics(scores, test.labels).items()}
-    result = record(loaded, suite.name, "linear_probe_trunk" if trunk else "linear_probe", metrics | chosen)
+    metrics = {f"lp_{key}": value for key, value in classification_metrics(scores, test_labels.cpu()).items()}
+    result = record(
+        loaded, suite.name, "linear_probe_trunk" if trunk else "linear_probe", metrics | chosen, suite.language
+    )
     if loaded.global_note:
         result["note"] = loaded.global_note
     return result
 
 
+def _labels(embeddings: ImageEmbeddings, suite: str) -> torch.Tensor:
+    if embeddings.labels is None:
+        raise UserError(f"suite {suite}: its items carry no 'label'")
+    return embeddings.labels
+
+
 def metric_names(records: list[dict]) -> dict[str, float]:
     """Records -> the suite's stable scalar names (zeroshot/<suite>/top1, retrieval/<suite>/i2t_R@1,
     linear_probe/<suite>/top1, linear_probe_trunk/<suite>/top1) for TensorBoard and tables."""
-    flat = {}
+    flat: dict[str, float] = {}
     for rec in records:
         m, name = rec["metrics"], rec["dataset"]
         if rec["task"] == "zeroshot_classification":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -80,13 +81,8 @@ def main() -> None:
         ("rendering on the fly", dataset, 0),
         ("rendering on the fly", dataset, 1),
     ):
-        took = seconds(
-            lambda: embed_images(
-                loaded,
-                data,
-                options=EmbedOptions(batch_size=args.batch_size, num_workers=workers, precision=args.precision),
-            )
-        )
+        options = EmbedOptions(batch_size=args.batch_size, num_workers=workers, precision=args.precision)
+        took = seconds(partial(embed_images, loaded, data, options=options))
         print(
             f"| embed_images, {what}, {workers} workers | {took:.2f} | {args.images / took:,.0f} | {took / forward:.2f}x |"
         )

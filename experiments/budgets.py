@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from common.errors import UserError
+from variants.module import ContrastiveModule
 
 EVAL_DIR = Path("checkpoints") / "eval"
-EVAL_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/", "geometry/")  # what an evaluation pass logs
 
 
 def check_eval_steps(steps: list[int], max_steps: int) -> list[int]:
@@ -72,7 +72,7 @@ def saved_steps(log_dir: str | Path) -> dict[int, Path]:
 
 
 @contextmanager
-def weights_of(module: pl.LightningModule, checkpoint: Path, step: int) -> Iterator[None]:
+def weights_of(module: ContrastiveModule, checkpoint: Path, step: int) -> Iterator[None]:
     """The module holds the weights of ``checkpoint`` (saved at ``step``) inside the block, its own
     after it; ``module.evaluated_step`` says which step the callbacks are looking at."""
     own = {k: v.clone() for k, v in module.state_dict().items()}
@@ -102,7 +102,7 @@ def evaluation_outside_fit(trainer: pl.Trainer, log_at: int | None) -> Iterator[
 
 
 def evaluate_after_fit(
-    trainer: pl.Trainer, module: pl.LightningModule, datamodule: object, stages: list[str], steps: list[int]
+    trainer: pl.Trainer, module: ContrastiveModule, datamodule: object, stages: list[str], steps: list[int]
 ) -> None:
     """The final weights through ``stages`` ("validate", "test"), first, so that a failure later
     cannot cost the values of record; then the weights saved at each of ``steps`` before the end
@@ -122,11 +122,6 @@ def evaluate_after_fit(
         with weights_of(module, saved[step], step), evaluation_outside_fit(trainer, log_at=step):
             for stage in stages:
                 getattr(trainer, stage)(module, datamodule=datamodule, verbose=False)
-                metrics |= evaluation_metrics(trainer)
+                metrics |= dict(getattr(module, "last_evaluation", {}))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-
-
-def evaluation_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    """The evaluation metrics the last validate or test pass logged."""
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(EVAL_PREFIXES)}

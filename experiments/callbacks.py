@@ -13,17 +13,17 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from common.files import write_json
-from experiments.budgets import EVAL_PREFIXES
 
 
 class FinalMetrics(pl.Callback):
     """Writes the last value of every logged metric to ``<run dir>/metrics.json``.
 
-    Updated at the end of fit, of test and of a validation pass run on its own (after fit, not
-    the passes during it), so a grid or a notebook reads one small file per run instead of parsing
-    event files. ``history`` maps each evaluated step to its evaluation metrics: the final weights'
-    and, with ``eval_steps`` (``experiments.budgets``), the weights of each earlier step saved,
-    which leave the top-level values alone.
+    Updated at the end of fit, of test and of a validation pass run on its own (after fit), so a
+    grid or a notebook reads one small file per run instead of parsing event files. ``history``
+    maps each evaluated step to the metrics its evaluation passes computed (the module's
+    ``last_evaluation``): every validation pass during fit (a learning curve, one file read away),
+    the final weights' and, with ``eval_steps`` (``experiments.budgets``), the weights of each
+    earlier step saved; only the passes after fit of the final weights set the top-level values.
     """
 
     def __init__(self, filename: str = "metrics.json") -> None:
@@ -46,25 +46,24 @@ class FinalMetrics(pl.Callback):
     def _forget(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, top_level: bool = True) -> None:
         if self._log_dir is not None:
             path = Path(self._log_dir) / self.filename
-            self._write_on_rank_zero(trainer, getattr(pl_module, "evaluated_step", None), path)
+            evaluated_step = getattr(pl_module, "evaluated_step", None)
+            evaluation = dict(getattr(pl_module, "last_evaluation", {}))
+            self._write_on_rank_zero(trainer, evaluated_step, evaluation, path, top_level and evaluated_step is None)
 
     @rank_zero_only
-    def _write_on_rank_zero(self, trainer: pl.Trainer, evaluated_step: int | None, path: Path) -> None:
+    def _write_on_rank_zero(
+        self, trainer: pl.Trainer, evaluated_step: int | None, evaluation: dict[str, float], path: Path, top_level: bool
+    ) -> None:
         metrics = json.loads(path.read_text()) if path.exists() else {}
-        logged = {}
-        for key, value in trainer.callback_metrics.items():
-            value = float(value)
-            logged[key] = value if math.isfinite(value) else str(value)
         step = trainer.global_step if evaluated_step is None else evaluated_step
-        evaluation = {k: v for k, v in logged.items() if k.startswith(EVAL_PREFIXES)}
         if evaluation:
             history = metrics.setdefault("history", {})
-            history[str(step)] = history.get(str(step), {}) | evaluation  # keys are strings: read them as ints
-        if evaluated_step is None:
-            metrics |= logged
+            history[str(step)] = history.get(str(step), {}) | _finite_or_text(evaluation)  # keys: read them as ints
+        if top_level:
+            metrics |= _finite_or_text({key: float(value) for key, value in trainer.callback_metrics.items()})
             metrics["global_step"] = trainer.global_step
         # Atomic: a grid reads metrics.json to decide that a run finished.
         write_json(path, metrics, sort_keys=True)
@@ -75,6 +74,8 @@ class FinalMetrics(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # a pass of its own, not one inside fit
             self._write(trainer, pl_module)
+        elif trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._write(trainer, pl_module, top_level=False)  # a learning curve: the history only
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, pl_module)
@@ -100,7 +101,8 @@ class HParamsSummary(pl.Callback):
         }
         if not loggers or not metrics:
             return
-        params = _flatten(dict(pl_module.hparams)) | _flatten(dict(getattr(trainer.datamodule, "hparams", {})), "data")
+        datamodule = getattr(trainer, "datamodule", None)  # set by Lightning at run time, not a typed attribute
+        params = _flatten(dict(pl_module.hparams)) | _flatten(dict(getattr(datamodule, "hparams", {})), "data")
         params["seed"] = int(os.environ.get("PL_GLOBAL_SEED", -1))
         for logger in loggers:
             logger.log_hyperparams(params, metrics)
@@ -108,6 +110,11 @@ class HParamsSummary(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if getattr(pl_module, "evaluated_step", None) is None:  # the final weights, not a saved step's
             self._log(trainer, pl_module)
+
+
+def _finite_or_text(values: dict[str, float]) -> dict[str, float | str]:
+    """JSON has no inf or nan: those are kept as their text ("nan")."""
+    return {key: value if math.isfinite(value) else str(value) for key, value in values.items()}
 
 
 def _flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -67,7 +67,7 @@ def check_resumable(path: str | Path, training: bool = True) -> None:
         )
     try:  # mmap: only the record is read, not every tensor (the trainer reads the file next)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever torch cannot read is refused in one line
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         if holds_objects(error):
             raise UserError(
@@ -103,7 +103,7 @@ def readable_checkpoint(directory: Path) -> Path | None:
     for path in candidates:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated or corrupt: try the previous one
+        except Exception as error:  # noqa: BLE001 - truncated or corrupt: try the previous one
             problems.append(f"{path.name} ({type(error).__name__})")
             continue
         if problems:

@@ -105,7 +105,7 @@ class CLI(LightningCLI):
     def before_fit(self) -> None:
         steps = check_eval_steps(self.config.fit.get("eval_steps") or [], self.trainer.max_steps)
         if steps:
-            self.trainer.callbacks.append(SaveAtSteps(steps))
+            self.trainer.callbacks.append(SaveAtSteps(steps))  # type: ignore[attr-defined]  # Lightning sets Trainer.callbacks at run time
         # `--ckpt_path last` resumes from last.ckpt; if that file is unreadable (a crash while the
         # disk was full, a truncated copy), fall back to the newest readable step checkpoint.
         config = self.config_init[self.subcommand]
@@ -121,6 +121,7 @@ class CLI(LightningCLI):
         ]
         stages = [stage for stage, wanted in after if wanted]
         if stages and not self.trainer.interrupted:
+            assert isinstance(self.model, ContrastiveModule), "the CLI's model class (not subclass mode)"
             steps = check_eval_steps(self.config.fit.get("eval_steps") or [], self.trainer.max_steps)
             evaluate_after_fit(self.trainer, self.model, self.datamodule, stages, steps)
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "(none)"
@@ -150,9 +151,11 @@ def _check_before_parsing(args: list[str]) -> None:
             spec = _read_yaml(value)
             embed_dim = spec.get("embed_dim", embed_dim)
             ckpt_path = spec.get("ckpt_path", ckpt_path)
-            model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+            model = spec.get("model")
+            model = model if isinstance(model, dict) else {}
             for key in ("vision_tower", "text_tower"):
-                init_args = (model.get(key) or {}).get("init_args") or {} if isinstance(model.get(key), dict) else {}
+                tower = model.get(key)
+                init_args = (tower.get("init_args") or {}) if isinstance(tower, dict) else {}
                 if "embed_dim" in init_args:
                     by_hand.append((f"model.{key}.init_args.embed_dim in {value}", init_args["embed_dim"]))
             for i, term in enumerate(model.get("terms") or []):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -29,9 +30,8 @@ from datamodules.suites import ClassificationSuite, ProbeSuite, RetrievalSuite
 from datamodules.suites.shapesworld import shapesworld_suites
 
 from helpers import REPO
+from helpers.cli import FP32
 from helpers.cli_cases import run_cases
-
-FP32 = ("--trainer.precision", "32-true", "--data.init_args.test_samples", "24")
 
 
 class Items(Dataset):
@@ -96,7 +96,7 @@ def test_zeroshot_classification_matches_a_naive_loop(which: str, request) -> No
     classnames = ["circle", "square", "triangle", "star", "ring", "cross"]
     templates = ["a {}", "a picture of a {}"]
     suite = ClassificationSuite(
-        "toy", classnames, templates, Items([{"image": x, "label": y} for x, y in zip(images, labels)])
+        "toy", classnames, templates, Items([{"image": x, "label": y} for x, y in zip(images, labels, strict=True)])
     )
     got = zeroshot_classification(loaded, suite, options=EmbedOptions(batch_size=5))["metrics"]
     # Naive: per image and class, the ensemble score (cosine to the renormalised mean of the
@@ -168,6 +168,7 @@ def test_selection_probe_matches_a_naive_loop(which: str, request) -> None:
             ["a red circle", "two objects", "there is no star"] * 3,
             [["a blue circle"], ["one object", "three objects"], ["there is no circle", "there is no ring", "a ring"]]
             * 3,
+            strict=True,
         )
     ]
     got = selection_probe(loaded, ProbeSuite("toy", Items(items)), chunk=4)
@@ -439,7 +440,7 @@ def test_local_imagefolder_and_probe_file_through_the_command(trained_run, tmp_p
     from analysis.__main__ import run
 
     rng = __import__("random").Random(0)
-    for k, shape in enumerate(("circle", "square", "star")):
+    for shape in ("circle", "square", "star"):
         (tmp_path / "folder" / shape).mkdir(parents=True)
         for i, color in enumerate(("red", "blue")):
             pixels = render(sample_scene(rng, 64, 1, [(color, shape)]), 64).permute(1, 2, 0).numpy()
@@ -507,7 +508,7 @@ def test_a_failed_report_leaves_no_stale_summary(clip, tmp_path: Path, monkeypat
     assert (tmp_path / "zeroshot.json").is_file() and not (tmp_path / "report.json").exists()
 
 
-def test_checkpoint_directories_and_records_are_checked(trained_run, tmp_path: Path) -> None:
+def test_checkpoint_directories_and_records_are_checked(trained_run, tmp_path: Path, monkeypatch) -> None:
     trained_run("clip"), trained_run("filip", *FP32)
     with pytest.raises(UserError, match="different runs"):
         load_checkpoint(trained_run.root)
@@ -520,7 +521,17 @@ def test_checkpoint_directories_and_records_are_checked(trained_run, tmp_path: P
     hp = checkpoint["hyper_parameters"]
     vision = dict(hp["vision_tower"], init_args=dict(hp["vision_tower"]["init_args"], pretrained=True))
     torch.save(dict(checkpoint, hyper_parameters=dict(hp, vision_tower=vision)), tmp_path / "pretrained.ckpt")
-    assert load_checkpoint(tmp_path / "pretrained.ckpt").model.vision_tower is not None
+    asked, create_model = [], timm.create_model
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("pretrained"))
+        return create_model(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", recording)
+    state = load_checkpoint(tmp_path / "pretrained.ckpt").model.state_dict()
+    assert asked == [False]  # the backbone is built once, without asking for the pretrained weights
+    assert state.keys() == checkpoint["state_dict"].keys()
+    assert all(torch.equal(state[k], v) for k, v in checkpoint["state_dict"].items())  # all from the checkpoint
 
 
 def test_compare_reads_the_event_files_into_groups(trained_run, tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ import random
 
 import pytest
 import torch
-from test_clip_tokenizer import corpus as english_corpus
 
 from common.errors import UserError
 from datamodules.tokenizer import BertTokenizer
 from datamodules.tokenizer.bert import cn_clip_vocab
+
+from helpers.corpus import corpus as english_corpus
 
 CHINESE = [
     "一个红色的圆形在蓝色正方形的左边", "图中有三个物体", "没有星形。", "一张猫的照片，很可爱！", "「引号」和《书名号》",

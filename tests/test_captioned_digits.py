@@ -14,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from common.errors import UserError
+from common.evaluation import EvalTask
 from datamodules.captioned.digits import (
     DIGIT_ZH,
     EN_PHRASINGS,
@@ -28,7 +30,6 @@ from datamodules.captioned.digits import (
     caption,
     vocabulary,
 )
-from datamodules.evaluation import EvalTask
 from datamodules.image_text import ImageTextDataModule
 from datamodules.suites.digits import DIGIT_NAMES
 from datamodules.tokenizer import BertTokenizer
@@ -199,7 +200,10 @@ def _module(tasks: list[EvalTask]) -> tuple[ContrastiveModule, dict]:
         VisionTower("resnet10t", embed_dim=4), TextTower(vocab_size=8, context_length=4, width=8, heads=2, embed_dim=4),
         [InfoNCE()],
     )  # fmt: skip
-    module._trainer = SimpleNamespace(world_size=1, datamodule=SimpleNamespace(eval_tasks=lambda stage: tasks))
+    module._trainer = SimpleNamespace(
+        world_size=1, global_step=0, state=SimpleNamespace(fn=TrainerFn.TESTING),
+        datamodule=SimpleNamespace(eval_tasks=lambda stage: tasks),
+    )  # fmt: skip
     logged: dict = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
     return module, logged
@@ -224,13 +228,13 @@ def test_label_positives_and_the_linear_probe_in_the_module() -> None:
     ]
     module, logged = _module(tasks)
     module._eval_outputs = {k: [v] for k, v in outputs.items()}
-    module._log_eval_metrics("test")
+    module._evaluate("test")
     assert logged["retrieval/x_test/i2t_R@1"] == 1.0 and logged["retrieval/x_test/t2i_R@1"] == 1.0
     assert logged["linear_probe/x_test/top1"] == 1.0
     assert not any(name.startswith("probe_train/") for name in logged)
     module, logged = _module([EvalTask("retrieval/x_test", "retrieval")])  # by caption: few are identical
     module._eval_outputs = {k: [v[:24]] for k, v in outputs.items()}
-    module._log_eval_metrics("test")
+    module._evaluate("test")
     assert logged["retrieval/x_test/i2t_R@1"] < 0.5
 
 

@@ -53,8 +53,10 @@ def test_knn_labels_and_consistency_match_the_official_loop() -> None:
     truth = torch.randint(0, 3, (25,))
     scores = consistency_scores(zeroshot, got, truth)
     for k, labels in got.items():
-        assert scores[f"top{k}"] == pytest.approx(sum(int(a == b) for a, b in zip(zeroshot, labels)) / 25)
-        assert scores[f"knn{k}_accuracy"] == pytest.approx(sum(int(a == b) for a, b in zip(truth, labels)) / 25)
+        assert scores[f"top{k}"] == pytest.approx(sum(int(a == b) for a, b in zip(zeroshot, labels, strict=True)) / 25)
+        assert scores[f"knn{k}_accuracy"] == pytest.approx(
+            sum(int(a == b) for a, b in zip(truth, labels, strict=True)) / 25
+        )
     with pytest.raises(UserError, match="at least 10 reference images"):
         knn_labels(test, train[:5], train_labels[:5], ks=(10,))
 
@@ -481,7 +483,7 @@ def test_a_matched_claim_reads_the_baseline_curve_at_the_arms_accuracy() -> None
     rows = []
     for seed in range(3):
         for step, (acc, cons) in zip(
-            (100, 200, 400), ((0.3, 0.40), (0.5, 0.50), (0.7, 0.60))
+            (100, 200, 400), ((0.3, 0.40), (0.5, 0.50), (0.7, 0.60)), strict=True
         ):  # CLIP: cons = 0.25 + acc / 2
             rows.append({"run": f"clip-s{seed}", "group": "clip", "seed": seed, "status": "finished", "step": step,
                          "final_step": 400, "metrics": {SHAPE: acc, consistency: cons}})  # fmt: skip

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,8 @@ import torch
 import yaml
 
 from helpers import CONFIGS, REPO
+from helpers.cli import preset_args, run_cli
 from helpers.cli_cases import run_cases
-from helpers.terms import free_port
 
 pytestmark = pytest.mark.cli  # every test here runs `python -m experiments`
 
@@ -24,24 +21,6 @@ HELPERS = {"base.yaml", "smoke.yaml"}  # not presets: defaults and the shrink sw
 
 
 _SOCKET_TROUBLE = re.compile(r"Address already in use|EADDRINUSE|Connection refused|Connection reset by peer")
-
-
-def run_cli(*args: str, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
-    cwd.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), CLIP_VARIANTS_TRACEBACK="", MASTER_PORT=str(free_port()), **extra_env)
-    return subprocess.run(
-        [sys.executable, "-m", "experiments", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def preset_args(path: Path) -> list[str]:
-    """The configs of the first command in the preset's header, in its order (demo.yaml goes on
-    top of clip.yaml, defilip.yaml on top of declip.yaml): what a user copying the line runs."""
-    command = next(line for line in path.read_text().splitlines() if "python -m experiments fit" in line)
-    words = command.split()
-    configs = [REPO / words[i + 1] for i, word in enumerate(words) if word == "--config"]
-    assert configs[-1] == path, f"{path.name}: its header's first command must end with --config {path.name}"
-    return [arg for config in configs for arg in ("--config", str(config))]
 
 
 PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in HELPERS)
@@ -74,8 +53,12 @@ def test_shrunk_fit_writes_config_events_checkpoint_and_metrics(preset: Path, tm
     assert (run / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4
+    # Each task's top-1 is a count of its test images right, over all of them (none dropped,
+    # repeated or taken from another task): a whole number of 1/test_samples.
+    samples = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["test_samples"]
     for task in ("shape", "color", "color_shape_seen", "color_shape_heldout", "count"):
-        assert 0.0 <= metrics[f"zeroshot/shapesworld_test/{task}/top1"] <= 1.0
+        right = metrics[f"zeroshot/shapesworld_test/{task}/top1"] * samples
+        assert right == pytest.approx(round(right), abs=1e-6) and 0 <= round(right) <= samples, (task, right)
         assert f"zeroshot/shapesworld_val/{task}/top1" in metrics
     assert "retrieval/shapesworld_test/i2t_R@1" in metrics and "train/loss" in metrics
     terms = yaml.safe_load((run / "config.yaml").read_text())["model"]["terms"]

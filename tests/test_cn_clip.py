@@ -17,11 +17,11 @@ import yaml
 if importlib.util.find_spec("cn_clip") is None or importlib.util.find_spec("transformers") is None:
     pytest.skip("needs cn_clip and transformers (the dev extra)", allow_module_level=True)
 
-import cn_clip.clip as cn  # noqa: E402
-from cn_clip.clip.model import CLIP  # noqa: E402
+import cn_clip.clip as cn
+from cn_clip.clip.model import CLIP
 
-from common.errors import UserError  # noqa: E402
-from variants.cn_clip import (  # noqa: E402
+from common.errors import UserError
+from variants.cn_clip import (
     REFUSED,
     TEXT_CONFIGS,
     VISION_CONFIGS,
@@ -30,13 +30,13 @@ from variants.cn_clip import (  # noqa: E402
     text_tower_config,
     vision_tower_config,
 )
-from variants.hf_text import HFTextTower  # noqa: E402
-from variants.module import ContrastiveModule  # noqa: E402
-from variants.objectives import InfoNCE  # noqa: E402
-from variants.towers import VisionTower  # noqa: E402
-from variants.weights import vit_tower_config  # noqa: E402
+from variants.hf_text import HFTextTower
+from variants.module import ContrastiveModule
+from variants.objectives import InfoNCE
+from variants.towers import VisionTower
+from variants.weights import vit_tower_config
 
-from helpers import CONFIGS  # noqa: E402
+from helpers import CONFIGS
 
 MODEL_CONFIGS = Path(cn.__file__).parent / "model_configs"
 TEXTS = [
@@ -151,8 +151,8 @@ def test_init_from_into_towers_of_other_shapes_lists_the_keys(tmp_path):
 
 def test_unsupported_names_and_layouts_are_one_line_errors(tmp_path):
     for call, match in [
-        (lambda: load_cn_clip("RN50", "RBT3-chinese", tmp_path / "x.pt"), "cn_clip's RN50 cannot be imported: .*ModifiedResNet.*supported: ViT-B-16, ViT-B-32"),  # noqa: E501
-        (lambda: load_cn_clip("ViT-B-16", "RBT6-chinese", tmp_path / "x.pt"), "unknown cn_clip text architecture 'RBT6-chinese'; supported: RoBERTa"),  # noqa: E501
+        (lambda: load_cn_clip("RN50", "RBT3-chinese", tmp_path / "x.pt"), "cn_clip's RN50 cannot be imported: .*ModifiedResNet.*supported: ViT-B-16, ViT-B-32"),
+        (lambda: load_cn_clip("ViT-B-16", "RBT6-chinese", tmp_path / "x.pt"), "unknown cn_clip text architecture 'RBT6-chinese'; supported: RoBERTa"),
         (lambda: parse_model_name("cn_clip:ViT-B-32"), "cn_clip released no ViT-B-32 model: name its text tower"),
         (lambda: parse_model_name("cn_clip:RN50@RBT3-chinese"), "RN50 cannot be imported"),
     ]:  # fmt: skip

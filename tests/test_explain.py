@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_analysis import FP32
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -29,7 +28,9 @@ from datamodules.tokenizer.clip import CLIPTokenizer, default_vocab
 from datamodules.tokenizer.word import WordTokenizer
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE, TokenwiseInfoNCE
-from variants.towers import Encoded, TextTower, VisionTower, use_attention_kernel
+from variants.towers import Encoded, TextTower, TowerOutput, VisionTower, use_attention_kernel
+
+from helpers.cli import FP32
 
 EMBED = 8
 WORDS = ["a", "red", "circle", "blue", "square"]
@@ -254,8 +255,8 @@ class BagOfWords(nn.Module):
         self.embedding = nn.Embedding.from_pretrained(vectors)
         self.proj = nn.Linear(1, 1)
 
-    def forward(self, token_ids: torch.Tensor, return_tokens: bool = False):
-        return F.normalize(self.embedding(token_ids).sum(dim=1), dim=-1), None, token_ids != 0
+    def forward(self, token_ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
+        return TowerOutput(F.normalize(self.embedding(token_ids).sum(dim=1), dim=-1), None, token_ids != 0)
 
 
 def test_leave_one_word_out_finds_the_word_the_score_rests_on() -> None:

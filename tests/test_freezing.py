@@ -6,9 +6,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from test_module import quiet_trainer, small_module, tiny_data
 
 from common.errors import UserError
+
+from helpers.training import quiet_trainer, small_module, tiny_data
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

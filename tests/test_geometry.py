@@ -110,8 +110,10 @@ def test_modality_gap_matches_naive() -> None:
     image, text = sphere(30, 5, seed=1, offset=2.0), sphere(20, 5, seed=2, offset=-1.0)
     mi = [sum(float(image[i, k]) for i in range(30)) / 30 for k in range(5)]
     mt = [sum(float(text[i, k]) for i in range(20)) / 20 for k in range(5)]
-    gap = math.sqrt(sum((a - b) ** 2 for a, b in zip(mi, mt)))
-    cosine = sum(a * b for a, b in zip(mi, mt)) / math.sqrt(sum(a * a for a in mi) * sum(b * b for b in mt))
+    gap = math.sqrt(sum((a - b) ** 2 for a, b in zip(mi, mt, strict=True)))
+    cosine = sum(a * b for a, b in zip(mi, mt, strict=True)) / math.sqrt(
+        sum(a * a for a in mi) * sum(b * b for b in mt)
+    )
     got = modality_gap(image, text)
     assert got["gap"] == pytest.approx(gap, rel=1e-6)
     assert got["centroid_cosine"] == pytest.approx(cosine, rel=1e-6)
@@ -178,7 +180,7 @@ def test_gap_shift_curve_matches_naive_zero_shot() -> None:
         return correct / n
 
     assert curve[1]["top1"] == pytest.approx(naive_top1(image, class_text))  # lam = 0: plain zero-shot
-    for lam, point in zip(lambdas, curve):
+    for lam, point in zip(lambdas, curve, strict=True):
         shifted_image = F.normalize(image - lam * gap / 2, dim=-1)
         shifted_text = F.normalize(class_text + lam * gap / 2, dim=-1)
         assert point["top1"] == pytest.approx(naive_top1(shifted_image, shifted_text))

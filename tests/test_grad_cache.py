@@ -144,7 +144,9 @@ def test_batchnorm_statistics_are_updated_by_the_first_pass_only() -> None:
     with torch.no_grad():
         for chunk in micro_batches(batch, 2):
             first_pass._encode(chunk)
-    for (name, buffer), expected in zip(cached.vision_tower.named_buffers(), first_pass.vision_tower.buffers()):
+    for (name, buffer), expected in zip(
+        cached.vision_tower.named_buffers(), first_pass.vision_tower.buffers(), strict=True
+    ):
         torch.testing.assert_close(buffer, expected, msg=name)
     assert cached.vision_tower.backbone.bn1.num_batches_tracked == 2 * 4  # two images (and views) per chunk
 

@@ -12,7 +12,7 @@ from variants.towers import VisionTower
 
 pytest.importorskip("transformers")
 
-from variants.hf_text import HFTextTower  # noqa: E402
+from variants.hf_text import HFTextTower
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 IDS = torch.tensor([[2, 5, 6, 7, 3, 0, 0, 0], [2, 9, 3, 0, 0, 0, 0, 0], [2, 4, 4, 4, 4, 4, 4, 3]])
@@ -187,7 +187,7 @@ def test_token_terms_attach_to_it() -> None:
 
 
 def test_one_training_step_inside_a_contrastive_module(tmp_path) -> None:
-    from test_module import quiet_trainer, tiny_data
+    from helpers.training import quiet_trainer, tiny_data
 
     datamodule = tiny_data()
     text = HFTextTower(datamodule.vocab_size, datamodule.context_length, embed_dim=16, config=TINY)

@@ -120,7 +120,7 @@ def test_filip_similarity_matches_naive_and_ignores_padding() -> None:
     assert not torch.allclose(i2t, t2i)  # one-axis max then mean, not max over both axes
     changed = y.clone()
     changed[~mask] = _unit(int((~mask).sum()), 5)  # new embeddings at every padded position
-    for a, b in zip(filip_similarity(x, changed, mask), (i2t, t2i)):
+    for a, b in zip(filip_similarity(x, changed, mask), (i2t, t2i), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -129,7 +129,7 @@ def test_filip_chunked_equals_unchunked() -> None:
     mask = _mask([5, 2, 3, 5, 1, 4, 2], 5)
     whole = filip_similarity(x, y, mask, chunk=9)
     for chunk in (1, 2, 4):
-        for a, b in zip(filip_similarity(x, y, mask, chunk=chunk), whole):
+        for a, b in zip(filip_similarity(x, y, mask, chunk=chunk), whole, strict=True):
             torch.testing.assert_close(a, b)
 
 
@@ -173,7 +173,7 @@ def test_filip_gradient_matches_autograd_through_the_dense_block_even_with_ties(
         ((i2t * weights_i2t).sum() + (t2i * weights_t2i).sum()).backward()
         assert b.grad[~mask].abs().max() == 0  # padding gets no gradient
         grads.append((i2t.detach(), t2i.detach(), _merge(a.grad, 0, 2), _merge(b.grad, 1, 3)))
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -197,7 +197,7 @@ def test_filip_drops_the_padding_after_the_longest_text_and_handles_many_patches
         i2t, t2i = scores(a, b, mask)
         ((i2t * weights[0]).sum() + (t2i * weights[1]).sum()).backward()
         grads.append((i2t.detach(), t2i.detach(), a.grad, b.grad))
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -372,7 +372,7 @@ def test_chunked_loss_and_gradients_equal_the_naive_references(kind: str, chunk:
     torch.testing.assert_close(got[0], naive, rtol=1e-9, atol=1e-9)
     if kind == "infonce":
         assert got[4].abs().max() == 0  # no bias
-    for name, a, b in zip(["loss", "image", "text", "log_scale", "bias"], got, want):
+    for name, a, b in zip(["loss", "image", "text", "log_scale", "bias"], got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
 
 
@@ -392,7 +392,7 @@ def test_chunked_distributed_form_gives_the_global_gradient(kind: str, chunk: in
 
     got = loss_and_grads(averaged, image, text, 2.0, -3.0)
     want = loss_and_grads(lambda i, t, s, b: dense_reference(kind, i, t, s, b), image, text, 2.0, -3.0)
-    for name, a, b in zip(["loss", "image", "text", "log_scale", "bias"], got, want):
+    for name, a, b in zip(["loss", "image", "text", "log_scale", "bias"], got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
 
 
@@ -422,7 +422,7 @@ def test_chunked_losses_keep_float32_logits_under_bf16_autocast(kind: str) -> No
             loss.backward()  # inside the region: the backward must not drop to bf16 either
         assert loss.dtype == torch.float32
         results.append([loss.detach(), i.grad, t.grad, s.grad] + ([b.grad] if kind == "sigmoid" else []))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
     dense = dense_reference(kind, image, text, torch.tensor(50.0), -10.0)
     torch.testing.assert_close(results[0][0], dense, rtol=1e-5, atol=1e-5)

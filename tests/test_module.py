@@ -14,17 +14,7 @@ from variants.module import ContrastiveModule, _weight_decay_groups, warmup_cosi
 from variants.objectives import Adversarial, InfoNCE, SimCLR, Term, TokenwiseInfoNCE
 from variants.towers import Encoded, TextTower, VisionTower
 
-
-def small_module(
-    vision: str = "resnet10t", terms: list[Term] | None = None, vocab_size: int = 40, **kwargs
-) -> ContrastiveModule:
-    model_kwargs = {"img_size": 32, "patch_size": 8} if vision.startswith("vit") else {}
-    return ContrastiveModule(
-        VisionTower(vision, embed_dim=16, model_kwargs=model_kwargs),
-        TextTower(vocab_size=vocab_size, context_length=8, width=32, depth=2, heads=2, embed_dim=16),
-        terms if terms is not None else [InfoNCE()],
-        **kwargs,
-    )
+from helpers.training import quiet_trainer, small_module, tiny_data
 
 
 def test_towers_with_different_embedding_sizes_fail_at_construction() -> None:
@@ -141,16 +131,6 @@ def test_encode_returns_only_what_terms_need() -> None:
 class NaNTerm(Term):
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         return {"loss": encoded.image.sum() * float("nan")}
-
-
-def tiny_data() -> ShapesWorldDataModule:
-    return ShapesWorldDataModule(image_size=32, batch_size=4, train_samples=16, context_length=8, num_workers=0)
-
-
-def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    """A CPU trainer that writes no logs or checkpoints and shows no progress bar."""
-    return pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      default_root_dir=tmp_path, **kwargs)  # fmt: skip
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_term(tmp_path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from datamodules.suites.photos import PHOTOS, faces_suite, photos_suite  # noqa: E402
+from datamodules.suites.photos import PHOTOS, faces_suite, photos_suite
 
 
 def test_faces_are_split_in_stratified_halves_of_real_crops() -> None:

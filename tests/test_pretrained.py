@@ -266,8 +266,8 @@ def test_cli_fine_tunes_imported_weights_on_image_text_data(tmp_path):
     """`python -m experiments fit` with FILIP, towers of the imported shapes, model.init_from and
     the csv data preset (CLIP tokenizer): it trains, and with lr 0 the saved towers are exactly
     the imported ones (init_from took effect and nothing else touched them)."""
-    from test_cli import run_cli
-    from test_image_text_data import make_csv
+    from helpers.cli import run_cli
+    from helpers.image_text import make_csv
 
     reference = _small_open_clip()
     torch.save(reference.state_dict(), tmp_path / "model.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -21,7 +22,7 @@ N_CHECK = 3000  # samples inspected by the statistical checks
 def _batches(datamodule: ShapesWorldDataModule, workers: int) -> list[dict]:
     datamodule.hparams.num_workers = workers
     loader = datamodule._loader(datamodule.train_set, 16, train=False)
-    return [batch for _, batch in zip(range(4), loader)]
+    return list(itertools.islice(loader, 4))
 
 
 def test_same_seed_same_pixels_and_captions_across_constructions_and_workers() -> None:

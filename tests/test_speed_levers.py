@@ -58,7 +58,7 @@ def test_explicit_attention_computes_what_the_fused_kernel_does(build, inputs) -
     explicit, explicit_grads = _embed_and_grads(build("explicit"), x)
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
     assert len(fused_grads) == len(explicit_grads) > 0
-    for a, b in zip(explicit_grads, fused_grads):
+    for a, b in zip(explicit_grads, fused_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 

@@ -139,7 +139,7 @@ def test_digits_suite_sizes_split_and_pixel_mapping() -> None:
     mapping = {v: int(np.floor(v * 255 / 16 + 0.5)) for v in range(17)}  # 8 -> 128, 16 -> 255, 1 -> 16
     expected = Counter(
         (bytes(np.vectorize(mapping.get)(img.astype(int)).astype(np.uint8).flatten()), int(y))
-        for img, y in zip(digits.images, digits.target)
+        for img, y in zip(digits.images, digits.target, strict=True)
     )
     assert Counter((np.asarray(item["image"]).tobytes(), item["label"]) for item in items) == expected
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_image_text_data import SIZE, WORDS, make_csv, make_shards
-from test_image_text_data import datamodule as image_text_datamodule
 
 from common.errors import UserError
 from datamodules.augment import IGNORE, SSLViews, TextViews, TokenMasking, epoch_seed
@@ -23,6 +21,9 @@ from datamodules.shapesworld import CaptionedScenes, ShapesWorldDataModule
 from datamodules.shapesworld import captions as lang
 from datamodules.tokenizer import BPETokenizer, TextTokenizer, WordTokenizer
 from datamodules.tokenizer.bpe import train_bpe
+
+from helpers.image_text import SIZE, WORDS, make_csv, make_shards
+from helpers.image_text import datamodule as image_text_datamodule
 
 CAPTION = "a small red circle to the left of a big blue square"
 TABLE = {"red": ["crimson"], "circle": ["disk"], "small": ["little", "tiny"]}
@@ -43,11 +44,11 @@ def test_each_operation_does_what_eda_does() -> None:
     for seed in range(100):
         # synonym replacement: one word of the table, every occurrence, by one of its synonyms
         view = TextViews(synonym=1, swap=0, delete=0, synonyms=TABLE)("a red circle and a red box", seed)
-        changed = {(a, b) for a, b in zip("a red circle and a red box".split(), view.split()) if a != b}
+        changed = {(a, b) for a, b in zip("a red circle and a red box".split(), view.split(), strict=True) if a != b}
         assert changed in ({("red", "crimson")}, {("circle", "disk")}), view
         # swap: the same words, two positions exchanged
         swapped = TextViews(synonym=0, swap=1, delete=0)(CAPTION, seed).split()
-        assert sorted(swapped) == sorted(words) and sum(a != b for a, b in zip(words, swapped)) in (0, 2)
+        assert sorted(swapped) == sorted(words) and sum(a != b for a, b in zip(words, swapped, strict=True)) in (0, 2)
         # deletion: a subsequence; protected words always stay
         kept = TextViews(synonym=0, swap=0, delete=1, delete_p=0.5, protected=["left", "square"])(CAPTION, seed)
         assert _is_subsequence(kept.split(), words) and {"left", "square"} <= set(kept.split())
@@ -251,7 +252,9 @@ def test_shapesworld_views_vary_by_epoch_and_epoch_zero_keeps_the_old_views() ->
         assert not torch.equal(zero["views"], one["views"]) and zero["mask_seed"] != one["mask_seed"]
         assert torch.equal(data[(i, 1)]["views"], one["views"]) and data[(i, 1)]["text_view"] == one["text_view"]
     text_views = [data[(i, epoch)]["text_view"] for i in range(16) for epoch in (0, 1)]
-    assert any(a != b for a, b in zip(text_views[::2], text_views[1::2]))  # some text view changes with the epoch
+    assert any(
+        a != b for a, b in zip(text_views[::2], text_views[1::2], strict=True)
+    )  # some text view changes with the epoch
     assert epoch_seed(11, 0, "views") == 11
     assert len({epoch_seed(11, e, w) for e in (0, 1) for w in ("text_view", "mask")}) == 4
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from variants.towers import TextTower, VisionTower
+from variants.towers import TextTower, TowerOutput, VisionTower
 
 
 @pytest.mark.parametrize(
@@ -19,10 +19,10 @@ from variants.towers import TextTower, VisionTower
 def test_vision_tower_global_and_token_shapes(name: str, kwargs: dict, tokens: int, width: int) -> None:
     tower = VisionTower(name, embed_dim=32, model_kwargs=kwargs)
     images = torch.randn(3, 3, 64, 64)
-    embedding, none = tower(images)
-    assert embedding.shape == (3, 32) and none is None
+    embedding, none, mask = tower(images)  # one structure for every tower (TowerOutput)
+    assert embedding.shape == (3, 32) and none is None and mask is None
     torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(3))
-    embedding2, patch_tokens = tower(images, return_tokens=True)
+    embedding2, patch_tokens, _ = tower(images, return_tokens=True)
     assert patch_tokens.shape == (3, tokens, width) and tower.token_dim == width
     torch.testing.assert_close(embedding, embedding2)
 
@@ -31,7 +31,7 @@ def test_vit_tokens_exclude_the_class_token() -> None:
     tower = VisionTower("vit_tiny_patch16_224", embed_dim=16, model_kwargs={"img_size": 32, "patch_size": 8}).eval()
     images = torch.randn(2, 3, 32, 32)
     features = tower.backbone.forward_features(images)
-    _, tokens = tower(images, return_tokens=True)
+    tokens = tower(images, return_tokens=True).tokens
     torch.testing.assert_close(tokens, features[:, 1:])
 
 
@@ -148,4 +148,57 @@ def test_timm_weights_come_from_a_local_file(tmp_path) -> None:
             "resnet10t",
             pretrained=True,
             model_kwargs={"pretrained_cfg_overlay": {"file": str(tmp_path / "missing.safetensors")}},
+        )
+
+
+class BagOfWords(torch.nn.Module):
+    """A text tower by contract only (common.records.TextEncoder), no TextTower subclass: the
+    mean of word embeddings, projected."""
+
+    def __init__(self, vocab_size: int = 50, context_length: int = 8, embed_dim: int = 16) -> None:
+        super().__init__()
+        self.vocab_size, self.context_length, self.embed_dim, self.token_dim = vocab_size, context_length, embed_dim, 12
+        self.words = torch.nn.Embedding(vocab_size, self.token_dim)
+        self.proj = torch.nn.Linear(self.token_dim, embed_dim, bias=False)
+
+    def forward(self, token_ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
+        tokens, mask = self.words(token_ids), token_ids != 0
+        pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return TowerOutput(
+            torch.nn.functional.normalize(self.proj(pooled), dim=-1), tokens if return_tokens else None, mask
+        )
+
+
+def test_a_text_tower_is_any_module_with_the_contract_and_one_without_is_named() -> None:
+    from variants.module import ContrastiveModule
+    from variants.objectives import InfoNCE, TokenwiseInfoNCE
+
+    vision = VisionTower("resnet10t", embed_dim=16)
+    module = ContrastiveModule(vision, BagOfWords(), [InfoNCE(), TokenwiseInfoNCE()])  # token-wise: token_dim read
+    ids = torch.tensor([[3, 4, 0, 0], [5, 0, 0, 0]])
+    record = module.text_record(ids, tokens=True)
+    assert record.text.shape == (2, 16) and record.text_tokens.shape == (2, 4, 12)
+    assert record.text_mask.tolist() == [[True, True, False, False], [True, False, False, False]]
+    broken = BagOfWords()
+    del broken.context_length
+    with pytest.raises(UserError, match="the text tower BagOfWords lacks context_length of the text-tower contract"):
+        ContrastiveModule(VisionTower("resnet10t", embed_dim=16), broken, [InfoNCE()])
+
+
+def test_the_cli_accepts_a_text_tower_by_its_contract() -> None:
+    """jsonargparse matches class_path against the TextEncoder protocol (forward's signature), so a
+    text tower need not subclass TextTower; a class without that forward is refused."""
+    from jsonargparse import ArgumentParser
+
+    from common.records import TextEncoder
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--tower", type=TextEncoder)
+    config = parser.parse_args(
+        ["--tower", '{"class_path": "variants.hf_text.HFTextTower", "init_args": {"vocab_size": 40}}']
+    )
+    assert config.tower.class_path == "variants.hf_text.HFTextTower"
+    with pytest.raises(Exception, match="tower"):
+        parser.parse_args(
+            ["--tower", '{"class_path": "variants.towers.VisionTower", "init_args": {"model_name": "resnet10t"}}']
         )

@@ -118,6 +118,9 @@ class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
         mean = _AllReduceSum.apply(x32.sum(0)) / n
         var = _AllReduceSum.apply((x32 - mean).square().sum(0)) / n  # biased, as BN normalises
         if self.track_running_stats:
+            # BatchNorm registers these buffers whenever it tracks running statistics
+            assert self.running_mean is not None and self.running_var is not None
+            assert self.num_batches_tracked is not None
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

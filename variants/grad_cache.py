@@ -141,7 +141,9 @@ class _Replay:
             set_device_states(chunk_devices, states)
             with torch.enable_grad(), torch.autocast(self.device_type, dtype=dtype, enabled=enabled):
                 record = self.encode(chunk)
-            rows = record.image.shape[0] if record.image is not None else record.text.shape[0]
+            side = record.image if record.image is not None else record.text
+            assert side is not None, "every tower's record holds its global embedding: image or text"
+            rows = side.shape[0]
             outputs, slices = [], []
             for name, grad in zip(self.names, grads, strict=True):
                 value = getattr(record, name)

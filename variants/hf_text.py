@@ -1,6 +1,6 @@
 """A BERT text encoder from Hugging Face ``transformers`` as the suite's text tower.
 
-:class:`HFTextTower` has the call contract of :class:`variants.towers.TextTower`: token ids in,
+:class:`HFTextTower` implements the text-tower contract (``common.records.TextEncoder``): token ids in,
 an L2-normalised embedding, per-position features and the padding mask out. The global feature is
 the last hidden state at position 0 ([CLS]) through a linear projection without bias, as
 Chinese-CLIP computes it (``x[:, 0, :] @ text_projection``, with ``text.ne(pad)`` as the attention
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import nn
 
 from common.errors import UserError
 from common.files import holds_objects
-from variants.towers import TextTower
+from variants.towers import TowerOutput, check_context
 
 #: The BERT built when neither ``config`` nor ``pretrained`` is given: the size of the suite's
 #: default TextTower (width 256, 4 layers, 4 heads, MLP ratio 4), for runs from scratch.
@@ -43,11 +44,9 @@ def _transformers():
     return transformers
 
 
-class HFTextTower(TextTower):
-    """A BERT (``transformers.BertModel``, no pooler), [CLS] pooling, a linear projection, L2 norm.
-
-    A TextTower by type only (the module's ``text_tower`` argument is typed TextTower, and the CLI
-    accepts only its subclasses there); it builds none of TextTower's layers.
+class HFTextTower(nn.Module):
+    """A BERT (``transformers.BertModel``, no pooler), [CLS] pooling, a linear projection, L2 norm;
+    a text tower by the ``common.records.TextEncoder`` protocol (not a TextTower subclass).
 
     Args:
         vocab_size: number of token ids (linked from the data's tokenizer by the CLI); must equal
@@ -84,7 +83,7 @@ class HFTextTower(TextTower):
         pad_id: int = 0,
         grad_checkpointing: bool = False,
     ) -> None:
-        nn.Module.__init__(self)  # not TextTower's: none of its layers
+        super().__init__()
         transformers = _transformers()
         if pretrained is False:
             pretrained = None
@@ -116,6 +115,7 @@ class HFTextTower(TextTower):
                 f"context_length {context_length} exceeds {source}'s {bert.max_position_embeddings} positions "
                 "(max_position_embeddings): tokenize with a shorter context length"
             )
+        self.model: Any  # a transformers.BertModel (transformers is imported lazily, so untyped here)
         if pretrained is not None:
             self.model = _from_pretrained(transformers, str(pretrained))
         else:
@@ -141,15 +141,13 @@ class HFTextTower(TextTower):
         decayed, like the TextTower's token embedding."""
         return {f"model.embeddings.{name}.weight" for name in ("position_embeddings", "token_type_embeddings")}
 
-    def forward(
-        self, token_ids: torch.Tensor, return_tokens: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def forward(self, token_ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         """token_ids [B, L] -> (embedding [B, D] normalised, tokens [B, L, hidden] or None, mask [B, L])."""
-        self._check_length(token_ids)
+        check_context(token_ids, self.context_length)
         mask = token_ids != self.pad_id
         hidden = self.model(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
         embedding = F.normalize(self.proj(hidden[:, 0]), dim=-1)
-        return embedding, (hidden if return_tokens else None), mask
+        return TowerOutput(embedding, hidden if return_tokens else None, mask)
 
 
 def _pretrained_config(transformers, path: str):

@@ -103,11 +103,11 @@ class _ChunkedInfoNCE(torch.autograd.Function):
                 # The target logits from the same GEMM as the log-sum-exps: their rounding cancels
                 # in lse - positive (a separate dot product loses ~1e-5 at s = 100 in float32).
                 positives[start : start + chunk] = logits.diagonal(offset + start)
-                if symmetric:
+                if col_lse is not None:  # symmetric
                     col_lse = torch.logaddexp(col_lse, logits.logsumexp(dim=0))
             # Each row's difference first: sums of log-sum-exps near s * N would swallow it.
             loss = (row_lse - positives).sum()
-            if symmetric:
+            if col_lse is not None:
                 loss = loss + (col_lse - positives).sum()  # column j's target is row j
         ctx.save_for_backward(rows, columns, scale, row_lse, col_lse)
         ctx.offset, ctx.chunk, ctx.symmetric = offset, chunk, symmetric
@@ -337,6 +337,7 @@ class _FilipScores(torch.autograd.Function):
                 to_token = (grad_i2t[start : start + c, None, :] / patches / ties).to(dtype)  # [c, P, Nt]
                 to_tokens = torch.where(best_token, to_token.unsqueeze(2), 0)
                 g = to_tokens if g is None else g.add_(to_tokens)
+            assert g is not None, "at least one gradient is set: both None returned above"
             g = g.view(c * patches, length * n)
             grad_image[start : start + c] = (g @ by_position.view(length * n, d)).view(c, patches, d)
             grad_by_position += g.T @ x.reshape(c * patches, d)
@@ -411,6 +412,8 @@ def filip_loss(
         i2t, t2i = _filip_scores(image_tokens, text_tokens, text_mask, chunk)
         t2i_rows = t2i.T
     else:
+        if all_image_tokens is None or all_text_tokens is None or all_text_mask is None:
+            raise ValueError("filip_loss: all_image_tokens, all_text_tokens and all_text_mask go together")
         i2t, _ = _filip_scores(image_tokens, all_text_tokens, all_text_mask, chunk)
         _, t2i = _filip_scores(all_image_tokens, text_tokens, text_mask, chunk)
         t2i_rows = t2i.T  # [n texts, N images]

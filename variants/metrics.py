@@ -21,6 +21,14 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> tor
     return (topk == labels[:, None]).any(dim=1).float().mean()
 
 
+def in_batch_accuracy(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image->text, text->image) top-1 accuracy of a batch's pairs [B, D] among the batch, by
+    cosine: how often row i's best match is its own pair (the training log's train/acc_*)."""
+    scores = image.float() @ text.float().T
+    target = torch.arange(scores.shape[0], device=scores.device)
+    return (scores.argmax(1) == target).float().mean(), (scores.argmax(0) == target).float().mean()
+
+
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int = 1) -> torch.Tensor:
     """CLIP-style retrieval recall: a query [row of scores, N x M] is a hit if any of its
     positives (``positives`` [N, M] bool) is among its k highest-scoring candidates."""

@@ -1,8 +1,11 @@
 """ContrastiveModule: towers -> Encoded -> weighted objective terms, trained by Lightning.
 
-The module receives built parts (the two towers and a list of terms, each with its weight)
-from the YAML through LightningCLI's ``class_path``; it knows nothing about any particular
-objective. Its public face outside training is ``encode_image`` / ``encode_text``.
+The module receives built parts (the two towers, a list of terms, each with its weight, and the
+evaluators) from the YAML through LightningCLI's ``class_path``. It trains; at evaluation it encodes
+the datamodule's evaluation items and hands them to the declared evaluators
+(``variants.evaluation``), logging what they return: it computes no metric itself. Its public face
+outside training is ``encode_image`` / ``encode_text`` (and the records and scores the analysis
+and the evaluators read: ``image_record``, ``text_record``, ``score``, ``zeroshot_scores``).
 """
 
 from __future__ import annotations
@@ -10,21 +13,25 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from typing import cast
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from common.batch import Batch
 from common.errors import NonFiniteLossError, UserError
+from common.evaluation import EvalTask, Evaluator, TaskContext, TaskRecords, missing_contract
+from common.records import TEXT_ENCODER_ATTRIBUTES, TextEncoder, present
+from variants.evaluation import default_evaluators
 from variants.freezing import FreezeSchedule
 from variants.grad_cache import encode_in_micro_batches
-from variants.metrics import class_embeddings, crosslingual_recall, recall_at_k, topk_accuracy
+from variants.metrics import class_embeddings, in_batch_accuracy
 from variants.objectives.base import Term
-from variants.probe import probe_accuracy
-from variants.towers import Encoded, TextTower, VisionTower
+from variants.towers import Encoded, VisionTower
 from variants.weights import TOWERS, init_towers
 
 
@@ -33,7 +40,8 @@ class ContrastiveModule(pl.LightningModule):
 
     Args:
         vision_tower: image encoder (``variants.towers.VisionTower`` or a subclass).
-        text_tower: text encoder (``variants.towers.TextTower`` or a subclass).
+        text_tower: text encoder: any class with the ``common.records.TextEncoder`` contract
+            (``variants.towers.TextTower``, ``variants.hf_text.HFTextTower``).
         terms: the objective, e.g. ``[InfoNCE]`` for CLIP; each term carries its weight.
         lr: peak learning rate of AdamW.
         weight_decay: AdamW decay, applied only to weights with >= 2 dims (never to biases,
@@ -54,12 +62,19 @@ class ContrastiveModule(pl.LightningModule):
             on the whole (per-process) batch: the exact gradient of the large contrastive batch at
             the memory of a micro-batch (gradient caching, ``variants.grad_cache``; one extra
             forward per step). It must divide the per-process batch. None: one forward per step.
+        freeze: ``{part: steps | null}`` parts trained not at all (null) or only after ``steps``
+            (``variants.freezing``).
+        evaluators: what the evaluation passes compute (``common.evaluation.Evaluator``), each
+            with its metric prefix, splits and ``every_n_steps``; None: every built-in evaluator
+            at every pass (``variants.evaluation.default_evaluators``).
+        health_every_n_steps: log the gradient and parameter norms of each tower and term
+            (``health/...``) every this many steps; 0: never.
     """
 
     def __init__(
         self,
         vision_tower: VisionTower,
-        text_tower: TextTower,
+        text_tower: TextEncoder,
         terms: list[Term],
         lr: float = 5e-4,
         weight_decay: float = 0.2,
@@ -72,6 +87,8 @@ class ContrastiveModule(pl.LightningModule):
         fused_optimizer: bool = True,
         micro_batch_size: int | None = None,
         freeze: dict[str, int | None] | None = None,
+        evaluators: list[Evaluator] | None = None,
+        health_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         if micro_batch_size is not None and not (isinstance(micro_batch_size, int) and micro_batch_size > 0):
@@ -86,12 +103,14 @@ class ContrastiveModule(pl.LightningModule):
         # ``ContrastiveModule.load_from_checkpoint`` rebuilds them. Built in Python they are
         # objects, whose weights are already in the state dict: keep them out of the hparams.
         self.remove_ignored_hparams(
-            [k for k in ("vision_tower", "text_tower", "terms") if not _is_config(self.hparams[k])]
+            [k for k in ("vision_tower", "text_tower", "terms", "evaluators") if not _is_config(self.hparams[k])]
         )
-        _check_compatible(vision_tower, text_tower, terms)
+        text = _checked_text_tower(text_tower)
+        _check_compatible(vision_tower, text, terms)
         for term in terms:  # before any optimizer exists: terms size their layers to the towers
-            term.attach(vision_tower, text_tower)
-        self.vision_tower, self.text_tower = vision_tower, text_tower
+            term.attach(vision_tower, text)
+        self.vision_tower: VisionTower = vision_tower
+        self.text_tower: nn.Module = text  # a TextEncoder, checked
         self.terms = nn.ModuleDict(_unique_names(terms))
         self.needs = frozenset().union(*(term.needs for term in terms))
         # Zero-shot and retrieval score with the first term that scores pairs its own way
@@ -100,9 +119,15 @@ class ContrastiveModule(pl.LightningModule):
         if not any(term.needs_global for term in terms):
             # No term trains the global projections (FILIP alone): freeze them, so that DDP does
             # not wait for gradients that never come and weight decay does not shrink them.
-            for tower in (vision_tower, text_tower):
+            for tower in (vision_tower, text):
                 tower.proj.requires_grad_(False)
         self._eval_outputs: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.evaluators = _checked_evaluators(evaluators)
+        self.last_evaluation: dict[str, float] = {}  # the metrics of the latest evaluation pass
+        if not (isinstance(health_every_n_steps, int) and health_every_n_steps >= 0):
+            raise UserError(
+                f"model.health_every_n_steps is a number of steps >= 0 (0: off); got {health_every_n_steps!r}"
+            )
         # The training step of the weights an evaluation after fit is looking at, when they are an
         # earlier step's (experiments.budgets); None: the module's own weights.
         self.evaluated_step: int | None = None
@@ -133,6 +158,11 @@ class ContrastiveModule(pl.LightningModule):
         return None if self._scorer_name is None else self.terms[self._scorer_name]  # type: ignore[return-value]
 
     @property
+    def scores_pairs(self) -> bool:
+        """Whether a term scores image-text pairs its own way (FILIP), not the global cosine."""
+        return self.scorer is not None
+
+    @property
     def scoring_needs(self) -> frozenset[str]:
         """What evaluation must encode: {"image_tokens", "text_tokens"} for token-wise scoring."""
         return self.scorer.needs if self.scorer is not None else frozenset()
@@ -140,26 +170,26 @@ class ContrastiveModule(pl.LightningModule):
     # ---- public face -------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, D] L2-normalised image embeddings."""
-        return self.image_record(images).image
+        return present(self.image_record(images), "image")
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, D] L2-normalised text embeddings."""
-        return self.text_record(token_ids).text
+        return present(self.text_record(token_ids), "text")
 
     def image_record(self, images: torch.Tensor, tokens: bool = False) -> Encoded:
         """Image side of an :class:`Encoded`: embeddings and, if asked, patch tokens."""
-        image, image_tokens = self.vision_tower(images, return_tokens=tokens)
-        return Encoded(image=image, image_tokens=image_tokens)
+        out = self.vision_tower(images, return_tokens=tokens)
+        return Encoded(image=out.embedding, image_tokens=out.tokens)
 
     def text_record(self, token_ids: torch.Tensor, tokens: bool = False) -> Encoded:
         """Text side of an :class:`Encoded`: embeddings and, if asked, word tokens + mask."""
-        text, text_tokens, mask = self.text_tower(token_ids, return_tokens=tokens)
-        return Encoded(text=text, text_tokens=text_tokens, text_mask=mask if tokens else None)
+        out = self.text_tower(token_ids, return_tokens=tokens)
+        return Encoded(text=out.embedding, text_tokens=out.tokens, text_mask=out.mask if tokens else None)
 
     def encode(self, batch: Batch) -> Encoded:
         """Everything the terms need from one training batch, and nothing more; in micro-batches
         of ``micro_batch_size`` rows with gradient caching when it is set."""
-        size = self.hparams.micro_batch_size
+        size = self.hparams["micro_batch_size"]
         if size is None:
             return self._encode(batch)
         rows = batch["image"].shape[0]
@@ -214,7 +244,13 @@ class ContrastiveModule(pl.LightningModule):
 
     # ---- training ----------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        data = self.trainer.datamodule
+        data = getattr(self.trainer, "datamodule", None)  # set by Lightning at run time
+        if data is not None and (missing := missing_contract(data)):
+            raise UserError(
+                f"the data {type(data).__name__} lacks {', '.join(missing)} of the datamodule contract "
+                "(common.evaluation.ContrastiveData): add them, or derive from a suite datamodule"
+            )
+        self._check_evaluation_schedule()
         if {"views", "image_views"} & self.needs and not getattr(data, "provides_views", False):
             raise UserError(_NO_VIEWS)
         if "text_view" in self.needs and not getattr(data, "provides_text_view", False):
@@ -230,7 +266,7 @@ class ContrastiveModule(pl.LightningModule):
                 "contrastive batch and model.micro_batch_size to what fits in memory (gradient caching), "
                 "or use more devices"
             )
-        if self.hparams.micro_batch_size is not None:
+        if self.hparams["micro_batch_size"] is not None:
             towers = {"vision_tower": self.vision_tower, "text_tower": self.text_tower}
             counts = {
                 name: sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in t.modules())
@@ -239,13 +275,36 @@ class ContrastiveModule(pl.LightningModule):
             norms = [f"{name} ({n} BatchNorm layers)" for name, n in counts.items() if n]
             if norms:
                 rank_zero_warn(
-                    f"model.micro_batch_size {self.hparams.micro_batch_size}: BatchNorm in the {', '.join(norms)} "
+                    f"model.micro_batch_size {self.hparams['micro_batch_size']}: BatchNorm in the {', '.join(norms)} "
                     "normalises each micro-batch with its own statistics, so the step is not exactly the plain "
                     "step on the whole batch (as under DDP, where it normalises each process's rows); "
                     "BatchNorm-free towers (ViTs, the text tower) and the terms' own layers are exact"
                 )
-        self._check_image_size(getattr(getattr(self.trainer.datamodule, "image_transform", None), "image_size", None))
+        self._check_image_size(getattr(getattr(data, "image_transform", None), "image_size", None))
         self._check_batch_size(getattr(data, "hparams", {}).get("batch_size"), self.trainer.world_size)
+
+    def _check_evaluation_schedule(self) -> None:
+        """An evaluator with ``every_n_steps`` runs at the validation passes of those steps: refuse
+        a trainer that does not validate at each of them, naming the setting to change."""
+        periodic = [e for e in self.evaluators if e.every_n_steps is not None and "val" in e.splits]
+        if not periodic:
+            return
+        trainer = self.trainer
+        interval = trainer.val_check_interval
+        for evaluator in periodic:
+            n = evaluator.every_n_steps or 1  # not None: periodic
+            if (
+                trainer.limit_val_batches == 0
+                or trainer.check_val_every_n_epoch is not None
+                or not isinstance(interval, int)
+                or n % interval
+            ):
+                raise UserError(
+                    f"evaluator {evaluator.name} runs every {n} steps, but the trainer does not validate at every "
+                    f"multiple of {n} (val_check_interval {interval}, check_val_every_n_epoch "
+                    f"{trainer.check_val_every_n_epoch}, limit_val_batches {trainer.limit_val_batches}): set "
+                    f"trainer.val_check_interval to {n} (or a divisor of it) and trainer.check_val_every_n_epoch null"
+                )
 
     def _check_batch_size(self, batch_size: int | None, processes: int) -> None:
         """Refuse a global batch (processes x the data's per-process batch_size) smaller than a term's
@@ -300,14 +359,14 @@ class ContrastiveModule(pl.LightningModule):
         # Every rank must take the same decision, or the healthy ones would wait forever.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(total)), all=True):
             self._raise_non_finite(outputs)
-        batch_size = encoded.image.shape[0]
+        batch_size = present(encoded, "image").shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         for name, out in outputs.items():
             for key, value in out.items():
                 self.log(f"train/{name}/{key}", value, batch_size=batch_size)
         if self.scorer is None:  # in-batch cosine retrieval accuracy on this rank's rows
             self._log_batch_accuracy(encoded, batch_size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=batch_size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return total
 
     def objective(self, encoded: Encoded) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
@@ -318,10 +377,9 @@ class ContrastiveModule(pl.LightningModule):
 
     @torch.no_grad()
     def _log_batch_accuracy(self, encoded: Encoded, batch_size: int) -> None:
-        scores = encoded.image.float() @ encoded.text.float().T
-        target = torch.arange(batch_size, device=scores.device)
-        self.log("train/acc_i2t", (scores.argmax(1) == target).float().mean(), batch_size=batch_size)
-        self.log("train/acc_t2i", (scores.argmax(0) == target).float().mean(), batch_size=batch_size)
+        i2t, t2i = in_batch_accuracy(present(encoded, "image"), present(encoded, "text"))
+        self.log("train/acc_i2t", i2t, batch_size=batch_size)
+        self.log("train/acc_t2i", t2i, batch_size=batch_size)
 
     def _raise_non_finite(self, outputs: dict[str, dict[str, torch.Tensor]]) -> None:
         bad = [
@@ -339,35 +397,56 @@ class ContrastiveModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self._freeze.drop_gradients(self.global_step)
+        every = self.hparams["health_every_n_steps"]
+        if every and self.global_step % every == 0:
+            self._log_health()
+
+    @torch.no_grad()
+    def _log_health(self) -> None:
+        """Training health (big_vision's habit): the L2 norm of the gradient (after unscaling,
+        before clipping, without the frozen parts' dropped gradients) and of the weights of each
+        tower and each term with parameters. The learned scales are logged by their terms
+        (``train/<term>/logit_scale``)."""
+        parts: dict[str, nn.Module] = {"vision_tower": self.vision_tower, "text_tower": self.text_tower}
+        parts |= {f"terms.{name}": term for name, term in self.terms.items()}
+        for name, part in parts.items():
+            params = [p for p in part.parameters() if p.requires_grad]
+            if not params:
+                continue
+            grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+            weights = torch.stack([p.detach().float().norm() for p in params]).norm()
+            self.log(f"health/param_norm/{name}", weights, on_step=True, on_epoch=False)
+            if grads:
+                self.log(f"health/grad_norm/{name}", torch.stack(grads).norm(), on_step=True, on_epoch=False)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         for term in self.terms.values():
-            term.post_step()
+            cast(Term, term).post_step()  # ModuleDict types its values as Module; each is a Term
 
     def configure_optimizers(self):
         decay, no_decay = _weight_decay_groups(self)
         optimizer = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": decay, "weight_decay": self.hparams["weight_decay"]},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            eps=self.hparams.eps,
-            fused=self.hparams.fused_optimizer,
+            lr=self.hparams["lr"],
+            betas=tuple(self.hparams["betas"]),
+            eps=self.hparams["eps"],
+            fused=self.hparams["fused_optimizer"],
         )
         if not math.isfinite(self.trainer.estimated_stepping_batches):
             raise UserError("the run has no end (trainer.max_steps and max_epochs are -1): set trainer.max_steps")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        schedule = warmup_cosine(self.hparams["warmup_steps"], total, self.hparams["min_lr_ratio"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- evaluation: zero-shot and retrieval tasks declared by the datamodule ------------
-    def _eval_tasks(self, stage: str) -> list:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        return datamodule.eval_tasks(stage) if hasattr(datamodule, "eval_tasks") else []
+    # ---- evaluation: the declared evaluators over the datamodule's tasks ----------------
+    def _eval_tasks(self, stage: str) -> list[EvalTask]:
+        tasks = getattr(getattr(self.trainer, "datamodule", None), "eval_tasks", None)
+        return tasks(stage) if tasks is not None else []
 
     def on_validation_epoch_start(self) -> None:
         self._eval_outputs = defaultdict(list)
@@ -375,6 +454,8 @@ class ContrastiveModule(pl.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Encode the evaluation items (what the scoring needs); the evaluators read them at the
+        end of the pass."""
         if "task" not in batch:
             return  # a datamodule without eval tasks
         needs = self.scoring_needs
@@ -393,98 +474,43 @@ class ContrastiveModule(pl.LightningModule):
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        self._log_eval_metrics("val")
+        self._evaluate("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_eval_metrics("test")
+        self._evaluate("test")
+
+    def _evaluate(self, stage: str) -> None:
+        """Run the evaluators due in this pass and log what they return; ``last_evaluation``
+        keeps this pass's metrics (``experiments.callbacks.FinalMetrics`` writes them to the run's
+        history)."""
+        during_fit = self.trainer.state.fn == TrainerFn.FITTING
+        due = [e for e in self.evaluators if e.due(stage, self.global_step, during_fit)]
+        metrics: dict[str, torch.Tensor | float] = {}
+        if self._eval_outputs:
+            outputs = self._gather_unique({k: torch.cat(v) for k, v in self._eval_outputs.items()})
+            self._eval_outputs = defaultdict(list)
+            records = _task_records(outputs)
+            for position, task in enumerate(self._eval_tasks(stage)):
+                if position not in records or task.kind == "probe_train":
+                    continue  # e.g. limit_val_batches stopped before this task; a probe's fitting rows
+                context = TaskContext(task, records[position], self, records)
+                for evaluator in due:
+                    if task.kind in evaluator.kinds:
+                        metrics |= evaluator.evaluate(context)
+        data = getattr(self.trainer, "datamodule", None)
+        for evaluator in due:
+            if not evaluator.kinds:  # brings its own data
+                metrics |= evaluator.evaluate_model(self, data, stage, self.global_step)
+        for name, value in metrics.items():
+            self.log(name, value, sync_dist=True)
+        self.last_evaluation = {name: float(value) for name, value in metrics.items()}
 
     def score(self, images: Encoded, texts: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """(image->text, text->image) scores [Ni, Nt] of the scoring term (default: cosine)."""
         if self.scorer is None:
-            cosine = images.image @ texts.text.T
+            cosine = present(images, "image") @ present(texts, "text").T
             return cosine, cosine
         return self.scorer.score(images, texts)
-
-    def _log_eval_metrics(self, stage: str) -> None:
-        if not self._eval_outputs:
-            return
-        outputs = self._gather_unique({k: torch.cat(v) for k, v in self._eval_outputs.items()})
-        self._eval_outputs = defaultdict(list)
-        fields = ("image", "text", "image_tokens", "text_tokens", "text_mask")
-        for task_id, task in enumerate(self._eval_tasks(stage)):
-            rows = outputs["task"] == task_id
-            if not rows.any() or task.kind == "probe_train":
-                continue  # e.g. limit_val_batches stopped before this task; a probe's fitting rows
-            images = Encoded(image=outputs["image"][rows], image_tokens=_rows(outputs, "image_tokens", rows))
-            if task.kind == "zeroshot":
-                scores = self._zeroshot_scores(images, task.prompts.to(self.device))
-                metrics = {"top1": topk_accuracy(scores, outputs["label"][rows], 1)}
-            elif task.kind == "crosslingual":
-                metrics = self._crosslingual_metrics(outputs, rows, fields)
-            elif task.kind == "linear_probe":
-                fit = outputs["task"] == task.fit_task
-                if not fit.any():
-                    continue
-                accuracy = probe_accuracy(
-                    outputs["image"][fit].cpu().numpy(), outputs["label"][fit].cpu().numpy(),
-                    images.image.cpu().numpy(), outputs["label"][rows].cpu().numpy(),
-                    fix="raise data.init_args.probe_train_rows",
-                )  # fmt: skip
-                metrics = {"top1": torch.tensor(accuracy, device=self.device)}
-            else:
-                texts = Encoded(**{k: _rows(outputs, k, rows) for k in fields if k.startswith("text")})
-                i2t, t2i = self.score(images, texts)
-                tokens = outputs["tokens"][rows]
-                positives = (tokens[:, None] == tokens[None]).all(-1)  # same caption text
-                if task.positives == "label":  # class-level captions: any caption of the image's class
-                    labels = outputs["label"][rows]
-                    positives = labels[:, None] == labels[None]
-                metrics = {
-                    "i2t_R@1": recall_at_k(i2t, positives, 1),
-                    "t2i_R@1": recall_at_k(t2i.T, positives.T, 1),
-                }
-                # Mind the Gap's modality gap of the global embeddings, on the retrieval set:
-                # geometry/<suite>/modality_gap beside retrieval/<suite>/..., so runs track it.
-                gap = (images.image.mean(0) - texts.text.mean(0)).norm()
-                self.log(task.name.replace("retrieval/", "geometry/", 1) + "/modality_gap", gap, sync_dist=True)
-            for key, value in metrics.items():
-                self.log(f"{task.name}/{key}", value, sync_dist=True)
-
-    def _crosslingual_metrics(
-        self, outputs: dict[str, torch.Tensor], rows: torch.Tensor, fields: tuple[str, ...]
-    ) -> dict[str, torch.Tensor]:
-        """R@1/5/10 of English caption -> Chinese caption of the same scene, directly and through
-        the images (``variants.metrics.crosslingual_recall``). A task's items come in pairs (label
-        2 i: scene i's English caption, 2 i + 1: its Chinese one, each with the image); scenes
-        with only one caption evaluated (limit_val_batches) are left out. Chinese caption j is a hit
-        for English caption i when it is scene i's, when it is identical to it, or when English
-        caption i is identical to scene j's English caption (identical queries rank alike, so
-        each of their scenes is a right answer), as identical captions count in retrieval."""
-        where = rows.nonzero().squeeze(1)
-        where = where[outputs["label"][where].argsort()]  # in scene order
-        label = outputs["label"][where]
-        en_rows, zh_rows = where[label % 2 == 0], where[label % 2 == 1]
-        en_pairs, zh_pairs = outputs["label"][en_rows] // 2, outputs["label"][zh_rows] // 2
-        en_rows, zh_rows = en_rows[torch.isin(en_pairs, zh_pairs)], zh_rows[torch.isin(zh_pairs, en_pairs)]
-        images = Encoded(image=outputs["image"][en_rows], image_tokens=_rows(outputs, "image_tokens", en_rows))
-        english = Encoded(**{k: _rows(outputs, k, en_rows) for k in fields if k.startswith("text")})
-        chinese = Encoded(**{k: _rows(outputs, k, zh_rows) for k in fields if k.startswith("text")})
-        en_to_image = image_to_zh = None
-        if self.scorer is not None:  # the term's own pair scores; "direct" stays the text cosine
-            en_to_image = self.score(images, english)[1].T
-            image_to_zh = self.score(images, chinese)[0]
-        zh_tokens, en_tokens = outputs["tokens"][zh_rows], outputs["tokens"][en_rows]
-        same_zh = (zh_tokens[:, None] == zh_tokens[None]).all(-1)
-        same_en = (en_tokens[:, None] == en_tokens[None]).all(-1)
-        return crosslingual_recall(
-            english.text, chinese.text, images.image, en_to_image=en_to_image, image_to_zh=image_to_zh,
-            positives=same_zh | same_en,
-        )  # fmt: skip
-
-    def _zeroshot_scores(self, images: Encoded, prompts: torch.Tensor) -> torch.Tensor:
-        templates = prompts.shape[1]
-        texts = self.text_record(prompts.flatten(0, 1), tokens="text_tokens" in self.scoring_needs)
-        return self.zeroshot_scores(images, texts, templates)
 
     def zeroshot_scores(self, images: Encoded, prompts: Encoded, templates: int) -> torch.Tensor:
         """[Ni, classes] zero-shot scores from the encoded prompts of every class, class-major
@@ -492,22 +518,36 @@ class ContrastiveModule(pl.LightningModule):
         prompt ensemble (mean of normalised template embeddings, renormalised); a term's own
         scoring (FILIP) the mean of its template scores."""
         if self.scorer is None:
-            text = prompts.text.float()
+            text = present(prompts, "text").float()
             classifier = class_embeddings(text.view(-1, templates, text.shape[-1]))
-            return images.image.float() @ classifier.T
+            return present(images, "image").float() @ classifier.T
         i2t, _ = self.scorer.score(images, prompts)
         return i2t.view(i2t.shape[0], -1, templates).mean(-1)
 
     def _gather_unique(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """All ranks' evaluation outputs, each sample once (samplers pad by repeating)."""
         if self.trainer.world_size > 1:
-            outputs = {k: self.all_gather(v).flatten(0, 1) for k, v in outputs.items()}
+            outputs = {k: cast(torch.Tensor, self.all_gather(v)).flatten(0, 1) for k, v in outputs.items()}
         first = _first_occurrences(outputs["index"])
         return {k: v[first] for k, v in outputs.items()}
 
 
-def _rows(outputs: dict[str, torch.Tensor], key: str, rows: torch.Tensor) -> torch.Tensor | None:
-    return outputs[key][rows] if key in outputs else None
+def _task_records(outputs: dict[str, torch.Tensor]) -> dict[int, TaskRecords]:
+    """The gathered evaluation outputs split by task position (tasks with no items are absent)."""
+    records = {}
+    for position in outputs["task"].unique().tolist():
+        rows = outputs["task"] == position
+
+        def take(key: str, rows: torch.Tensor = rows) -> torch.Tensor | None:
+            return outputs[key][rows] if key in outputs else None
+
+        records[int(position)] = TaskRecords(
+            images=Encoded(image=take("image"), image_tokens=take("image_tokens")),
+            texts=Encoded(text=take("text"), text_tokens=take("text_tokens"), text_mask=take("text_mask")),
+            labels=outputs["label"][rows],
+            tokens=outputs["tokens"][rows],
+        )
+    return records
 
 
 def _first_occurrences(index: torch.Tensor) -> torch.Tensor:
@@ -533,8 +573,9 @@ def _weight_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn
     """Split trainable parameters: decay weights with >= 2 dims, except what towers exempt."""
     exempt = set()
     for prefix, child in module.named_children():
-        if hasattr(child, "no_weight_decay"):
-            exempt |= {f"{prefix}.{name}" for name in child.no_weight_decay()}
+        no_weight_decay = getattr(child, "no_weight_decay", None)  # a tower's own exemptions, when it lists any
+        if callable(no_weight_decay):
+            exempt |= {f"{prefix}.{name}" for name in no_weight_decay()}
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
@@ -562,10 +603,34 @@ _MASKING_UNUSED = (
 )
 
 
+def _checked_evaluators(evaluators: list[Evaluator] | None) -> list[Evaluator]:
+    if evaluators is None:
+        return default_evaluators()
+    wrong = [repr(e) for e in evaluators if not isinstance(e, Evaluator)]
+    if wrong:
+        raise UserError(
+            f"model.evaluators takes evaluators (common.evaluation.Evaluator, e.g. class_path "
+            f"variants.evaluation.ZeroShot); got {', '.join(wrong)}"
+        )
+    return list(evaluators)
+
+
 def _is_config(value: object) -> bool:
     if isinstance(value, list):
         return all(isinstance(v, dict) for v in value)
     return isinstance(value, dict)
+
+
+def _checked_text_tower(text: object) -> nn.Module:
+    """The text tower, once checked against the contract (common.records.TextEncoder)."""
+    missing = [name for name in TEXT_ENCODER_ATTRIBUTES if not hasattr(text, name)]
+    if missing or not isinstance(text, nn.Module):
+        raise UserError(
+            f"the text tower {type(text).__name__} lacks {', '.join(missing) or 'nn.Module'} of the text-tower "
+            "contract (common.records.TextEncoder: an nn.Module with forward(token_ids, return_tokens) -> "
+            f"TowerOutput and {', '.join(TEXT_ENCODER_ATTRIBUTES)})"
+        )
+    return text
 
 
 def _check_compatible(vision: nn.Module, text: nn.Module, terms: list[Term]) -> None:

@@ -8,57 +8,23 @@ What a step computes is collected in an :class:`Encoded` record and handed to ev
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import get_act_layer
-from timm.models.vision_transformer import Block
+from timm.layers import Mlp, get_act_layer
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common.errors import UserError, one_line
+from common.records import Encoded, TextEncoder, TowerOutput
 
-
-@dataclass(frozen=True)
-class Encoded:
-    """What the towers produced for one batch; terms read the fields they declared in ``needs``.
-
-    image, text:   [B, D] L2-normalised global embeddings (always present in training; an
-                   evaluation record may hold only one side).
-    image_tokens:  [B, P, Cv] patch features without prefix tokens (ViT) or the flattened final
-                   feature map (CNN); present when a term needs "image_tokens".
-    text_tokens:   [B, L, Ct] per-position features after the final LayerNorm, and
-    text_mask:     [B, L] bool, True at real tokens (start, words, end), False at padding;
-                   present when a term needs "text_tokens".
-    views:         [B, 2, Cv] the image trunk's pooled features of two augmented views of each
-                   image (before the projection); present when a term needs "views".
-    image_views:   [B, 2, D] the same two views through the whole tower, projected but NOT
-                   normalised (SimSiam reads them there); present when a term needs
-                   "image_views", and then ``image`` is the first view, normalised, and
-                   ``image_tokens`` its tokens: DeCLIP trains on two augmented views and never
-                   on the un-augmented image.
-    text_view:     [B, D] L2-normalised embedding of a second text view of each caption (EDA,
-                   from the data); present when a term needs "text_view".
-    mlm_labels:    [B, L] int64, the original id at each masked position of the caption that
-                   produced ``text`` / ``text_tokens``, -100 elsewhere (from the data's
-                   text masking); present when a term needs "mlm_labels".
-    """
-
-    image: torch.Tensor | None = None
-    text: torch.Tensor | None = None
-    image_tokens: torch.Tensor | None = None
-    text_tokens: torch.Tensor | None = None
-    text_mask: torch.Tensor | None = None
-    views: torch.Tensor | None = None
-    image_views: torch.Tensor | None = None
-    text_view: torch.Tensor | None = None
-    mlm_labels: torch.Tensor | None = None
-
+__all__ = ["Encoded", "TextEncoder", "TextTower", "TowerOutput", "VisionTower", "check_context"]
 
 #: What a term may list in ``Term.needs``: the fields of :class:`Encoded` that are computed only
 #: when asked for ("text_tokens" brings "text_mask" with it).
@@ -149,7 +115,8 @@ class VisionTower(nn.Module):
     ) -> None:
         super().__init__()
         self.model_name, self.embed_dim, self.channels_last = model_name, embed_dim, channels_last
-        self.backbone = _create_backbone(model_name, pretrained, **(model_kwargs or {}))
+        # Any: forward_features / forward_head / set_grad_checkpointing are timm's API, not nn.Module's.
+        self.backbone: Any = _create_backbone(model_name, pretrained, **(model_kwargs or {}))
         use_attention_kernel(self.backbone, attention)
         if grad_checkpointing:
             _checkpoint_backbone(self.backbone, model_name)
@@ -176,10 +143,10 @@ class VisionTower(nn.Module):
         (SLIP's self-supervised branch reads the trunk here)."""
         return self.backbone.forward_head(self._features(images), pre_logits=True)
 
-    def forward(self, images: torch.Tensor, return_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """images [B, 3, H, W] -> (embedding [B, D] normalised, tokens [B, P, C] or None)."""
+    def forward(self, images: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
+        """images [B, 3, H, W] -> (embedding [B, D] normalised, tokens [B, P, C] or None, mask None)."""
         projected, tokens = self.project(images, return_tokens)
-        return F.normalize(projected, dim=-1), tokens
+        return TowerOutput(F.normalize(projected, dim=-1), tokens)
 
     def project(self, images: torch.Tensor, return_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images [B, 3, H, W] -> (the projection [B, D] before normalisation, tokens or None)."""
@@ -286,16 +253,15 @@ class TextTower(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * depth) ** -0.5, (2 * width) ** -0.5
         for block in self.blocks:
-            stds = {block.attn.qkv: attn_std, block.attn.proj: proj_std, block.mlp.fc1: fc_std, block.mlp.fc2: proj_std}
+            attn, mlp = cast(Attention, block.attn), cast(Mlp, block.mlp)  # timm's Block: its layers' types
+            stds = {attn.qkv: attn_std, attn.proj: proj_std, mlp.fc1: fc_std, mlp.fc2: proj_std}
             for linear, std in stds.items():
-                nn.init.normal_(linear.weight, std=std)  # type: ignore[arg-type]  # timm's Linear layers
+                nn.init.normal_(cast(nn.Linear, linear).weight, std=std)
         nn.init.normal_(self.proj.weight, std=width**-0.5)
 
-    def forward(
-        self, token_ids: torch.Tensor, return_tokens: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def forward(self, token_ids: torch.Tensor, return_tokens: bool = False) -> TowerOutput:
         """token_ids [B, L] -> (embedding [B, D] normalised, tokens [B, L, W] or None, mask [B, L])."""
-        length = self._check_length(token_ids)
+        length = check_context(token_ids, self.context_length)
         positions = torch.arange(length, device=token_ids.device)
         last = torch.where(token_ids != self.pad_id, positions, 0).amax(dim=1)  # the end token
         mask = positions <= last[:, None]
@@ -317,20 +283,21 @@ class TextTower(nn.Module):
             weights = mask.unsqueeze(-1).to(x.dtype)
             pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
         embedding = F.normalize(self.proj(pooled), dim=-1)
-        return embedding, (x if return_tokens else None), mask
-
-    def _check_length(self, token_ids: torch.Tensor) -> int:
-        """The texts' length, or a UserError when it exceeds what the positions cover."""
-        length = token_ids.shape[1]
-        if length > self.context_length:
-            raise UserError(
-                f"text of {length} tokens exceeds the text tower's context_length "
-                f"{self.context_length}; tokenize with the same context length"
-            )
-        return length
+        return TowerOutput(embedding, x if return_tokens else None, mask)
 
 
-def _checkpoint_backbone(backbone: nn.Module, model_name: str) -> None:
+def check_context(token_ids: torch.Tensor, context_length: int) -> int:
+    """The texts' length, or a UserError when it exceeds what a text tower's positions cover."""
+    length = token_ids.shape[1]
+    if length > context_length:
+        raise UserError(
+            f"text of {length} tokens exceeds the text tower's context_length {context_length}; "
+            "tokenize with the same context length"
+        )
+    return length
+
+
+def _checkpoint_backbone(backbone: Any, model_name: str) -> None:  # a timm model
     try:
         backbone.set_grad_checkpointing(True)
     except (AssertionError, NotImplementedError, AttributeError) as error:

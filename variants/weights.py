@@ -120,7 +120,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
                 warnings.simplefilter("ignore", FutureWarning)
                 return torch.jit.load(str(path), map_location="cpu").state_dict(), True
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever torch cannot read is refused in one line
         if holds_objects(error):  # torch's advice (weights_only=False) would run the file's code
             raise UserError(not_tensors(path)) from None
         raise UserError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None

@@ -55,7 +55,7 @@ def _line_figure(title: str, spec: dict, groups: dict[str, list[float]]) -> Figu
             ax.errorbar(
                 xs, means, yerr=[lows, highs], color=f"C{i}", marker="o", capsize=3, label=f"{label} (mean, 95% CI)"
             )
-    for j, (label, group) in enumerate((spec.get("lines") or {}).items()):
+    for label, group in (spec.get("lines") or {}).items():
         seeds = groups.get(group, [])
         if seeds:
             ax.axhline(

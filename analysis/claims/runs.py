@@ -15,6 +15,7 @@ import io
 import json
 import math
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from analysis.results import split_run_name
@@ -71,7 +72,7 @@ def runs_of(
     (context for a reader of the per-run CSV). A non-finite value ("nan") stays NaN: missing."""
     wanted = list(dict.fromkeys(metrics))
     keep = None if groups is None else set(groups)
-    rows = []
+    rows: list[dict] = []
     for run in run_folders(folder):
         group, seed = split_run_name(run.name)
         if keep is not None and group not in keep:
@@ -164,9 +165,9 @@ def _compute(checkpoint: Path, todo: list[str], out: Path) -> dict[str, float]:
         from analysis.probes import selection_probe
         from analysis.suite_specs import load_probe_suites
 
-        for suite in load_probe_suites(["shapesworld"], loaded, SuiteOptions()):
-            if f"probes/{suite.name}/acc" in todo:
-                computed[f"probes/{suite.name}/acc"] = selection_probe(loaded, suite)["acc"]
+        for probe_suite in load_probe_suites(["shapesworld"], loaded, SuiteOptions()):
+            if f"probes/{probe_suite.name}/acc" in todo:
+                computed[f"probes/{probe_suite.name}/acc"] = selection_probe(loaded, probe_suite)["acc"]
     if any(n.startswith("explain/") for n in todo):
         from analysis.explain import METHODS, available_methods
         from analysis.explain.command import explain_pointing
@@ -202,19 +203,7 @@ def read_runs_csv(path: Path) -> list[dict]:
             raise UserError(f"{path}: a per-run CSV starts with the columns run, group, seed")
         metrics = [c for c in reader.fieldnames if c not in ROW_KEYS]
         for line, record in enumerate(reader, start=2):
-
-            def number(column: str, cast: type = float) -> float | int | None:
-                cell = (record.get(column) or "").strip()
-                if not cell:
-                    return None
-                try:
-                    return cast(float(cell)) if cast is int else float(cell)
-                except ValueError:
-                    raise UserError(
-                        f"{path}: line {line}, column {column!r}: {cell!r} is not a number (leave the cell empty "
-                        "for a value the run did not log; nan for a non-finite one)"
-                    ) from None
-
+            number = partial(_cell_number, path, line, record)
             values = {m: number(m) for m in metrics}
             rows.append({
                 "run": record["run"], "group": record["group"], "seed": number("seed", int),
@@ -223,3 +212,17 @@ def read_runs_csv(path: Path) -> list[dict]:
                 "metrics": {m: v for m, v in values.items() if v is not None},
             })  # fmt: skip
     return rows
+
+
+def _cell_number(path: Path, line: int, record: dict, column: str, cast: type = float) -> float | int | None:
+    """One cell of a per-run CSV as a number; None when empty, a UserError naming the cell otherwise."""
+    cell = (record.get(column) or "").strip()
+    if not cell:
+        return None
+    try:
+        return cast(float(cell)) if cast is int else float(cell)
+    except ValueError:
+        raise UserError(
+            f"{path}: line {line}, column {column!r}: {cell!r} is not a number (leave the cell empty "
+            "for a value the run did not log; nan for a non-finite one)"
+        ) from None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,8 @@ def paired_effect(
     base = usable(claim.baseline) if claim.baseline is not None else None
     if base is not None and claim.matched_on:
         base = {seed: _matched(row, arm.get(seed), claim, curves or rows, dropped) for seed, row in base.items()}
+    bounds, base_bounds = metric_bounds(claim.metric), metric_bounds(claim.base_metric)
+    diff_bounds: tuple[float, float] | None = None
     if base is not None:
         seeds = []
         for seed in sorted(set(arm) | set(base)):
@@ -118,25 +121,24 @@ def paired_effect(
             else:
                 seeds.append(seed)
         differences = [value(arm[s], claim.metric) - value(base[s], claim.base_metric) for s in seeds]
+        if bounds is not None and base_bounds is not None:
+            diff_bounds = (bounds[0] - base_bounds[1], bounds[1] - base_bounds[0])
+        base_stats = mean_ci([value(base[s], claim.base_metric) for s in seeds], bounds=base_bounds)
     else:
+        fixed = claim.baseline_value
+        assert fixed is not None, "a claim without a baseline arm has a baseline_value (load_registry checks)"
         seeds = []
         for seed, row in sorted(arm.items()):
             if math.isfinite(value(row, claim.metric)):
                 seeds.append(seed)
             else:
                 dropped[row["run"]] = "non-finite or missing value"
-        differences = [value(arm[s], claim.metric) - float(claim.baseline_value) for s in seeds]
-
-    bounds, base_bounds = metric_bounds(claim.metric), metric_bounds(claim.base_metric)
-    if base is not None:
-        both = bounds is not None and base_bounds is not None
-        diff_bounds = (bounds[0] - base_bounds[1], bounds[1] - base_bounds[0]) if both else None
-        base_stats = mean_ci([value(base[s], claim.base_metric) for s in seeds], bounds=base_bounds)
-    else:
-        diff_bounds = None if bounds is None else (bounds[0] - claim.baseline_value, bounds[1] - claim.baseline_value)
-        base_stats = {"mean": claim.baseline_value, "std": None, "ci95": None, "n": 0, "clipped": False}
+        differences = [value(arm[s], claim.metric) - float(fixed) for s in seeds]
+        if bounds is not None:
+            diff_bounds = (bounds[0] - fixed, bounds[1] - fixed)
+        base_stats = {"mean": fixed, "std": None, "ci95": None, "n": 0, "clipped": False}
     effect = mean_ci(differences, bounds=diff_bounds)
-    result = {
+    result: dict[str, Any] = {
         "claim": asdict(claim),
         "seeds": seeds,
         "arm": mean_ci([value(arm[s], claim.metric) for s in seeds], bounds=bounds),
@@ -169,6 +171,7 @@ def _matched(base: dict, arm: dict | None, claim: Claim, curves: list[dict], dro
     along the baseline run's rows at every evaluated step; NaN outside the range they span."""
     if arm is None:
         return base
+    assert claim.matched_on is not None, "called for the claims that compare at matched values"
     points = sorted(
         (r["metrics"][claim.matched_on], r["metrics"][claim.base_metric])
         for r in curves

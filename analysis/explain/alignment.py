@@ -12,35 +12,56 @@ claim of finer alignment is measured against. A phrase's map is the mean of its 
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 
 from analysis.explain.target import patch_grid
 from common.errors import UserError
 from variants.module import ContrastiveModule
+from variants.objectives.base import present
 from variants.towers import Encoded
+
+
+@runtime_checkable
+class TokenAligned(Protocol):
+    """A scoring term with its own word-patch similarities (FILIP's ``TokenwiseInfoNCE``)."""
+
+    def token_similarities(self, images: Encoded, texts: Encoded) -> torch.Tensor: ...
+
+
+_NO_SPACE = (
+    "alignment needs token outputs in a shared space: a token-wise term (FILIP) or towers with a linear "
+    "`proj` (the suite's VisionTower and TextTower); use --method gradcam"
+)
+
+
+def _projections(model: ContrastiveModule) -> tuple[torch.nn.Linear, torch.nn.Linear] | None:
+    """The towers' linear projections to the joint space (image, text), or None when one has none."""
+    image, text = getattr(model.vision_tower, "proj", None), getattr(model.text_tower, "proj", None)
+    return (image, text) if isinstance(image, torch.nn.Linear) and isinstance(text, torch.nn.Linear) else None
 
 
 def alignment_space(model: ContrastiveModule) -> str:
     """ "token-wise term" (FILIP) or "global projections"; a UserError when the towers have neither."""
-    if model.scorer is not None and hasattr(model.scorer, "token_similarities"):
+    if isinstance(model.scorer, TokenAligned):
         return "token-wise term"
-    if all(
-        isinstance(getattr(tower, "proj", None), torch.nn.Linear) for tower in (model.vision_tower, model.text_tower)
-    ):
+    if _projections(model) is not None:
         return "global projections"
-    raise UserError(
-        "alignment needs token outputs in a shared space: a token-wise term (FILIP) or towers with a linear "
-        "`proj` (the suite's VisionTower and TextTower); use --method gradcam"
-    )
+    raise UserError(_NO_SPACE)
 
 
 def token_similarities(model: ContrastiveModule, images: Encoded, texts: Encoded) -> torch.Tensor:
     """[B, L, P] cosines of text b's tokens to image b's patches (row b with row b)."""
-    if alignment_space(model) == "token-wise term":
-        return model.scorer.token_similarities(images, texts)  # checked above: a token-wise term
-    patches = F.normalize(model.vision_tower.proj(images.image_tokens).float(), dim=-1)
-    words = F.normalize(model.text_tower.proj(texts.text_tokens).float(), dim=-1)
+    scorer, projections = model.scorer, _projections(model)
+    if isinstance(scorer, TokenAligned):
+        return scorer.token_similarities(images, texts)
+    if projections is None:
+        raise UserError(_NO_SPACE)
+    image_proj, text_proj = projections
+    patches = F.normalize(image_proj(present(images, "image_tokens")).float(), dim=-1)
+    words = F.normalize(text_proj(present(texts, "text_tokens")).float(), dim=-1)
     return words @ patches.transpose(1, 2)
 
 

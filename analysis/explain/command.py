@@ -125,6 +125,5 @@ def explain_pair(
 
 def _unnormalise(image: torch.Tensor, loaded: LoadedCheckpoint) -> torch.Tensor:
     """The model's input as uint8 [3, H, W], for display."""
-    mean = torch.tensor(loaded.image_transform.mean)[:, None, None]
-    std = torch.tensor(loaded.image_transform.std)[:, None, None]
+    mean, std = loaded.normalisation()
     return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)

@@ -112,7 +112,8 @@ def pointing_game(
                     heat = upsample(low_res, size)
                     tally = tallies[method].setdefault(name, Tally())
                     for b in range(len(heat)):
-                        tally.add(heat[b], tuple(int(v) for v in batch["box"][b]))
+                        x0, y0, x1, y1 = (int(v) for v in batch["box"][b])
+                        tally.add(heat[b], (x0, y0, x1, y1))
                     if kind == "query" and role == "query":
                         _keep(kept, batch, method, heat, examples)
     results = {method: {name: tally.summary() for name, tally in kinds.items()} for method, kinds in tallies.items()}

@@ -19,6 +19,8 @@ gradient makes relevance caption-specific, which a pointing game needs.
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 
 from analysis.explain.target import pair_logits, patch_grid, without_checkpointing
@@ -27,12 +29,21 @@ from variants.module import ContrastiveModule
 from variants.towers import Encoded
 
 
-def attention_layers(model: ContrastiveModule) -> list[torch.nn.Module]:
+@runtime_checkable
+class AttentionLayer(Protocol):
+    """A timm attention layer: its probabilities pass through ``attn_drop`` unless ``fused_attn``."""
+
+    fused_attn: bool
+    attn_drop: torch.nn.Module
+
+
+def attention_layers(model: ContrastiveModule) -> list[AttentionLayer]:
     """The vision tower's timm attention layers, in forward order; a UserError when there are none."""
     backbone = model.vision_tower.backbone
     blocks = getattr(backbone, "blocks", None) or []
-    layers = [block.attn for block in blocks if hasattr(getattr(block, "attn", None), "fused_attn")]
-    if not layers or not all(hasattr(layer, "attn_drop") for layer in layers):
+    found = [attn for block in blocks if hasattr(attn := getattr(block, "attn", None), "fused_attn")]
+    layers = [layer for layer in found if isinstance(layer, AttentionLayer)]  # with attn_drop too: all, or refused
+    if not layers or len(layers) < len(found):
         raise UserError(
             f"relevance needs a ViT vision tower (timm attention blocks); "
             f"{getattr(model.vision_tower, 'model_name', type(backbone).__name__)} has none: use --method gradcam"
@@ -67,7 +78,7 @@ def relevance(model: ContrastiveModule, images: torch.Tensor, texts: Encoded) ->
             handle.remove()
         for layer, fused, kernel in saved:
             layer.fused_attn = fused
-            if kernel is not None:
+            if kernel is not None and hasattr(layer, "attention_kernel"):  # the suite's own kernel switch
                 layer.attention_kernel = kernel
     batch, tokens = forward[0].shape[0], forward[0].shape[-1]
     relevance_map = torch.eye(tokens, device=forward[0].device).expand(batch, tokens, tokens)

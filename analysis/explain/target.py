@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from common.errors import UserError
 from variants.module import ContrastiveModule
+from variants.objectives.base import present
 from variants.towers import Encoded
 
 
@@ -20,7 +22,7 @@ def pair_logits(model: ContrastiveModule, images: Encoded, texts: Encoded) -> to
     if model.scorer is not None:
         i2t, _ = model.scorer.score(images, texts)
         return i2t.diagonal() * _scale(model.scorer)
-    scores = (images.image.float() * texts.text.float()).sum(dim=-1)
+    scores = (present(images, "image").float() * present(texts, "text").float()).sum(dim=-1)
     term = next((t for t in model.terms.values() if hasattr(t, "logit_scale")), None)
     return scores * (_scale(term) if term is not None else 1.0)
 
@@ -49,16 +51,23 @@ def patch_grid(values: torch.Tensor, what: str) -> torch.Tensor:
     return values.reshape(values.shape[0], side, side)
 
 
+@runtime_checkable
+class _Checkpointing(Protocol):
+    """A timm model: its gradient checkpointing is switched with a method."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+
 @contextmanager
 def without_checkpointing(model: ContrastiveModule) -> Iterator[None]:
     """The vision backbone without timm's gradient checkpointing for one explained pass: the
     recomputation in the backward would call the capturing hooks a second time."""
     backbone = model.vision_tower.backbone
-    checkpointed = bool(getattr(backbone, "grad_checkpointing", False))
-    if checkpointed:
-        backbone.set_grad_checkpointing(False)
+    if not (isinstance(backbone, _Checkpointing) and getattr(backbone, "grad_checkpointing", False)):
+        yield
+        return
+    backbone.set_grad_checkpointing(False)
     try:
         yield
     finally:
-        if checkpointed:
-            backbone.set_grad_checkpointing(True)
+        backbone.set_grad_checkpointing(True)

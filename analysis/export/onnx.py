@@ -76,6 +76,8 @@ def export_onnx(loaded: LoadedCheckpoint, out: Path, check_batch: int = 3) -> di
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"format": "onnx", "dir": str(out), "max_abs_diff": {}}
     for name, tower, example in (("image", model.vision_tower, image), ("text", model.text_tower, text)):
+        if not isinstance(tower, nn.Module):  # a text tower is typed by its contract; ONNX exports modules
+            raise UserError(f"--format onnx: the {name} tower {type(tower).__name__} is not a torch module")
         module = _Tower(tower)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{name}.onnx"
@@ -87,7 +89,7 @@ def export_onnx(loaded: LoadedCheckpoint, out: Path, check_batch: int = 3) -> di
                         module, (example,), str(path), input_names=[name], output_names=[f"{name}_embedding"],
                         dynamic_shapes={"x": {0: batch}}, dynamo=True, verbose=False, external_data=False,
                     )  # fmt: skip
-                except Exception as error:  # the exporter's own failure, on a tower it cannot trace
+                except Exception as error:  # noqa: BLE001 - the exporter's own failure, on a tower it cannot trace
                     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
                     raise UserError(
                         f"--format onnx: torch.onnx cannot export the {type(tower).__name__} ({reason}); the other "
@@ -107,7 +109,8 @@ def export_onnx(loaded: LoadedCheckpoint, out: Path, check_batch: int = 3) -> di
         write_atomic(out / f"{name}.onnx", _writer(data))
         result["max_abs_diff"][name] = diff
     transform = loaded.image_transform
-    scale = next((t.logit_scale() for t in model.terms.values() if hasattr(t, "logit_scale")), None)
+    scales = (getattr(t, "logit_scale", None) for t in model.terms.values())
+    scale = next((s() for s in scales if isinstance(s, nn.Module)), None)
     write_json(
         out / "preprocess.json",
         {"image_size": size, "mean": list(getattr(transform, "mean", [])), "std": list(getattr(transform, "std", [])),

@@ -29,14 +29,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from timm.layers import Attention, Mlp
+from torch import nn
 
 from analysis.checkpoint import LoadedCheckpoint
 from common.errors import UserError
 from common.files import write_atomic, write_json, write_text
 from datamodules.tokenizer.base import HFTokenizer
 from datamodules.tokenizer.clip import CLIPTokenizer
+from variants.module import ContrastiveModule
 from variants.objectives.base import LearnedScale
 from variants.towers import TextTower, VisionTower
 
@@ -65,7 +69,8 @@ def refusal(loaded: LoadedCheckpoint) -> str | None:
             f"its timm vision model is built with model_kwargs {kwargs}, and open_clip builds a timm tower by name "
             "only (vision_cfg.timm_model_name); export it with --format onnx instead"
         )
-    act = type(text.blocks[0].mlp.act).__name__ if len(text.blocks) else "GELU"
+    shape = _block_shape(text)
+    act = shape.act if shape is not None else "GELU"
     if act not in ("GELU", "QuickGELU"):
         return f"its text tower's activation is {act}; open_clip's text transformer has GELU or QuickGELU"
     return None
@@ -90,19 +95,19 @@ def _model_kwargs(loaded: LoadedCheckpoint) -> dict:
 def model_config(loaded: LoadedCheckpoint, image_size: int, tokenizer_dir: Path | None) -> dict:
     """open_clip's model config for the checkpoint's towers."""
     model = loaded.model
-    vision, text = model.vision_tower, model.text_tower
-    block = text.blocks[0] if len(text.blocks) else None
-    quick = block is not None and type(block.mlp.act).__name__ == "QuickGELU"
+    vision, text = model.vision_tower, _text_tower(model)
+    block = _block_shape(text)
+    quick = block is not None and block.act == "QuickGELU"
     tokenizer = loaded.tokenizer
     text_cfg: dict = {
         "context_length": text.context_length,
         "vocab_size": text.vocab_size,
         "width": text.token_dim,
-        "heads": block.attn.num_heads if block is not None else 1,
+        "heads": block.heads if block is not None else 1,
         "layers": len(text.blocks),
-        "mlp_ratio": block.mlp.fc1.out_features / text.token_dim if block is not None else 4.0,
+        "mlp_ratio": block.hidden / text.token_dim if block is not None else 4.0,
         "pad_id": text.pad_id,
-        "norm_kwargs": {"eps": block.norm1.eps if block is not None else text.ln_final.eps},
+        "norm_kwargs": {"eps": block.eps if block is not None else text.ln_final.eps},
     }
     if isinstance(tokenizer, CLIPTokenizer):
         text_cfg["pool_type"] = "argmax"  # CLIP's end id is the largest of its vocabulary
@@ -135,7 +140,40 @@ def _end_id(tokenizer: Callable[[list[str]], torch.Tensor]) -> int:
     return int([i for i in ids if i != pad][-1])
 
 
-def _scale_term(model: torch.nn.Module) -> torch.nn.Module | None:
+def _text_tower(model: ContrastiveModule) -> TextTower:
+    text = model.text_tower
+    assert isinstance(text, TextTower), "export_open_clip refuses any other text tower first (refusal)"
+    return text
+
+
+class _BlockShape(NamedTuple):
+    act: str  # the MLP's activation class
+    heads: int
+    hidden: int  # the MLP's hidden width
+    eps: float  # the LayerNorms' epsilon
+
+
+def _block_shape(text: TextTower) -> _BlockShape | None:
+    """What open_clip's config says of the text blocks, read from the first (TextTower builds timm
+    Blocks of an Mlp, an Attention and LayerNorms); None for a tower without blocks."""
+    if not len(text.blocks):
+        return None
+    block = text.blocks[0]
+    mlp, attn, norm = block.mlp, block.attn, block.norm1
+    if not (
+        isinstance(mlp, Mlp)
+        and isinstance(mlp.fc1, nn.Linear)
+        and isinstance(attn, Attention)
+        and isinstance(norm, nn.LayerNorm)
+    ):
+        raise UserError(
+            f"--format open_clip: the text tower's blocks are not timm Blocks of Mlp, Attention and LayerNorm "
+            f"({type(mlp).__name__}, {type(attn).__name__}, {type(norm).__name__})"
+        )
+    return _BlockShape(type(mlp.act).__name__, attn.num_heads, mlp.fc1.out_features, norm.eps)
+
+
+def _scale_term(model: ContrastiveModule) -> nn.Module | None:
     """The first term with a learned logit scale (InfoNCE, Sigmoid): open_clip's logit_scale."""
     for term in model.terms.values():
         if isinstance(getattr(term, "logit_scale", None), LearnedScale):
@@ -143,7 +181,7 @@ def _scale_term(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def _logit_bias(model: torch.nn.Module) -> torch.Tensor | None:
+def _logit_bias(model: ContrastiveModule) -> torch.Tensor | None:
     term = _scale_term(model)
     bias = getattr(term, "logit_bias", None) if term is not None else None
     return bias.detach() if isinstance(bias, torch.Tensor) else None
@@ -155,7 +193,7 @@ def state_dict(loaded: LoadedCheckpoint) -> dict[str, torch.Tensor]:
     model = loaded.model
     out = {f"visual.trunk.{k}": v for k, v in model.vision_tower.backbone.state_dict().items()}
     out["visual.head.proj.weight"] = model.vision_tower.proj.weight
-    text = model.text_tower
+    text = _text_tower(model)
     for key, value in text.state_dict().items():
         if key == "proj.weight":
             out["text_projection"] = value.t()
@@ -164,8 +202,8 @@ def state_dict(loaded: LoadedCheckpoint) -> dict[str, torch.Tensor]:
         for ours, theirs in _BLOCK:
             name = name.replace(ours, theirs)
         out[name] = value
-    term = _scale_term(model)
-    out["logit_scale"] = term.logit_scale.log_scale.detach() if term is not None else torch.tensor(0.0)
+    scale = getattr(_scale_term(model), "logit_scale", None)
+    out["logit_scale"] = scale.log_scale.detach() if isinstance(scale, LearnedScale) else torch.tensor(0.0)
     bias = _logit_bias(model)
     if bias is not None:
         out["logit_bias"] = bias.reshape(1)

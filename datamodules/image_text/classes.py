@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from common.errors import UserError
 from datamodules.image_text.sources import Segment
+from datamodules.suites.templates import fill_template, template_problem
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,12 @@ class PromptSet:
 
     def prompts(self) -> list[list[str]]:
         """[class][template] prompt strings."""
-        return [[t.replace("{}", c) for t in self.templates] for c in self.classnames]
+        return [[fill_template(t, c) for t in self.templates] for c in self.classnames]
 
 
 def prompt_sets(spec: dict | None, label_column: str | None) -> list[PromptSet]:
     """``data.init_args.zeroshot`` checked: each task a non-empty list of class names and of
-    templates holding "{}"; a label column to score them with."""
+    templates holding "{}" or CLIP_benchmark's "{c}"; a label column to score them with."""
     if not spec:
         return []
     where = "data.init_args.zeroshot"
@@ -49,9 +50,9 @@ def prompt_sets(spec: dict | None, label_column: str | None) -> list[PromptSet]:
         for key, values in (("classnames", classnames), ("templates", templates)):
             if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
                 raise UserError(f"{where}.{name}.{key} must be a non-empty list of non-empty strings")
-        missing = [t for t in templates if "{}" not in t]
-        if missing:
-            raise UserError(f"{where}.{name}: template {missing[0]!r} has no '{{}}' where the class name goes")
+        problems = [(t, template_problem(t)) for t in templates if template_problem(t)]
+        if problems:
+            raise UserError(f"{where}.{name}: template {problems[0][0]!r} {problems[0][1]}")
         if len(set(classnames)) != len(classnames):
             raise UserError(f"{where}.{name}: class names repeat, so two classes would have the same prompts")
         sets.append(PromptSet(str(name), list(classnames), list(templates)))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import datasets
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -186,7 +187,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
             image_size, mean, std, scale=check_crop_scale(crop_scale, "data.init_args.crop_scale")
         )
         self.train_set: ImageTextRows | None = None  # map-style formats
-        self._stream = None  # webdataset: HF's streaming dataset of every shard
+        self._stream: datasets.IterableDataset | None = None  # webdataset: HF's streaming dataset of every shard
         self._eval_sets: dict[str, ImageTextRows] = {}
         self._probe_set: Dataset | None = None  # the training images the linear probe fits on
         self._prompts: dict[str, torch.Tensor] = {}  # zero-shot task -> token ids [classes, templates, L]
@@ -197,10 +198,10 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
 
     # ---- loading ------------------------------------------------------------------------
     def _source(self, split: str) -> str:
-        return f"{self.hparams.name} {split} ({self.hparams.format})"
+        return f"{self.hparams['name']} {split} ({self.hparams['format']})"
 
     def _files(self, split: str) -> list[Path]:
-        return resolve_files(self.hparams[f"{split}_files"], self.hparams.format, f"data {split}_files")
+        return resolve_files(self.hparams[f"{split}_files"], self.hparams["format"], f"data {split}_files")
 
     def prepare_data(self) -> None:
         if self.build is not None:
@@ -212,9 +213,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     ) -> ImageTextRows:  # fmt: skip
         """The captioned rows of a split; skipped rows are counted under ``counted_as`` (default: the split)."""
         h, source = self.hparams, self._source(split)
-        label_column = h.label_column if labels else None
+        label_column = h["label_column"] if labels else None
         segments = load_segments(
-            self._files(split), h.format, self.image_column, self.caption_column, h.cache_dir, label_column
+            self._files(split), h["format"], self.image_column, self.caption_column, h["cache_dir"], label_column
         )
         empty = RowNames(self.image_column)
         for segment in segments:
@@ -240,13 +241,13 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         each distinct image, evenly spaced, read with the evaluation transform."""
         rows = self._rows("train", self.image_transform, verify=False, labels=True, counted_as="probe")
         images = distinct_images(rows.segments, self.image_column)
-        return Subset(rows, evenly_spaced(images, self.hparams.probe_train_rows))
+        return Subset(rows, evenly_spaced(images, self.hparams["probe_train_rows"]))
 
     def setup(self, stage: str) -> None:
         h = self.hparams
         if stage == "fit" and self.train_set is None and self._stream is None:
-            if h.format == "webdataset":
-                self._stream = load_stream(self._files("train"), self.image_column, self.caption_column, h.cache_dir)
+            if h["format"] == "webdataset":
+                self._stream = load_stream(self._files("train"), self.image_column, self.caption_column, h["cache_dir"])
                 self.skipped["train"] = {"streamed rows": 0}  # the rank's stream is built in train_dataloader
             else:
                 self.train_set = self._rows("train", self.train_transform, verify=False)
@@ -255,9 +256,9 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         for split in ("val", "test"):
             wanted = stage in ("fit", "validate") if split == "val" else stage == "test"
             if wanted and h[f"{split}_files"] is not None and split not in self._eval_sets:
-                labels = h.label_column is not None
+                labels = h["label_column"] is not None
                 self._eval_sets[split] = self._rows(split, self.image_transform, verify=True, labels=labels)
-                if h.probe_train_rows and self._probe_set is None:
+                if h["probe_train_rows"] and self._probe_set is None:
                     self._probe_set = self._probe_rows()
 
     def _check_vocabulary(self) -> None:
@@ -266,6 +267,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         if self.train_set is not None:
             captions = [self.train_set.caption(i) for i in sample_indices(len(self.train_set))]
         else:
+            assert self._stream is not None, "setup('fit') builds the rows or the stream before this check"
             rows = self._stream.select_columns([self.caption_column]).take(4 * CAPTION_SAMPLE)
             captions = [c.strip() for row in rows if (c := row[self.caption_column] or "").strip()][:CAPTION_SAMPLE]
         fix = (
@@ -291,15 +293,15 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         h = self.hparams
         if h[f"{split}_files"] is None:
             return []
-        prefix = f"{h.name}_{split}"
-        tasks = [(EvalTask(f"retrieval/{prefix}", "retrieval", positives=h.retrieval_positives), "eval")]
+        prefix = f"{h['name']}_{split}"
+        tasks = [(EvalTask(f"retrieval/{prefix}", "retrieval", positives=h["retrieval_positives"]), "eval")]
         for prompt_set in self.prompt_sets:
             if prompt_set.name not in self._prompts:
                 self._prompts[prompt_set.name] = torch.stack([self.tokenizer(p) for p in prompt_set.prompts()])
             prompts = self._prompts[prompt_set.name]
-            tasks.append((EvalTask(f"zeroshot/{prefix}/{prompt_set.name}", "zeroshot", prompts), "eval"))
-        if h.probe_train_rows:
-            tasks.append((EvalTask(f"probe_train/{h.name}_train", "probe_train"), "probe"))
+            tasks.append((EvalTask(f"zeroshot/{prefix}/{prompt_set.name}", "zeroshot", prompts=prompts), "eval"))
+        if h["probe_train_rows"]:
+            tasks.append((EvalTask(f"probe_train/{h['name']}_train", "probe_train"), "probe"))
             tasks.append((EvalTask(f"linear_probe/{prefix}", "linear_probe", fit_task=len(tasks) - 1), "eval"))
         return tasks
 
@@ -307,7 +309,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
         masking = self.text_masking if train else None  # evaluation captions are never masked
         collate = Collate(self.tokenizer, pad_to_context=not train, masking=masking)
-        return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
+        return contrastive_loader(dataset, batch_size, train, self.hparams["num_workers"], collate, sampler)
 
     def _augment(self, seed: int) -> PairAugment | None:
         if not (self.provides_views or self.provides_text_view or self.provides_mlm):
@@ -318,32 +320,36 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         if self.train_set is None and self._stream is None:
             self.setup("fit")
         h = self.hparams
-        at = training_position(self.trainer, h.seed)
-        if h.format == "webdataset":
+        at = training_position(self.trainer, h["seed"])
+        if h["format"] == "webdataset":
             dataset = StreamingImageText(
                 self._stream, self.image_column, self.caption_column, self.train_transform,
-                seed=(at.seed * 1_000_003 + at.step) % 2**32, rank=at.rank, world_size=at.world, resampled=h.resampled,
-                shuffle_buffer=h.shuffle_buffer, source=self._source("train"), augment=self._augment(at.seed),
+                seed=(at.seed * 1_000_003 + at.step) % 2**32, rank=at.rank, world_size=at.world, resampled=h["resampled"],
+                shuffle_buffer=h["shuffle_buffer"], source=self._source("train"), augment=self._augment(at.seed),
             )  # fmt: skip
-            return self._loader(dataset, h.batch_size, train=True)
-        if len(self.train_set) < h.batch_size * at.world:
+            return self._loader(dataset, h["batch_size"], train=True)
+        train_set = self.train_set
+        assert train_set is not None, "setup('fit') reads every format but webdataset into rows"
+        if len(train_set) < h["batch_size"] * at.world:
             raise UserError(
-                f"{self._source('train')}: {len(self.train_set)} usable rows, fewer than one batch "
-                f"(data.batch_size {h.batch_size} x {at.world} processes)"
+                f"{self._source('train')}: {len(train_set)} usable rows, fewer than one batch "
+                f"(data.batch_size {h['batch_size']} x {at.world} processes)"
             )
         # Exact resume as for ShapesWorld: the order is a pure function of (seed, epoch), and a
         # resumed run starts at the batch its checkpoint stopped at.
-        self.train_set.augment = self._augment(at.seed)  # before the sampler reads takes_epoch
-        sampler = ResumableSampler(self.train_set, at.world, at.rank, at.seed, h.batch_size, at.done_batches)
+        train_set.augment = self._augment(at.seed)  # before the sampler reads takes_epoch
+        sampler = ResumableSampler(train_set, at.world, at.rank, at.seed, h["batch_size"], at.done_batches)
         sampler.set_epoch(at.epoch)
-        return self._loader(self.train_set, h.batch_size, train=True, sampler=sampler)
+        return self._loader(train_set, h["batch_size"], train=True, sampler=sampler)
 
     def _eval_loader(self, split: str) -> DataLoader | list:
         if split not in self._eval_sets:
             return []  # no evaluation data: Lightning runs no evaluation loop
-        rows = {"eval": self._eval_sets[split], "probe": self._probe_set}
+        rows: dict[str, Dataset] = {"eval": self._eval_sets[split]}
+        if self._probe_set is not None:  # built with the split's rows when there is a probe task
+            rows["probe"] = self._probe_set
         datasets = [rows[which] for _, which in self._tasks(split)]
-        return self._loader(TaskDatasets(datasets), self.hparams.eval_batch_size, train=False)
+        return self._loader(TaskDatasets(datasets), self.hparams["eval_batch_size"], train=False)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")
@@ -359,10 +365,11 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
         trainer = self.trainer
         if skipped is None or trainer is None or not trainer.training:
             return batch
-        reason = "streamed rows" if self.hparams.format == "webdataset" else "unreadable images"
+        reason = "streamed rows" if self.hparams["format"] == "webdataset" else "unreadable images"
         counts = self.skipped.setdefault("train", {})
         counts[reason] = counts.get(reason, 0) + int(skipped)
-        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:  # the same step on every rank
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # Lightning sets it at run time
+        if trainer.global_step % max(1, every) == 0:  # the same step on every rank
             self._log_skipped(trainer, counts[reason])
         return batch
 
@@ -381,7 +388,7 @@ class ImageTextDataModule(TokenizerLinks, pl.LightningDataModule):
 
     def teardown(self, stage: str) -> None:
         counts = self.skipped.get("train", {})
-        replaced = counts.get("unreadable images", 0) if self.hparams.format != "webdataset" else 0
+        replaced = counts.get("unreadable images", 0) if self.hparams["format"] != "webdataset" else 0
         streamed = counts.get("streamed rows", 0)
         if stage == "fit" and (replaced or streamed):
             what = f"replaced {replaced} unreadable images" if replaced else f"skipped {streamed} streamed rows"

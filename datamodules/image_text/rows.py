@@ -44,10 +44,14 @@ def open_image(value: Any, base: Path) -> Image.Image:
     data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         data, path = value, None
-    if data is None and not path:
+    if data is not None:
+        source: io.BytesIO | Path = io.BytesIO(data)
+    elif path:
+        source = base / path
+    else:
         raise ValueError("the row has no image")
     try:
-        with Image.open(io.BytesIO(data) if data is not None else base / path) as image:
+        with Image.open(source) as image:
             image.load()
     except UnidentifiedImageError:
         if data is None:
@@ -153,7 +157,7 @@ class ImageTextRows(Dataset):
         names = [row_name(*self.locate(i), self.image_column) for i in bad]
         keep = np.ones(len(self), dtype=bool)
         keep[bad] = False
-        for segment, start in zip(self.segments, self.starts):
+        for segment, start in zip(self.segments, self.starts[:-1], strict=True):  # starts ends with the total
             segment.keep = segment.keep[keep[start : start + len(segment.keep)]]
         self._index()
         return names
@@ -288,5 +292,5 @@ class _Counted:
 
 def _unbatch(batch: dict[str, list]) -> Iterator[dict]:
     keys = list(batch)
-    for values in zip(*(batch[k] for k in keys)):
-        yield dict(zip(keys, values))
+    for values in zip(*(batch[k] for k in keys), strict=True):
+        yield dict(zip(keys, values, strict=True))

@@ -168,18 +168,23 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
     def _eval_datasets(self, stage: str, samples: int) -> list[tuple[EvalTask, Dataset]]:
         h = self.hparams
         sets: list[tuple[EvalTask, Dataset]] = []
-        language = h.language
+        language = h["language"]
         for suffix, task in tasks_in(language):
             prompts = torch.stack([self.tokenizer(p) for p in task.prompts()])
-            dataset = ZeroShotScenes(task.name, h.seed, stage, samples, h.image_size)
-            sets.append((EvalTask(f"zeroshot/shapesworld_{stage}/{task.name}{suffix}", "zeroshot", prompts), dataset))
+            dataset = ZeroShotScenes(task.name, h["seed"], stage, samples, h["image_size"])
+            name = f"zeroshot/shapesworld_{stage}/{task.name}{suffix}"
+            sets.append((EvalTask(name, "zeroshot", "zh" if suffix else "en", prompts), dataset))
         retrieval = CaptionedScenes(
-            h.seed, f"{stage}/retrieval", samples, h.image_size, 1, h.max_objects, language=language
+            h["seed"], f"{stage}/retrieval", samples, h["image_size"], 1, h["max_objects"], language=language
         )
-        sets.append((EvalTask(f"retrieval/shapesworld_{stage}", "retrieval"), retrieval))
+        sets.append((EvalTask(f"retrieval/shapesworld_{stage}", "retrieval", language), retrieval))
         if language == "both":
-            pairs = CrossLingualScenes(h.seed, f"{stage}/crosslingual", samples, h.image_size, 1, h.max_objects)
-            sets.append((EvalTask(f"crosslingual/shapesworld_{stage}", "crosslingual"), pairs))
+            pairs = CrossLingualScenes(
+                h["seed"], f"{stage}/crosslingual", samples, h["image_size"], 1, h["max_objects"]
+            )
+            sets.append(
+                (EvalTask(f"crosslingual/shapesworld_{stage}", "crosslingual", "en", target_language="zh"), pairs)
+            )
         return sets
 
     def setup(self, stage: str) -> None:
@@ -195,7 +200,7 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
         check_captions(self.tokenizer, captions, "ShapesWorld", _COVERAGE_FIX)
         prompts = [
             (f"task {task.name}{suffix}, class {task.classes[c]}", prompt)
-            for suffix, task in tasks_in(self.hparams.language)
+            for suffix, task in tasks_in(self.hparams["language"])
             for c, class_prompts in enumerate(task.prompts())
             for prompt in class_prompts
         ]
@@ -207,19 +212,21 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, train: bool, sampler: Sampler | None = None) -> DataLoader:
         masking = self.text_masking if train else None  # evaluation captions are never masked
         collate = Collate(self.tokenizer, pad_to_context=not train, normalize=normalize, masking=masking)
-        return contrastive_loader(dataset, batch_size, train, self.hparams.num_workers, collate, sampler)
+        return contrastive_loader(dataset, batch_size, train, self.hparams["num_workers"], collate, sampler)
 
     def train_dataloader(self) -> DataLoader:
         # The order is a pure function of (seed, epoch) and a resumed run starts at the batch its
         # checkpoint stopped at (Lightning restores the loop's progress before asking for data).
-        at = training_position(self.trainer, self.hparams.seed)
-        sampler = ResumableSampler(self.train_set, at.world, at.rank, at.seed, self.hparams.batch_size, at.done_batches)
+        at = training_position(self.trainer, self.hparams["seed"])
+        sampler = ResumableSampler(
+            self.train_set, at.world, at.rank, at.seed, self.hparams["batch_size"], at.done_batches
+        )
         sampler.set_epoch(at.epoch)
-        return self._loader(self.train_set, self.hparams.batch_size, train=True, sampler=sampler)
+        return self._loader(self.train_set, self.hparams["batch_size"], train=True, sampler=sampler)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         datasets = TaskDatasets([dataset for _, dataset in self._eval_sets[stage]])
-        return self._loader(datasets, self.hparams.eval_batch_size, train=False)
+        return self._loader(datasets, self.hparams["eval_batch_size"], train=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

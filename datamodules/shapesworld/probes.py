@@ -134,7 +134,7 @@ def text_pairs_zh() -> dict[str, list[tuple[str, str]]]:
         pairs["negation"].append((f"图中有{forms[0]}", zh.negation_caption(shape)))
         other = zh.shape_name(shapes[(i + 1) % len(shapes)])
         pairs["different"].append((f"一个{color}{forms[0]}", f"一个{color}{other}"))
-    for i, (color, words) in enumerate(zh.COLOR_WORDS.items()):
+    for i, words in enumerate(zh.COLOR_WORDS.values()):
         shape = zh.shape_name(shapes[i % len(shapes)])
         pairs["synonym"] += [(f"一个{words[0]}{shape}", f"一个{synonym}{shape}") for synonym in words[1:]]
         other = zh.color_name(colors[(i + 1) % len(colors)])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from common.errors import UserError
+from datamodules.suites.templates import fill_template
 
 
 @dataclass
@@ -20,11 +21,13 @@ class ClassificationSuite:
     Args:
         name: dataset name in results, e.g. "cifar10" or "shapesworld/shape".
         classnames: one name per label, in label order.
-        templates: prompt templates with "{}" for the class name (the prompt ensemble).
+        templates: prompt templates with "{}" or CLIP_benchmark's "{c}" for the class name (the
+            prompt ensemble; ``templates.fill_template``).
         test: items {"image": PIL.Image | uint8 tensor [3, H, W], "label": int}.
         train: the same item form; the linear probe trains on it (None: no linear probe).
         prompts: explicit [class][template] prompt strings, used instead of filling
             ``templates`` when a language needs articles or grammar (ShapesWorld does).
+        language: the language of the prompts ("en", "zh"), None where the source does not say.
     """
 
     name: str
@@ -33,10 +36,11 @@ class ClassificationSuite:
     test: Dataset
     train: Dataset | None = None
     prompts: list[list[str]] | None = None
+    language: str | None = None
 
     def class_prompts(self) -> list[list[str]]:
         """[class][template] prompt strings; every class has the same number of templates."""
-        prompts = self.prompts or [[t.replace("{}", c) for t in self.templates] for c in self.classnames]
+        prompts = self.prompts or [[fill_template(t, c) for t in self.templates] for c in self.classnames]
         if len(prompts) != len(self.classnames) or len({len(p) for p in prompts}) != 1 or not prompts[0]:
             raise UserError(f"suite {self.name}: every class needs the same, non-zero number of prompts")
         return prompts
@@ -50,11 +54,14 @@ class RetrievalSuite:
         name: dataset name in results, e.g. "coco" or "shapesworld".
         images: items {"image": PIL.Image | uint8 tensor [3, H, W]}.
         captions: captions[i] lists the (one or more) captions of image i.
+        language: the captions' language ("en", "zh", "both" for mixed), None where the source
+            does not say.
     """
 
     name: str
     images: Dataset
     captions: list[list[str]]
+    language: str | None = None
 
 
 @dataclass

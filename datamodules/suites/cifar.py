@@ -126,6 +126,7 @@ def cifar_suite(root: str | Path, variant: str) -> ClassificationSuite:
         name=variant,
         classnames=classnames,
         templates=list(CIFAR_TEMPLATES),
+        language="en",  # CLIP's English templates
         test=LabelledImages(test_images, test_labels),
         train=LabelledImages(torch.cat([images for images, _ in train]), [y for _, labels in train for y in labels]),
     )

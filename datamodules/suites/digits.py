@@ -46,6 +46,7 @@ def digits_suite(seed: int = 0, test_fraction: float = 0.5) -> ClassificationSui
         name="digits",
         classnames=list(DIGIT_NAMES),
         templates=list(DIGIT_TEMPLATES),
+        language="en",
         test=split(test_idx),
         train=split(train_idx),
     )

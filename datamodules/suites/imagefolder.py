@@ -43,16 +43,18 @@ def imagefolder_suite(
 
     Args:
         root: the folder (see the module docstring for the two layouts).
-        templates: prompt templates with "{}"; CLIP's 80 ImageNet templates when None.
+        templates: prompt templates with "{}" or "{c}"; CLIP's 80 ImageNet templates when None.
         name: suite name in results; the folder's name when None.
     """
     root = Path(root)
     source = f"imagefolder {root}"
     if not root.is_dir():
         raise UserError(f"{source}: not a directory; expected {LAYOUT}")
-    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)  # root: the flat layout
     split_dirs = (
-        {"train": root / "train", "test": test_dir} if (root / "train").is_dir() and test_dir else {"test": root}
+        {"train": root / "train", "test": test_dir}
+        if (root / "train").is_dir() and test_dir != root
+        else {"test": root}
     )
 
     splits = {split: _class_images(d) for split, d in split_dirs.items()}

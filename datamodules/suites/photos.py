@@ -65,7 +65,9 @@ def faces_suite(seed: int = 0) -> ClassificationSuite:
     def split(indices: np.ndarray) -> LabelledImages:
         return LabelledImages([images[i] for i in indices], labels[indices].tolist())
 
-    return ClassificationSuite("faces", list(FACE_CLASSES), list(FACE_TEMPLATES), test=split(test), train=split(train))
+    return ClassificationSuite(
+        "faces", list(FACE_CLASSES), list(FACE_TEMPLATES), test=split(test), train=split(train), language="en"
+    )
 
 
 def photos_suite() -> RetrievalSuite:
@@ -77,4 +79,4 @@ def photos_suite() -> RetrievalSuite:
         with Image.open(path) as image:
             images.append(image.convert("RGB"))
         captions.append([caption])
-    return RetrievalSuite("photos", LabelledImages(images, [0] * len(images)), captions)
+    return RetrievalSuite("photos", LabelledImages(images, [0] * len(images)), captions, language="en")

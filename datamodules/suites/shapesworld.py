@@ -35,11 +35,12 @@ def shapesworld_suites(
                 test=ZeroShotScenes(task.name, seed, stage, samples, image_size),
                 train=ZeroShotScenes(task.name, seed, "linear_probe", probe_train_samples, image_size),
                 prompts=task.prompts(),
+                language="zh" if suffix else "en",
             )
         )
     retrieval = CaptionedScenes(seed, f"{stage}/retrieval", samples, image_size, 1, max_objects, language=language)
     captions = [[retrieval.caption(i)] for i in range(len(retrieval))]
-    suites.append(RetrievalSuite("shapesworld", retrieval, captions))
+    suites.append(RetrievalSuite("shapesworld", retrieval, captions, language=language))
     return suites
 
 

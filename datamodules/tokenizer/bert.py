@@ -106,6 +106,7 @@ class BertTokenizer(HFTokenizer):
     """
 
     pad_id = 0
+    unk_id: int  # every BERT vocabulary has [UNK] (read_vocab and words_vocab make sure)
 
     def __init__(self, vocab: str | None = None, context_length: int = 52, words: Iterable[str] | None = None) -> None:
         check_context_length(context_length)

@@ -51,7 +51,7 @@ class BPETokenizer(HFTokenizer):
             tokenizer_json = Path(path).read_text(encoding="utf-8")
         try:
             tokenizer = Tokenizer.from_str(tokenizer_json)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - HF tokenizers raises a bare Exception for a malformed file
             raise UserError(
                 f"{path} is not a tokenizer.json written by HF tokenizers: {error}".splitlines()[0]
             ) from None

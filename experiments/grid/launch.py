@@ -26,7 +26,7 @@ def run_local(grid: Grid, workers: int = 1, retry_failed: bool = False) -> list[
     print(f"grid {grid.name}: {len(grid.runs)} runs, {len(todo)} to run, {skipped} skipped", file=sys.stderr)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for run, status in zip(todo, pool.map(lambda run: _run_one(run, threads), todo)):
+        for run, status in zip(todo, pool.map(lambda run: _run_one(run, threads), todo), strict=True):
             print(f"  {run.name}: {status['status']} ({status['seconds']:.0f} s)", file=sys.stderr)
     return todo
 
@@ -72,13 +72,13 @@ def run_slurm(grid: Grid, retry_failed: bool = False) -> list[Run]:
     for run in todo:
         run.directory.mkdir(parents=True, exist_ok=True)
     jobs = executor.map_array(_array_task, [run.args + devices for run in todo], [str(run.directory) for run in todo])
-    for run, job in zip(todo, jobs):
+    for run, job in zip(todo, jobs, strict=True):
         _write_status(run, {"status": "submitted", "job_id": job.job_id, "seconds": 0.0})
         print(f"  {run.name}: job {job.job_id}", file=sys.stderr)
-    for run, job in zip(todo, jobs):
+    for run, job in zip(todo, jobs, strict=True):
         try:
             job.result()
-        except Exception as error:  # the job itself died (timeout, node failure): record it
+        except Exception as error:  # noqa: BLE001 - the job itself died (timeout, node failure): record it
             _write_status(run, {"status": "failed", "exit_code": -1, "job_id": job.job_id, "seconds": 0.0,
                                 "log_tail": str(error).splitlines()[-LOG_TAIL_LINES:]})  # fmt: skip
         print(f"  {run.name}: {run.status()['status']}", file=sys.stderr)

@@ -16,7 +16,7 @@ from experiments.grid.spec import Grid, short
 
 def results(grid: Grid) -> tuple[Path, Path]:
     """Write ``results.csv`` and ``results.md`` in the grid's folder; returns their paths."""
-    rows = []
+    rows: list[dict] = []
     for run in grid.runs:
         metrics_path = run.directory / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

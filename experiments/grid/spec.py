@@ -99,14 +99,14 @@ def load_grid(path: str | Path) -> Grid:
     template = spec.get("run_name") or "-".join([*(f"{{{k}}}" for k in (*product, *zipped)), "s{seed}"])
     directory = Path(spec.get("runs_dir", "runs")) / name
 
-    zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] if zipped else [{}]
+    zip_rows = [dict(zip(zipped, row, strict=True)) for row in zip(*zipped.values(), strict=True)] if zipped else [{}]
     runs = []
     # Seeds outermost: a grid stopped part-way has every arm at its first seeds, so paired
     # comparisons can already be read.
     for seed in seeds:
         for combo in itertools.product(*product.values()):
             for zip_row in zip_rows:
-                values = dict(zip(product, combo)) | zip_row
+                values = dict(zip(product, combo, strict=True)) | zip_row
                 run_name = _fill(template, values | {"seed": seed}, path)
                 runs.append(make_run(run_name, seed, values, configs, extra, directory))
     names = [run.name for run in runs]

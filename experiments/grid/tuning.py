@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from common.errors import UserError
 from common.files import write_json
@@ -56,7 +57,10 @@ def tuning_runs(grid: Grid) -> list[Run]:
     return runs
 
 
-def select(scores: dict[object, Sequence[float]]) -> object:
+_Value = TypeVar("_Value")
+
+
+def select(scores: Mapping[_Value, Sequence[float]]) -> _Value:
     """The value with the highest mean score over its tuning seeds; a value with a failed or
     non-finite run is not eligible (a rate that diverged on one seed is not judged on the other);
     ties: the first listed."""

@@ -29,7 +29,7 @@ def run_case(package: str, args: list[str], cwd: str) -> dict:
             main()
         except SystemExit as exit:
             code = exit.code
-        except Exception:  # what the shell would see: a traceback and exit status 1
+        except Exception:  # noqa: BLE001 - what the shell would see: a traceback and exit status 1
             traceback.print_exc()
             code = 1
     return {"returncode": code, "stderr": stderr.getvalue()}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
-import pkgutil
 import socket
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -21,6 +19,8 @@ from variants.grad_cache import concatenate, encode_in_micro_batches, micro_batc
 from variants.objectives.base import Term
 from variants.towers import Encoded
 
+from helpers.discovery import concrete_subclasses
+
 EMBED, IMAGE_WIDTH, TEXT_WIDTH, PATCHES, LENGTH, FEATURES, VOCAB = 8, 12, 10, 5, 6, 16, 7
 # What a term's attach() reads from real towers, at the toy sizes.
 TOY_VISION = SimpleNamespace(embed_dim=EMBED, token_dim=IMAGE_WIDTH, feature_dim=IMAGE_WIDTH)
@@ -28,17 +28,9 @@ TOY_TEXT = SimpleNamespace(embed_dim=EMBED, token_dim=TEXT_WIDTH, vocab_size=VOC
 
 
 def all_term_classes() -> list[type[Term]]:
-    """Every concrete Term subclass in variants/objectives/, imported file by file, so a new
-    term is tested the moment its file exists."""
-    for info in pkgutil.iter_modules(variants.objectives.__path__):
-        importlib.import_module(f"variants.objectives.{info.name}")
-    found, stack = [], list(Term.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack += cls.__subclasses__()
-        if not inspect.isabstract(cls) and cls.__module__.startswith("variants.objectives"):
-            found.append(cls)
-    return sorted(set(found), key=lambda c: c.__name__)
+    """Every concrete Term subclass in variants/objectives/ (a new term is tested the moment its
+    file exists)."""
+    return concrete_subclasses(Term, variants.objectives)
 
 
 def build_term(cls: type[Term], **kwargs) -> Term:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from variants.losses import grad_reverse
-from variants.objectives.base import Term, at_least_float32, full_precision, positive
+from variants.objectives.base import Term, at_least_float32, attached, full_precision, positive, present
 from variants.towers import Encoded
 
 
@@ -61,9 +61,10 @@ class Adversarial(Term):
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         lambd = self.current_lambda()
-        n = encoded.image.shape[0]
-        embeddings = torch.cat([grad_reverse(encoded.image, lambd), grad_reverse(encoded.text, lambd)])
-        (logits,) = at_least_float32(self.discriminator(embeddings).squeeze(-1))
+        image, text = present(encoded, "image"), present(encoded, "text")
+        n = image.shape[0]
+        embeddings = torch.cat([grad_reverse(image, lambd), grad_reverse(text, lambd)])
+        (logits,) = at_least_float32(attached(self, self.discriminator)(embeddings).squeeze(-1))
         with full_precision(logits.device):
             labels = torch.cat([logits.new_ones(n), logits.new_zeros(n)])
             loss = F.binary_cross_entropy_with_logits(logits, labels)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from common.errors import UserError
+from common.records import present  # re-exported: the terms read their fields with it
 from variants.losses import logit_chunk
 from variants.towers import OPTIONAL_FIELDS, Encoded
 
@@ -81,8 +83,19 @@ class Term(nn.Module):
     def score(self, images: Encoded, texts: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """(image->text, text->image) scores, both [Ni, Nt], for zero-shot and retrieval.
         Only read for terms with ``scores_pairs``; the default is the global cosine."""
-        cosine = images.image @ texts.text.T
+        cosine = present(images, "image") @ present(texts, "text").T
         return cosine, cosine
+
+
+_Layer = TypeVar("_Layer", bound=nn.Module)
+
+
+def attached(term: Term, layer: _Layer | None) -> _Layer:
+    """A layer that ``term`` builds in ``attach``, which the module calls at construction, before
+    any forward; None here means the term was used without its towers."""
+    if layer is None:
+        raise RuntimeError(f"{term.name}: its layers are built by attach(), which the module calls with the towers")
+    return layer
 
 
 #: what a contrastive term says when the batch is too small to hold a negative

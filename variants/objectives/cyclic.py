@@ -13,7 +13,7 @@ import torch
 
 from variants.distributed import gather_with_grad
 from variants.losses import cyclic_losses
-from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.objectives.base import Term, at_least_float32, full_precision, present
 from variants.towers import Encoded
 
 
@@ -34,8 +34,9 @@ class Cyclic(Term):
         self.inmodal_weight, self.crossmodal_weight = inmodal_weight, crossmodal_weight
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        with full_precision(encoded.image.device):
-            image, text = at_least_float32(encoded.image, encoded.text)
+        image, text = present(encoded, "image"), present(encoded, "text")
+        with full_precision(image.device):
+            image, text = at_least_float32(image, text)
             inmodal, crossmodal = cyclic_losses(
                 image, text, all_image=gather_with_grad(image), all_text=gather_with_grad(text)
             )

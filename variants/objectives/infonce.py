@@ -24,6 +24,7 @@ from variants.objectives.base import (
     chunk_rows,
     full_precision,
     positive,
+    present,
 )
 from variants.towers import Encoded
 
@@ -60,8 +61,9 @@ class InfoNCE(Term):
         self.logit_scale = LearnedScale(1.0 / init_temperature, max_logit_scale, learn_temperature)
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        with full_precision(encoded.image.device):
-            image, text = at_least_float32(encoded.image, encoded.text)
+        image, text = present(encoded, "image"), present(encoded, "text")
+        with full_precision(image.device):
+            image, text = at_least_float32(image, text)
             scale = self.logit_scale()
             all_image, all_text = gather_with_grad(image), gather_with_grad(text)
             loss = clip_loss(

@@ -30,7 +30,7 @@ from torch import nn
 from common.errors import UserError
 from variants.distributed import global_sum, world
 from variants.losses import masked_token_loss
-from variants.objectives.base import Term, at_least_float32, full_precision
+from variants.objectives.base import Term, at_least_float32, attached, full_precision, present
 from variants.towers import Encoded
 
 IGNORE = -100  # label of the positions that were not masked (PyTorch's cross_entropy default)
@@ -62,7 +62,8 @@ class MaskedLanguageModel(Term):
         self.head = nn.Linear(int(width), int(vocab))
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        labels, tokens = encoded.mlm_labels, encoded.text_tokens
+        labels, tokens = present(encoded, "mlm_labels"), present(encoded, "text_tokens")
+        head = attached(self, self.head)
         chosen = labels != IGNORE
         # Local sum / global count: DDP's average over ranks is then the global-batch mean.
         count = chosen.sum()
@@ -70,7 +71,7 @@ class MaskedLanguageModel(Term):
         _, size = world()
         with full_precision(tokens.device):
             (selected,) = at_least_float32(tokens[chosen])
-            logits = nn.functional.linear(selected, *at_least_float32(self.head.weight, self.head.bias))
+            logits = nn.functional.linear(selected, *at_least_float32(head.weight, head.bias))
             loss = masked_token_loss(logits, labels[chosen], total) * size
             with torch.no_grad():
                 hits = (logits.argmax(-1) == labels[chosen]).sum()

@@ -16,7 +16,7 @@ import torch
 from common.errors import UserError
 from variants.distributed import gather_with_grad
 from variants.losses import median_bandwidths, mmd2
-from variants.objectives.base import Term, at_least_float32, full_precision, positive
+from variants.objectives.base import Term, at_least_float32, full_precision, positive, present
 from variants.towers import Encoded
 
 
@@ -43,8 +43,9 @@ class MMD(Term):
         self.sigmas, self.multipliers = sigmas, tuple(multipliers)
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        with full_precision(encoded.image.device):
-            image, text = at_least_float32(encoded.image, encoded.text)
+        image, text = present(encoded, "image"), present(encoded, "text")
+        with full_precision(image.device):
+            image, text = at_least_float32(image, text)
             all_image, all_text = gather_with_grad(image), gather_with_grad(text)
             if self.sigmas is None:
                 sigmas = median_bandwidths(all_image, all_text, self.multipliers)

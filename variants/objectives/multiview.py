@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from variants.distributed import gather_with_grad, row_offset
 from variants.losses import multi_view_clip_loss
-from variants.objectives.base import at_least_float32, chunk_rows, full_precision
+from variants.objectives.base import at_least_float32, chunk_rows, full_precision, present
 from variants.objectives.infonce import InfoNCE
 from variants.towers import Encoded
 
@@ -47,8 +47,9 @@ class MultiViewInfoNCE(InfoNCE):
     needs = frozenset({"image_views", "text_view"})
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        with full_precision(encoded.image_views.device):
-            (views, text, text_view) = at_least_float32(encoded.image_views, encoded.text, encoded.text_view)
+        views = present(encoded, "image_views")
+        with full_precision(views.device):
+            (views, text, text_view) = at_least_float32(views, present(encoded, "text"), present(encoded, "text_view"))
             images = [F.normalize(views[:, v], dim=-1) for v in range(views.shape[1])]
             texts = [text, text_view]
             scale = self.logit_scale()

@@ -39,7 +39,15 @@ from torch import nn
 from common.errors import UserError
 from variants.distributed import gather, row_offset
 from variants.losses import nearest_neighbour_loss, nearest_neighbours
-from variants.objectives.base import NEEDS_NEGATIVES, LearnedScale, Term, at_least_float32, full_precision, positive
+from variants.objectives.base import (
+    NEEDS_NEGATIVES,
+    LearnedScale,
+    Term,
+    at_least_float32,
+    full_precision,
+    positive,
+    present,
+)
 from variants.towers import Encoded
 
 
@@ -87,15 +95,16 @@ class NearestNeighbourInfoNCE(Term):
         self.register_buffer("queue_position", torch.zeros((), dtype=torch.long))
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        texts = [encoded.text.detach(), encoded.text_view.detach()]
+        texts = [present(encoded, "text").detach(), present(encoded, "text_view").detach()]
         everyone = torch.cat([gather(t) for t in texts])  # the global batch's texts, rank order
         if everyone.shape[0] > self.queue_size:
             raise UserError(
                 f"nearestneighbourinfonce: queue_size {self.queue_size} is smaller than the {everyone.shape[0]} text "
                 "embeddings one step enqueues (2 text views x the global batch): raise queue_size"
             )
-        with full_precision(encoded.image_views.device):
-            views, *texts = at_least_float32(encoded.image_views, *texts)
+        views = present(encoded, "image_views")
+        with full_precision(views.device):
+            views, *texts = at_least_float32(views, *texts)
             queue = self.queue.to(views.dtype)
             neighbours = [queue[nearest_neighbours(t, queue, self.lookup_chunk)] for t in texts]
             images = [F.normalize(views[:, v], dim=-1) for v in range(views.shape[1])]

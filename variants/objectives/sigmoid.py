@@ -24,6 +24,7 @@ from variants.objectives.base import (
     check_chunk_size,
     chunk_rows,
     full_precision,
+    present,
 )
 from variants.towers import Encoded
 
@@ -59,8 +60,9 @@ class Sigmoid(Term):
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        with full_precision(encoded.image.device):
-            image, text = at_least_float32(encoded.image, encoded.text)
+        image, text = present(encoded, "image"), present(encoded, "text")
+        with full_precision(image.device):
+            image, text = at_least_float32(image, text)
             scale = self.logit_scale()
             all_text = gather_with_grad(text)
             loss = siglip_loss(

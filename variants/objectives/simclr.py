@@ -20,7 +20,7 @@ from torch import nn
 from common.errors import UserError
 from variants.distributed import GlobalBatchNorm1d, gather_with_grad, row_offset
 from variants.losses import simclr_loss
-from variants.objectives.base import Term, at_least_float32, full_precision, positive
+from variants.objectives.base import Term, at_least_float32, attached, full_precision, positive, present
 from variants.towers import Encoded
 
 
@@ -65,7 +65,8 @@ class SimCLR(Term):
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
         # One projector call per view, as SLIP does: each view's BN statistics are its own.
-        z_a, z_b = at_least_float32(self.projector(encoded.views[:, 0]), self.projector(encoded.views[:, 1]))
+        views, projector = present(encoded, "views"), attached(self, self.projector)
+        z_a, z_b = at_least_float32(projector(views[:, 0]), projector(views[:, 1]))
         with full_precision(z_a.device):
             offset = row_offset(z_a.shape[0])
             loss = simclr_loss(

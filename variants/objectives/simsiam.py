@@ -26,7 +26,7 @@ from torch import nn
 from common.errors import UserError
 from variants.distributed import GlobalBatchNorm1d
 from variants.losses import simsiam_loss
-from variants.objectives.base import Term, at_least_float32, full_precision, positive
+from variants.objectives.base import Term, at_least_float32, attached, full_precision, positive, present
 from variants.towers import Encoded
 
 
@@ -69,9 +69,10 @@ class SimSiam(Term):
         self.predictor = nn.Sequential(nn.Linear(d, b), GlobalBatchNorm1d(b), nn.ReLU(inplace=True), nn.Linear(b, d))
 
     def forward(self, encoded: Encoded) -> dict[str, torch.Tensor]:
-        x_a, x_b = encoded.image_views[:, 0], encoded.image_views[:, 1]
-        z_a, z_b = self.projector(x_a), self.projector(x_b)
-        p_a, p_b = self.predictor(z_a), self.predictor(z_b)
+        views = present(encoded, "image_views")
+        projector, predictor = attached(self, self.projector), attached(self, self.predictor)
+        z_a, z_b = projector(views[:, 0]), projector(views[:, 1])
+        p_a, p_b = predictor(z_a), predictor(z_b)
         p_a, z_a, p_b, z_b = at_least_float32(p_a, z_a, p_b, z_b)
         with full_precision(z_a.device):
             loss = simsiam_loss(p_a, z_a, p_b, z_b)

@@ -29,8 +29,10 @@ from variants.objectives.base import (
     LearnedScale,
     Term,
     at_least_float32,
+    attached,
     full_precision,
     positive,
+    present,
     require_token_towers,
 )
 from variants.towers import Encoded
@@ -84,9 +86,8 @@ class TokenwiseInfoNCE(Term):
         self.text_proj = nn.Linear(text_width, self.token_dim, bias=False)
 
     def _project(self, encoded: Encoded, side: str) -> torch.Tensor:
-        proj = self.image_proj if side == "image" else self.text_proj
-        tokens = encoded.image_tokens if side == "image" else encoded.text_tokens
-        (projected,) = at_least_float32(proj(tokens))
+        proj = attached(self, self.image_proj if side == "image" else self.text_proj)
+        (projected,) = at_least_float32(proj(present(encoded, f"{side}_tokens")))
         return F.normalize(projected, dim=-1)
 
     def _gemm_dtype(self, tokens: torch.Tensor) -> torch.dtype:
@@ -101,7 +102,7 @@ class TokenwiseInfoNCE(Term):
         dtype = self._gemm_dtype(image)
         with full_precision(image.device):
             scale = self.logit_scale()
-            mask = encoded.text_mask
+            mask = present(encoded, "text_mask")
             if world()[1] == 1:
                 loss = filip_loss(image.to(dtype), text.to(dtype), mask, scale, chunk=self.chunk_size)
             else:  # own rows against every rank's tokens, in the reduced dimension; gathered in float32
@@ -120,7 +121,7 @@ class TokenwiseInfoNCE(Term):
     def score(self, images: Encoded, texts: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         image, text = self._project(images, "image"), self._project(texts, "text")
         with full_precision(image.device):
-            return filip_similarity(image, text, texts.text_mask, self.chunk_size)
+            return filip_similarity(image, text, present(texts, "text_mask"), self.chunk_size)
 
     def token_similarities(self, images: Encoded, texts: Encoded) -> torch.Tensor:
         """[B, L, P] cosines of text b's tokens to image b's patches, in the projected token space
