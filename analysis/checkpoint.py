@@ -28,7 +28,7 @@ from datamodules.tokenizer.base import TextTokenizer, with_state
 from variants.module import ContrastiveModule
 from variants.weights import fit_problems
 
-TRUSTED_PACKAGES = ("variants.", "datamodules.", "analysis.", "common.")  # this suite's own
+TRUSTED_PACKAGES = ("variants.", "datamodules.")
 
 
 @dataclass
@@ -75,7 +75,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
                 f"checkpoint {path} has no '{key}': analysis needs a checkpoint written by "
                 "`python -m experiments fit` (it records the towers, terms and data it was trained with)"
             )
-    model_config = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+    # The run's evaluators are not rebuilt: the analysis never runs them, and one from the user's
+    # own package would otherwise have to be imported to read the weights.
+    model_config = {k: v for k, v in checkpoint["hyper_parameters"].items() if k not in ("_instantiator", "evaluators")}
     _require_class_configs(model_config, path)
     _import_trusted(_class_paths(model_config))
     model = _instantiate(ContrastiveModule, model_config, path, "model")

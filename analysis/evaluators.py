@@ -74,22 +74,13 @@ class SuiteEvaluator(Evaluator):
         self.embed = EmbedOptions(batch_size=batch_size)
         self._suites: list[ClassificationSuite | RetrievalSuite] | None = None
 
+    def setup(self, model: Any, data: Any) -> None:
+        """Read and check the suites (folders, templates against the run's tokenizer) before training."""
+        self._suites = load_suites(self.specs, _as_loaded(model, data, 0), self.options)
+
     def evaluate_model(self, model: Any, data: Any, stage: str, step: int) -> dict[str, float]:
-        if data is None or missing_contract(data):
-            raise UserError(
-                "SuiteEvaluator needs the run's datamodule (its tokenizer and image transform) to read its suites; "
-                "fit with a suite datamodule (data.class_path)"
-            )
-        loaded = LoadedCheckpoint(
-            model=model,
-            tokenizer=data.tokenizer,
-            image_transform=data.image_transform,
-            datamodule=data,
-            path=Path("."),
-            name="training",
-            global_step=step,
-        )
-        if self._suites is None:
+        loaded = _as_loaded(model, data, step)
+        if self._suites is None:  # a validate or test run without fit
             self._suites = load_suites(self.specs, loaded, self.options)
         metrics: dict[str, float] = {}
         for suite in self._suites:
@@ -101,3 +92,21 @@ class SuiteEvaluator(Evaluator):
                 if value is not None:  # acc5 below 5 classes, recall@k at k >= the candidates
                     metrics[f"{self.prefix}/{suite.name}/{key}"] = float(value)
         return metrics
+
+
+def _as_loaded(model: Any, data: Any, step: int) -> LoadedCheckpoint:
+    """The live run as the analysis sees a checkpoint: the module, the data's tokenizer and transform."""
+    if data is None or missing_contract(data):
+        raise UserError(
+            "SuiteEvaluator needs the run's datamodule (its tokenizer and image transform) to read its suites; "
+            "fit with a suite datamodule (data.class_path)"
+        )
+    return LoadedCheckpoint(
+        model=model,
+        tokenizer=data.tokenizer,
+        image_transform=data.image_transform,
+        datamodule=data,
+        path=Path("."),
+        name="training",
+        global_step=step,
+    )

@@ -2,7 +2,7 @@
 ``results.csv``, and summarised over seeds with ``analysis.stats``.
 
 A run directory (``runs/<name>/version_<n>/`` or a grid's ``runs/<grid>/<run>/``) holds
-config.yaml, metrics.json (written at the end of fit and test) and, once analysed,
+config.yaml, metrics.json (its final values, and a history of every evaluation pass) and, once analysed,
 analysis/report.json; ``collect_runs`` reads them into one row per run. A grid's results.csv (the
 per-run file that is small enough to commit) is read back by ``read_results_csv``.
 """
@@ -21,7 +21,7 @@ from analysis.stats import group_summary, markdown_table, mean_ci, metric_bounds
 from variants.module import ContrastiveModule
 
 SEED_SUFFIX = re.compile(r"[-_]s(?:eed)?(?P<seed>\d+)$")
-HEADLINE_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/")
+HEADLINE_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/", "benchmark/")  # benchmark/: a SuiteEvaluator
 
 
 def split_run_name(name: str) -> tuple[str, int | None]:

@@ -13,7 +13,7 @@ pointing one way: evaluators never import the module.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -52,6 +52,7 @@ class EvalTask:
 
     name: str
     kind: TaskKind
+    _: KW_ONLY  # the rest by name: a new field cannot shift a caller's arguments
     language: str | None = None
     prompts: torch.Tensor | None = None
     positives: Literal["caption", "label"] = "caption"
@@ -187,6 +188,10 @@ class Evaluator:
         """The logged name of metric ``key`` of ``task``."""
         kind = self.prefix or task.name.split("/", 1)[0]
         return f"{kind}/{task.split_name}/{key}"
+
+    def setup(self, model: Any, data: Any) -> None:
+        """Called once when a fit starts, before any training: read and check what the evaluator
+        brings (a benchmark's files), so a mistake ends the run at once, not at its first pass."""
 
     def evaluate(self, context: TaskContext) -> dict[str, torch.Tensor]:
         """Metrics of one task of a kind in ``kinds``, keyed by their logged name."""

@@ -46,11 +46,13 @@ class FinalMetrics(pl.Callback):
     def _forget(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, top_level: bool = True) -> None:
+    def _write(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, top_level: bool = True, history: bool = True
+    ) -> None:
         if self._log_dir is not None:
             path = Path(self._log_dir) / self.filename
             evaluated_step = getattr(pl_module, "evaluated_step", None)
-            evaluation = dict(getattr(pl_module, "last_evaluation", {}))
+            evaluation = dict(getattr(pl_module, "last_evaluation", {})) if history else {}
             self._write_on_rank_zero(trainer, evaluated_step, evaluation, path, top_level and evaluated_step is None)
 
     @rank_zero_only
@@ -69,7 +71,8 @@ class FinalMetrics(pl.Callback):
         write_json(path, metrics, sort_keys=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, pl_module)
+        # The history has each validation pass already, at its own step (the last one may be earlier).
+        self._write(trainer, pl_module, history=False)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:  # a pass of its own, not one inside fit

@@ -362,15 +362,19 @@ def test_budgets_are_read_from_each_runs_history(tmp_path: Path) -> None:
             run = folder / f"{group}-s{seed}"
             run.mkdir(parents=True)
             history = {str(step): {SHAPE: level * step / 400 + 0.01 * seed, COLOR: 1.0} for step in (100, 200, 400)}
+            history["300"] = {"zeroshot/shapesworld_val/shape/top1": 0.5}  # a validation pass during fit: no budget
             final = history["400"] | {"global_step": 400, "history": history,
                                       "geometry/shapesworld_test/modality_gap": 0.3 - 0.1 * (group == "mmd")}  # fmt: skip
             (run / "metrics.json").write_text(json.dumps(final))
+            (run / "checkpoints" / "eval").mkdir(parents=True)
+            for step in (100, 200):  # eval_steps saved these weights; the budgets are their steps
+                (run / "checkpoints" / "eval" / f"step={step}.ckpt").write_bytes(b"")
             (run / "grid_status.json").write_text(json.dumps({"status": "finished", "seconds": 300.0}))
     (folder / "adversarial-s0").mkdir()
     (folder / "adversarial-s0" / "metrics.json").write_text('{"zeroshot/shapesworld_test/shape/top1": 0.5, "glob')
     rows = runs_of(folder, [SHAPE], {"clip", "mmd", "adversarial"})
     assert sorted({(r["group"], r["step"]) for r in rows if r["group"] != "adversarial"})[:3] == [
-        ("clip", 100), ("clip", 200), ("clip", 400)]  # fmt: skip
+        ("clip", 100), ("clip", 200), ("clip", 400)]  # fmt: skip  # not 300: no weights saved there
     assert [r["status"] for r in rows if r["run"] == "adversarial-s0"] == ["damaged"]
     summary = claims(tmp_path / "runs", tmp_path / "out", only=["mmd-keeps-zero-shot", "adversarial-keeps-zero-shot"])
     by_id = {r["claim"]["id"]: r for r in summary["claims"]}

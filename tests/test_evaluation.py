@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from lightning.pytorch.trainer.states import TrainerFn
 
 import variants.evaluation
 from common.errors import UserError
@@ -70,18 +71,22 @@ def perfect_context(kind: str, broken: bool = False) -> TaskContext:
         text = _one_hot((scene + torch.arange(n) % 2) % (n // 2) if broken else scene)
         records = TaskRecords(Encoded(image=_one_hot(scene)), Encoded(text=text), torch.arange(n), scene[:, None])
     task = {
-        "zeroshot": EvalTask("zeroshot/toy_val/shape", "zeroshot", "en", prompts=torch.arange(6).view(6, 1, 1)),
-        "retrieval": EvalTask("retrieval/toy_val", "retrieval", "en"),
-        "crosslingual": EvalTask("crosslingual/toy_val", "crosslingual", "en", target_language="zh"),
+        "zeroshot": EvalTask(
+            "zeroshot/toy_val/shape", "zeroshot", language="en", prompts=torch.arange(6).view(6, 1, 1)
+        ),
+        "retrieval": EvalTask("retrieval/toy_val", "retrieval", language="en"),
+        "crosslingual": EvalTask("crosslingual/toy_val", "crosslingual", language="en", target_language="zh"),
         "linear_probe": EvalTask("linear_probe/toy_val", "linear_probe", fit_task=1),
     }[kind]
     fit = TaskRecords(Encoded(image=_one_hot(torch.arange(60) % 6)), Encoded(text=None), torch.arange(60) % 6, tokens)
     return TaskContext(task, records, ToyScoring(), {0: records, 1: fit})
 
 
-def test_every_evaluator_is_discovered_run_by_default_and_declared_by_the_base_preset() -> None:
+def test_the_built_in_evaluators_are_discovered_and_the_base_preset_declares_the_defaults() -> None:
+    """A new evaluator file is discovered (and tested below) without being registered anywhere;
+    the base preset declares exactly what a module built in Python runs by default."""
     assert {c.__name__ for c in EVALUATORS} >= {"ZeroShot", "Retrieval", "ModalityGap", "CrossLingual", "LinearProbe"}
-    assert {type(e) for e in default_evaluators()} == set(EVALUATORS)
+    assert {type(e) for e in default_evaluators()} <= set(EVALUATORS)
     base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
     declared = [entry["class_path"] for entry in base["model"]["evaluators"]]
     assert declared == [f"variants.evaluation.{type(e).__name__}" for e in default_evaluators()]
@@ -144,7 +149,7 @@ def test_tasks_must_say_what_their_kind_needs() -> None:
     with pytest.raises(UserError, match="needs prompts"):
         EvalTask("zeroshot/x_val/y", "zeroshot")
     with pytest.raises(UserError, match="needs target_language"):
-        EvalTask("crosslingual/x_val", "crosslingual", "en")
+        EvalTask("crosslingual/x_val", "crosslingual", language="en")
     with pytest.raises(UserError, match="unknown kind 'classify'"):
         EvalTask("x", "classify")  # type: ignore[arg-type]
 
@@ -163,6 +168,52 @@ def test_the_module_refuses_what_is_not_an_evaluator() -> None:
 
     with pytest.raises(UserError, match="model.evaluators takes evaluators"):
         small_module(evaluators=["zeroshot"])
+
+
+def _module_in_a_pass(evaluators: list[Evaluator], tasks: list[EvalTask], fn: TrainerFn, step: int):
+    """A small module inside a fake trainer's evaluation pass, its logs collected."""
+    from types import SimpleNamespace
+
+    from helpers.training import small_module
+
+    module = small_module(evaluators=evaluators)
+    module._trainer = SimpleNamespace(  # type: ignore[assignment]
+        world_size=1, global_step=step, state=SimpleNamespace(fn=fn),
+        datamodule=SimpleNamespace(eval_tasks=lambda stage: tasks),
+    )  # fmt: skip
+    logged: dict = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))  # type: ignore[method-assign]
+    return module, logged
+
+
+def test_two_evaluators_logging_one_name_are_refused_and_a_pass_without_a_due_one_encodes_nothing() -> None:
+    task = EvalTask("retrieval/x_test", "retrieval")
+    context = perfect_context("retrieval")
+    outputs = {"image": context.records.images.image, "text": context.records.texts.text,
+               "label": context.records.labels, "task": torch.zeros(12, dtype=torch.long),
+               "index": torch.arange(12), "tokens": context.records.tokens}  # fmt: skip
+    twice = [variants.evaluation.Retrieval(), variants.evaluation.Retrieval()]
+    module, _ = _module_in_a_pass(twice, [task], TrainerFn.TESTING, 0)
+    module._eval_outputs = {k: [v] for k, v in outputs.items()}
+    with pytest.raises(UserError, match="logs retrieval/x_test/i2t_R@1, which another evaluator of this run logs"):
+        module._evaluate("test")
+    module, logged = _module_in_a_pass(
+        [variants.evaluation.Retrieval(), variants.evaluation.Retrieval(prefix="again")], [task], TrainerFn.TESTING, 0
+    )
+    module._eval_outputs = {k: [v] for k, v in outputs.items()}
+    module._evaluate("test")
+    assert logged["retrieval/x_test/i2t_R@1"] == logged["again/x_test/i2t_R@1"] == 1.0
+
+    module, _ = _module_in_a_pass([variants.evaluation.Retrieval(every_n_steps=100)], [task], TrainerFn.FITTING, 50)
+    module._start_evaluation("val")
+    batch = {"image": torch.zeros(2, 3, 32, 32), "text": torch.ones(2, 8, dtype=torch.long), "task": torch.zeros(2),
+             "index": torch.arange(2), "label": torch.zeros(2)}  # fmt: skip
+    module.validation_step(batch, 0)
+    assert not module._eval_outputs  # step 50 of every 100: nothing to encode
+    module, _ = _module_in_a_pass([variants.evaluation.Retrieval(every_n_steps=100)], [task], TrainerFn.FITTING, 100)
+    module._start_evaluation("val")
+    module.validation_step(batch, 0)
+    assert module._eval_outputs["image"][0].shape == (2, 16)
 
 
 # ---- runs ---------------------------------------------------------------------------------------
@@ -256,3 +307,8 @@ def test_a_clip_benchmark_folder_evaluates_during_training_and_after_as_the_anal
     (record,) = json.loads((tmp_path / "out" / "zeroshot.json").read_text())["records"]
     analysed = {name: record["metrics"][name] for name in names}
     assert after == pytest.approx(analysed, abs=1e-6) and during == pytest.approx(analysed, abs=1e-6)
+    missing = run_cli("fit", *preset_args(CONFIGS / "clip.yaml"), "--config", str(CONFIGS / "smoke.yaml"),
+                      "--model.evaluators+=analysis.evaluators.SuiteEvaluator", "--model.evaluators.init_args.suites",
+                      f"[clip_benchmark:{tmp_path / 'nowhere'}]", cwd=tmp_path / "missing")  # fmt: skip
+    assert missing.returncode == 2 and "nowhere" in missing.stderr.splitlines()[-1]  # at fit start, one line
+    assert "Epoch 0" not in missing.stderr  # before any training step

@@ -114,7 +114,7 @@ def test_a_clip_bpe_checkpoint_uses_open_clips_own_tokenizer(tmp_path: Path) -> 
     [
         ("filip", "its scoring term TokenwiseInfoNCE ranks pairs by token-wise similarity"),
         ("bidirectional", "its text tower is bidirectional or pools the first/mean token"),
-        ("hf", "its text tower is HFTextTower (a Hugging Face model)"),
+        ("hf", "its text tower is HFTextTower, not the suite.s TextTower"),
         ("vit-kwargs", "its timm vision model is built with model_kwargs"),
     ],
 )

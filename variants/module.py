@@ -251,6 +251,8 @@ class ContrastiveModule(pl.LightningModule):
                 "(common.evaluation.ContrastiveData): add them, or derive from a suite datamodule"
             )
         self._check_evaluation_schedule()
+        for evaluator in self.evaluators:
+            evaluator.setup(self, data)
         if {"views", "image_views"} & self.needs and not getattr(data, "provides_views", False):
             raise UserError(_NO_VIEWS)
         if "text_view" in self.needs and not getattr(data, "provides_text_view", False):
@@ -303,7 +305,8 @@ class ContrastiveModule(pl.LightningModule):
                     f"evaluator {evaluator.name} runs every {n} steps, but the trainer does not validate at every "
                     f"multiple of {n} (val_check_interval {interval}, check_val_every_n_epoch "
                     f"{trainer.check_val_every_n_epoch}, limit_val_batches {trainer.limit_val_batches}): set "
-                    f"trainer.val_check_interval to {n} (or a divisor of it) and trainer.check_val_every_n_epoch null"
+                    f"trainer.val_check_interval to {n} (or a divisor of it), trainer.check_val_every_n_epoch null "
+                    "and trainer.limit_val_batches above 0"
                 )
 
     def _check_batch_size(self, batch_size: int | None, processes: int) -> None:
@@ -405,19 +408,22 @@ class ContrastiveModule(pl.LightningModule):
     def _log_health(self) -> None:
         """Training health (big_vision's habit): the L2 norm of the gradient (after unscaling,
         before clipping, without the frozen parts' dropped gradients) and of the weights of each
-        tower and each term with parameters. The learned scales are logged by their terms
-        (``train/<term>/logit_scale``)."""
+        tower and each term with parameters, written to the loggers at this very step (not
+        through ``self.log``, which writes step values only every ``log_every_n_steps``). The
+        learned scales are logged by their terms (``train/<term>/logit_scale``)."""
         parts: dict[str, nn.Module] = {"vision_tower": self.vision_tower, "text_tower": self.text_tower}
         parts |= {f"terms.{name}": term for name, term in self.terms.items()}
+        health: dict[str, float] = {}
         for name, part in parts.items():
             params = [p for p in part.parameters() if p.requires_grad]
             if not params:
                 continue
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-            weights = torch.stack([p.detach().float().norm() for p in params]).norm()
-            self.log(f"health/param_norm/{name}", weights, on_step=True, on_epoch=False)
+            health[f"health/param_norm/{name}"] = float(torch.stack([p.detach().float().norm() for p in params]).norm())
             if grads:
-                self.log(f"health/grad_norm/{name}", torch.stack(grads).norm(), on_step=True, on_epoch=False)
+                health[f"health/grad_norm/{name}"] = float(torch.stack(grads).norm())
+        for logger in self.loggers:  # rank zero's only: Lightning's loggers write on rank zero
+            logger.log_metrics(health, step=self.global_step)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -449,15 +455,26 @@ class ContrastiveModule(pl.LightningModule):
         return tasks(stage) if tasks is not None else []
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_outputs = defaultdict(list)
+        self._start_evaluation("val")
 
-    on_test_epoch_start = on_validation_epoch_start
+    def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test")
+
+    def _start_evaluation(self, stage: str) -> None:
+        self._eval_outputs = defaultdict(list)
+        self._due = self._due_evaluators(stage)
+        # Every rank decides alike (the step is shared), so skipping the encoding is safe under DDP.
+        self._encode_items = any(evaluator.kinds for evaluator in self._due)
+
+    def _due_evaluators(self, stage: str) -> list[Evaluator]:
+        during_fit = self.trainer.state.fn == TrainerFn.FITTING
+        return [e for e in self.evaluators if e.due(stage, self.global_step, during_fit)]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Encode the evaluation items (what the scoring needs); the evaluators read them at the
-        end of the pass."""
-        if "task" not in batch:
-            return  # a datamodule without eval tasks
+        """Encode the evaluation items (what the scoring needs) when an evaluator of the
+        datamodule's tasks is due; the evaluators read them at the end of the pass."""
+        if "task" not in batch or not getattr(self, "_encode_items", True):
+            return  # a datamodule without eval tasks, or no task evaluator due in this pass
         needs = self.scoring_needs
         images = self.image_record(batch["image"], tokens="image_tokens" in needs)
         texts = self.text_record(batch["text"], tokens="text_tokens" in needs)
@@ -483,8 +500,7 @@ class ContrastiveModule(pl.LightningModule):
         """Run the evaluators due in this pass and log what they return; ``last_evaluation``
         keeps this pass's metrics (``experiments.callbacks.FinalMetrics`` writes them to the run's
         history)."""
-        during_fit = self.trainer.state.fn == TrainerFn.FITTING
-        due = [e for e in self.evaluators if e.due(stage, self.global_step, during_fit)]
+        due = self._due_evaluators(stage)
         metrics: dict[str, torch.Tensor | float] = {}
         if self._eval_outputs:
             outputs = self._gather_unique({k: torch.cat(v) for k, v in self._eval_outputs.items()})
@@ -496,11 +512,11 @@ class ContrastiveModule(pl.LightningModule):
                 context = TaskContext(task, records[position], self, records)
                 for evaluator in due:
                     if task.kind in evaluator.kinds:
-                        metrics |= evaluator.evaluate(context)
+                        metrics |= _new_names(evaluator, evaluator.evaluate(context), metrics)
         data = getattr(self.trainer, "datamodule", None)
         for evaluator in due:
             if not evaluator.kinds:  # brings its own data
-                metrics |= evaluator.evaluate_model(self, data, stage, self.global_step)
+                metrics |= _new_names(evaluator, evaluator.evaluate_model(self, data, stage, self.global_step), metrics)
         for name, value in metrics.items():
             self.log(name, value, sync_dist=True)
         self.last_evaluation = {name: float(value) for name, value in metrics.items()}
@@ -601,6 +617,17 @@ _MASKING_UNUSED = (
     "term would train on corrupted captions: add variants.objectives.MaskedLanguageModel to model.terms or "
     "remove text_masking"
 )
+
+
+def _new_names(evaluator: Evaluator, metrics: dict, before: dict) -> dict:
+    """``metrics``, refused when a name is already another evaluator's in this pass."""
+    taken = sorted(set(metrics) & set(before))
+    if taken:
+        raise UserError(
+            f"evaluator {evaluator.name} logs {taken[0]}, which another evaluator of this run logs too: give one "
+            "of them its own prefix (model.evaluators[i].init_args.prefix)"
+        )
+    return metrics
 
 
 def _checked_evaluators(evaluators: list[Evaluator] | None) -> list[Evaluator]:

@@ -3,7 +3,9 @@ steps, values computed from checkpoints) or from the committed per-run CSV.
 
 A row is one run at one evaluated step: {"run", "group", "seed", "step", "final_step", "status",
 "seconds", "metrics"}. A finished run gives a row for its final step and one for each earlier step
-it evaluated (``eval_steps``: ``metrics.json``'s history); a run that did not finish (failed,
+it evaluated (``eval_steps``: the steps of ``metrics.json``'s history whose weights were saved in
+``checkpoints/eval/``; the history's other steps are validation passes during fit, a learning
+curve, not budgets); a run that did not finish (failed,
 still running, or whose metrics.json is damaged) gives one row with its status and no metrics, so
 the verdicts can name it among the seeds they dropped.
 """
@@ -22,8 +24,10 @@ from analysis.results import split_run_name
 from common.errors import UserError
 from common.files import write_json
 
+EVAL_WEIGHTS = Path("checkpoints") / "eval"  # where eval_steps saves a run's earlier weights (experiments.budgets)
+
 STATUS = "grid_status.json"
-TEST_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/", "geometry/")  # the test metrics a run logs
+TEST_PREFIXES = ("zeroshot/", "retrieval/", "crosslingual/", "geometry/", "benchmark/")  # the test metrics a run logs
 ROW_KEYS = ("run", "group", "seed", "step", "final_step", "status", "seconds")
 # Raise when the definition of a metric computed from checkpoints changes: every run's cached
 # values (<run>/analysis/claims*.json) are then recomputed, not read back stale.
@@ -84,8 +88,12 @@ def runs_of(
             continue
         final = logged.get("global_step")
         final = int(final) if isinstance(final, (int, float)) else None
+        # The budgets are the eval_steps, whose weights were saved; a validation pass during fit
+        # also leaves a history entry (a learning curve), which is not a budget.
         steps = {
-            int(s): v for s, v in (logged.get("history") or {}).items() if str(s).isdigit() and isinstance(v, dict)
+            int(s): v
+            for s, v in (logged.get("history") or {}).items()
+            if str(s).isdigit() and isinstance(v, dict) and (run / EVAL_WEIGHTS / f"step={s}.ckpt").is_file()
         }
         for step, values in [*((s, v) for s, v in sorted(steps.items()) if s != final), (final, logged)]:
             found = _numbers(values, wanted)

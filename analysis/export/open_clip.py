@@ -57,8 +57,8 @@ def refusal(loaded: LoadedCheckpoint) -> str | None:
         name = type(model.scorer).__name__
         return f"its scoring term {name} ranks pairs by token-wise similarity, which open_clip's CLIP (global embeddings only) cannot compute"
     text, vision = model.text_tower, model.vision_tower
-    if type(text) is not TextTower:  # HFTextTower subclasses it
-        return f"its text tower is {type(text).__name__} (a Hugging Face model); open_clip's hf text towers add their own pooler and projection, so the embeddings would differ"
+    if type(text) is not TextTower:  # a subclass may compute differently: only the class itself maps
+        return f"its text tower is {type(text).__name__}, not the suite's TextTower; open_clip's text towers (its hf ones add their own pooler and projection) would embed differently"
     if not text.causal or text.pool != "eot":
         return "its text tower is bidirectional or pools the first/mean token; open_clip's TextTransformer masks no padding there"
     if not isinstance(vision, VisionTower):

@@ -173,17 +173,20 @@ class ShapesWorldDataModule(TokenizerLinks, pl.LightningDataModule):
             prompts = torch.stack([self.tokenizer(p) for p in task.prompts()])
             dataset = ZeroShotScenes(task.name, h["seed"], stage, samples, h["image_size"])
             name = f"zeroshot/shapesworld_{stage}/{task.name}{suffix}"
-            sets.append((EvalTask(name, "zeroshot", "zh" if suffix else "en", prompts), dataset))
+            sets.append((EvalTask(name, "zeroshot", language="zh" if suffix else "en", prompts=prompts), dataset))
         retrieval = CaptionedScenes(
             h["seed"], f"{stage}/retrieval", samples, h["image_size"], 1, h["max_objects"], language=language
         )
-        sets.append((EvalTask(f"retrieval/shapesworld_{stage}", "retrieval", language), retrieval))
+        sets.append((EvalTask(f"retrieval/shapesworld_{stage}", "retrieval", language=language), retrieval))
         if language == "both":
             pairs = CrossLingualScenes(
                 h["seed"], f"{stage}/crosslingual", samples, h["image_size"], 1, h["max_objects"]
             )
             sets.append(
-                (EvalTask(f"crosslingual/shapesworld_{stage}", "crosslingual", "en", target_language="zh"), pairs)
+                (
+                    EvalTask(f"crosslingual/shapesworld_{stage}", "crosslingual", language="en", target_language="zh"),
+                    pairs,
+                )
             )
         return sets
 

@@ -44,4 +44,4 @@ def results(grid: Grid) -> tuple[Path, Path]:
 
 
 def _is_final(name: str) -> bool:
-    return name.startswith(("zeroshot/", "retrieval/", "crosslingual/", "test/")) and "_val/" not in name
+    return name.startswith(("zeroshot/", "retrieval/", "crosslingual/", "benchmark/", "test/")) and "_val/" not in name
