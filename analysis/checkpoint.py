@@ -43,6 +43,11 @@ class LoadedCheckpoint:
     name: str  # e.g. "clip/version_0": the run, for result tables
     global_step: int
 
+    @classmethod
+    def of(cls, model: ContrastiveModule, datamodule: Any, path: Path, name: str, global_step: int) -> LoadedCheckpoint:
+        """A model with the tokenizer and image transform of the data it trains on."""
+        return cls(model, datamodule.tokenizer, datamodule.image_transform, datamodule, path, name, global_step)
+
     @property
     def global_note(self) -> str | None:
         """Why the global embeddings say little, or None: with no term training them (FILIP
@@ -94,14 +99,12 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
                 f"{type(datamodule).__name__} (from {path}) has no '{attribute}'; a datamodule used for "
                 "analysis must expose `tokenizer` and `image_transform`"
             )
-    return LoadedCheckpoint(
-        model=model,
-        tokenizer=datamodule.tokenizer,
-        image_transform=datamodule.image_transform,
-        datamodule=datamodule,
-        path=path,
-        name=_run_name(path),
-        global_step=int(checkpoint.get("global_step", 0)),
+    return LoadedCheckpoint.of(
+        model,
+        datamodule,
+        path,
+        _run_name(path),
+        int(checkpoint.get("global_step", 0)),
     )
 
 

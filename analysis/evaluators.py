@@ -101,12 +101,4 @@ def _as_loaded(model: Any, data: Any, step: int) -> LoadedCheckpoint:
             "SuiteEvaluator needs the run's datamodule (its tokenizer and image transform) to read its suites; "
             "fit with a suite datamodule (data.class_path)"
         )
-    return LoadedCheckpoint(
-        model=model,
-        tokenizer=data.tokenizer,
-        image_transform=data.image_transform,
-        datamodule=data,
-        path=Path("."),
-        name="training",
-        global_step=step,
-    )
+    return LoadedCheckpoint.of(model, data, Path("."), "training", step)
