@@ -26,7 +26,10 @@ class Batch(TypedDict, total=False):
     mlm_labels: [B, L] int64 with text masking: the original id at each masked position of
              "text", -100 everywhere else.
     task:    [B] int64 evaluation only: the position of the sample's task in ``eval_tasks``.
-    label:   [B] int64 evaluation only: the class label, -1 where the task has none (retrieval).
+    label:   [B] int64 evaluation only: the class label, -1 where the task has none (retrieval);
+             a cross-lingual task's scene, which pairs its two captions.
+    target:  [B] bool evaluation only: the caption is in the task's target language (a cross-lingual
+             task's items; False elsewhere).
     skipped: [] int64 rows skipped or replaced to fill this batch (counted by the datamodule,
              which takes it out before the model sees the batch).
     """
@@ -39,4 +42,5 @@ class Batch(TypedDict, total=False):
     mlm_labels: torch.Tensor
     task: torch.Tensor
     label: torch.Tensor
+    target: torch.Tensor
     skipped: torch.Tensor

@@ -41,9 +41,9 @@ class EvalTask:
                mixed captions, None where the data does not say; for "crosslingual" the
                language of the queries.
     target_language: "crosslingual" only: the language of the captions the queries retrieve.
-               Its items come two per scene: item ``2 i`` is scene i with its caption in
-               ``language``, item ``2 i + 1`` the same image with its caption in
-               ``target_language``; each item's label is its position in the task.
+               Its items come two per scene, each with the scene's image and one caption: the
+               label is the scene, the item's ``target`` flag says the caption's language
+               (``target_language`` when set, else ``language``).
     prompts:   "zeroshot" only: token ids [classes, templates, L].
     positives: "retrieval": the captions that count as right for an image: those identical to
                its own ("caption") or every caption of its class ("label", class-level captions).
@@ -81,13 +81,15 @@ class TaskRecords:
     images: ``image`` [N, D] (and ``image_tokens`` when the scoring needs them);
     texts:  ``text`` [N, D] (and ``text_tokens`` + ``text_mask``) of each item's caption;
     labels: [N] int64 (-1 where the task has none); tokens: [N, L] the captions' token ids
-    (identical captions are identical rows).
+    (identical captions are identical rows); target: [N] bool, the caption is in the task's
+    target language (cross-lingual tasks; all False elsewhere).
     """
 
     images: Encoded
     texts: Encoded
     labels: torch.Tensor
     tokens: torch.Tensor
+    target: torch.Tensor | None = None
 
 
 class Scoring(Protocol):

@@ -55,6 +55,7 @@ class Collate:
         if "task" in first:
             batch["task"] = torch.tensor([item["task"] for item in items])
             batch["label"] = torch.tensor([item.get("label", -1) for item in items])
+            batch["target"] = torch.tensor([bool(item.get("target", False)) for item in items])
         if "skipped" in first:
             batch["skipped"] = torch.tensor(sum(item["skipped"] for item in items))
         return batch

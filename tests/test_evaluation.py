@@ -65,11 +65,12 @@ def perfect_context(kind: str, broken: bool = False) -> TaskContext:
     image_keys = keys + 1 if broken else keys
     tokens = torch.stack([keys, torch.zeros(n, dtype=torch.long)], 1)
     records = TaskRecords(Encoded(image=_one_hot(image_keys)), Encoded(text=_one_hot(keys)), keys, tokens)
-    if kind == "crosslingual":  # items 2i and 2i+1: scene i's two captions with the same image
+    if kind == "crosslingual":  # two items per scene: its two captions, each with the image
         scene = torch.arange(n) // 2
         # broken: each target-language caption embeds as the next scene's
         text = _one_hot((scene + torch.arange(n) % 2) % (n // 2) if broken else scene)
-        records = TaskRecords(Encoded(image=_one_hot(scene)), Encoded(text=text), torch.arange(n), scene[:, None])
+        target = torch.arange(n) % 2 == 1  # the second caption of each scene is in the target language
+        records = TaskRecords(Encoded(image=_one_hot(scene)), Encoded(text=text), scene, scene[:, None], target)
     task = {
         "zeroshot": EvalTask(
             "zeroshot/toy_val/shape", "zeroshot", language="en", prompts=torch.arange(6).view(6, 1, 1)

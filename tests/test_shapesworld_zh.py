@@ -386,8 +386,8 @@ def test_crosslingual_items_pair_an_english_and_a_chinese_caption_of_one_scene()
         scene, english, chinese = pairs.pair(i)
         check_true(scene, chinese, training=False)
         first, second = pairs[2 * i], pairs[2 * i + 1]
-        assert (first["caption"], first["label"]) == (english, 2 * i)
-        assert (second["caption"], second["label"]) == (chinese, 2 * i + 1)
+        assert (first["caption"], first["label"], first["target"]) == (english, i, False)
+        assert (second["caption"], second["label"], second["target"]) == (chinese, i, True)
         assert torch.equal(first["image"], second["image"])
     retrieval = ShapesWorldDataModule(val_samples=8, train_samples=4, language="both")._eval_sets["val"][-2][1]
     assert {retrieval.language_of(i) for i in range(8)} == {"en", "zh"}
@@ -486,4 +486,5 @@ def test_loaders_carry_language_both_zero_shot_and_crosslingual_items() -> None:
     (batch,) = list(datamodule.val_dataloader())
     tasks = datamodule.eval_tasks("val")
     assert batch["task"].tolist() == [t for t in range(len(tasks)) for _ in range(6 if t == len(tasks) - 1 else 3)]
-    assert batch["label"][-6:].tolist() == list(range(6))
+    assert batch["label"][-6:].tolist() == [0, 0, 1, 1, 2, 2] and batch["target"][-6:].tolist() == [False, True] * 3
+    assert not batch["target"][:-6].any()

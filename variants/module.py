@@ -487,6 +487,8 @@ class ContrastiveModule(pl.LightningModule):
         outputs["index"].append(batch["index"])
         outputs["label"].append(batch["label"])
         outputs["tokens"].append(batch["text"])
+        if "target" in batch:
+            outputs["target"].append(batch["target"])
 
     test_step = validation_step
 
@@ -562,6 +564,7 @@ def _task_records(outputs: dict[str, torch.Tensor]) -> dict[int, TaskRecords]:
             texts=Encoded(text=take("text"), text_tokens=take("text_tokens"), text_mask=take("text_mask")),
             labels=outputs["label"][rows],
             tokens=outputs["tokens"][rows],
+            target=take("target"),
         )
     return records
 

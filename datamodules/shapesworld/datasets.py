@@ -117,9 +117,9 @@ class CrossLingualScenes(Dataset):
     """Scenes, each with an English and a Chinese caption, for cross-lingual retrieval.
 
     Item ``2 i`` is scene ``i`` with its English caption, item ``2 i + 1`` the same scene with its
-    Chinese one: {"image", "caption", "label": item index, "index"}. One caption per item lets the
-    evaluation batches stay ordinary image-caption batches; ``label // 2`` pairs the captions
-    again and ``label % 2`` is the language (0 English, 1 Chinese). Both captions come from copies
+    Chinese one: {"image", "caption", "label": the scene ``i``, "target": whether the caption is in
+    the target language (Chinese), "index"}. One caption per item lets the evaluation batches stay
+    ordinary image-caption batches; the label pairs the captions again. Both captions come from copies
     of the scene's generator (stream ``stream``), each true of the scene; ``pair(i)`` returns
     (scene, English caption, Chinese caption).
     """
@@ -144,8 +144,10 @@ class CrossLingualScenes(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         scene, english, chinese = self.pair(index // 2)
-        caption = chinese if index % 2 else english
-        return {"image": render(scene, self.image_size), "caption": caption, "label": index, "index": index}
+        target = bool(index % 2)
+        caption = chinese if target else english
+        return {"image": render(scene, self.image_size), "caption": caption, "label": index // 2, "target": target,
+                "index": index}  # fmt: skip
 
 
 @dataclass(frozen=True)

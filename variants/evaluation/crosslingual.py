@@ -6,9 +6,9 @@ image by text->image score ranks the target captions by image->text score: do th
 the images, as a model trained only on image-caption pairs can?); ``variants.metrics
 .crosslingual_recall``.
 
-Items come in pairs (``common.evaluation.EvalTask``): label ``2 i`` is scene i in the query language,
-``2 i + 1`` in the target language; scenes with one caption evaluated (limit_val_batches) are left
-out. Target caption j is a hit for query i when it is scene i's, when it is identical to it, or
+Items come two per scene (``common.evaluation.EvalTask``): the label is the scene, the ``target``
+flag marks the caption in the target language; scenes with one caption evaluated
+(limit_val_batches) are left out. Target caption j is a hit for query i when it is scene i's, when it is identical to it, or
 when query i is identical to scene j's query (identical queries rank alike, so each of their
 scenes is a right answer), as identical captions count in retrieval.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import UserError
 from common.evaluation import Evaluator, TaskContext
 from common.records import Encoded
 from variants.metrics import crosslingual_recall
@@ -33,10 +34,15 @@ class CrossLingual(Evaluator):
 
     def evaluate(self, context: TaskContext) -> dict[str, torch.Tensor]:
         records, model = context.records, context.model
-        order = records.labels.argsort()  # scene order
-        label = records.labels[order]
-        query_rows, target_rows = order[label % 2 == 0], order[label % 2 == 1]
-        query_pairs, target_pairs = records.labels[query_rows] // 2, records.labels[target_rows] // 2
+        if records.target is None:
+            raise UserError(
+                f"{context.task.name}: the cross-lingual items carry no 'target' flag (which caption is in "
+                f"{context.task.target_language}); a cross-lingual dataset's items must say it"
+            )
+        order = records.labels.argsort(stable=True)  # scene order
+        target = records.target[order]
+        query_rows, target_rows = order[~target], order[target]
+        query_pairs, target_pairs = records.labels[query_rows], records.labels[target_rows]
         query_rows = query_rows[torch.isin(query_pairs, target_pairs)]
         target_rows = target_rows[torch.isin(target_pairs, query_pairs)]
         images = _rows(records.images, query_rows)
