@@ -462,9 +462,8 @@ class ContrastiveModule(pl.LightningModule):
 
     def _start_evaluation(self, stage: str) -> None:
         self._eval_outputs = defaultdict(list)
-        self._due = self._due_evaluators(stage)
         # Every rank decides alike (the step is shared), so skipping the encoding is safe under DDP.
-        self._encode_items = any(evaluator.kinds for evaluator in self._due)
+        self._encode_items = any(evaluator.kinds for evaluator in self._due_evaluators(stage))
 
     def _due_evaluators(self, stage: str) -> list[Evaluator]:
         during_fit = self.trainer.state.fn == TrainerFn.FITTING
