@@ -44,7 +44,7 @@ def main() -> None:
         print(
             f"train loader, {workers} workers, batch {args.batch_size}: "
             f"{batches / seconds:6.1f} batches/s = {batches * args.batch_size / seconds:,.0f} samples/s "
-            "(render, normalise, tokenise)"
+            "(render, stack as uint8, tokenise; the model normalises)"
         )
 
 

@@ -130,7 +130,10 @@ class ContrastiveData(Protocol):
     which optional batch fields it provides, and the evaluation tasks of a stage."""
 
     tokenizer: Callable[..., torch.Tensor]
-    image_transform: Any  # PIL image or uint8 [3, H, W] -> float [3, H, W], with an ``image_size``
+    # PIL image or uint8 [3, H, W] -> float [3, H, W], with an ``image_size``; a datamodule whose
+    # batches hold uint8 images also gives it ``normalize(uint8 [B, 3, H, W]) -> float``, which the
+    # model applies per micro-batch (``ContrastiveModule.pixels``).
+    image_transform: Any
     provides_views: bool
     provides_text_view: bool
     provides_mlm: bool

@@ -4,10 +4,14 @@ towers, in the real module; the 2-process DDP case is in test_objectives.py."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import DoublePrecision
 
 from common.errors import UserError
+from datamodules.transforms import EvalImageTransform
 from variants.grad_cache import concatenate, micro_batches
 from variants.module import ContrastiveModule
 from variants.objectives import InfoNCE, SimCLR, Term, TokenwiseInfoNCE
@@ -169,6 +173,42 @@ def test_bf16_autocast_is_replayed() -> None:
     assert actual.keys() == expected.keys()
     flat = lambda grads: torch.cat([g.flatten() for g in grads.values()])  # noqa: E731
     assert (flat(actual) - flat(expected)).norm() < 0.05 * flat(expected).norm()
+
+
+class _Data:
+    """What ``ContrastiveModule.pixels`` reads from a trainer: its datamodule's image transform and
+    its precision plugin (here "64-true", which casts float inputs to float64 as Lightning does)."""
+
+    def __init__(self) -> None:
+        self.datamodule = SimpleNamespace(image_transform=EvalImageTransform(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)))
+        self.strategy = SimpleNamespace(precision_plugin=DoublePrecision())
+
+
+def test_uint8_batches_are_normalised_per_micro_batch_with_the_plain_steps_gradient() -> None:
+    """A batch of uint8 images (ShapesWorld's loaders hand them so) is normalised by the
+    datamodule's transform one micro-batch at a time: the cached step's gradient equals the plain
+    step's on the batch normalised whole (float64, 1e-9), and no float copy of the whole batch is
+    made (each tower call sees one micro-batch)."""
+    g = torch.Generator().manual_seed(2)
+    pixels = {"image": torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8),
+              "views": torch.randint(0, 256, (8, 2, 3, 32, 32), generator=g, dtype=torch.uint8)}  # fmt: skip
+    batch = real_batch() | pixels
+    transform = _Data().datamodule.image_transform
+    normalised = float64(batch | {k: transform.normalize(v) for k, v in pixels.items()})
+    expected = module_gradients(module(None).double(), normalised)
+    cached = module(2).double()
+    cached._trainer = _Data()  # type: ignore[assignment]
+    seen: list[int] = []
+    cached.vision_tower.register_forward_pre_hook(lambda tower, args: seen.append(args[0].shape[0]))
+    actual = module_gradients(cached, {k: v if k in pixels else normalised[k] for k, v in batch.items()})
+    assert_same_gradients(actual, expected, rtol=1e-9)
+    assert max(seen) <= 2 * 2  # a micro-batch's images, or its two views flattened
+
+
+def test_uint8_images_without_a_normaliser_are_refused_with_the_fix() -> None:
+    batch = real_batch() | {"image": torch.zeros(8, 3, 32, 32, dtype=torch.uint8)}
+    with pytest.raises(UserError, match="torch.uint8 images but the data NoneType has no image_transform.normalize"):
+        module(None).encode(batch)
 
 
 @pytest.mark.parametrize("size", [0, -2, 1.5])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from variants.metrics import class_embeddings, mean_per_class_recall, recall_at_k, topk_accuracy
+from variants.metrics import class_embeddings, in_batch_accuracy, mean_per_class_recall, recall_at_k, topk_accuracy
 
 
 def test_topk_accuracy_matches_naive() -> None:
@@ -12,6 +13,25 @@ def test_topk_accuracy_matches_naive() -> None:
     for k in (1, 3, 7, 10):
         naive = sum(int(labels[i] in sorted(range(7), key=lambda c: -scores[i, c])[:k]) for i in range(50)) / 50
         assert abs(float(topk_accuracy(scores, labels, k)) - naive) < 1e-6
+
+
+@pytest.mark.parametrize("block", [1, 7 * 13, 13 * 13, 2**24])  # a row per block, 7 rows, 13 (all), the default
+def test_in_batch_accuracy_in_blocks_equals_the_whole_matrix_with_ties(block: int) -> None:
+    """Blocks of rows (sizes that do and do not divide the batch) give the whole matrix's argmax
+    in both directions, ties included: duplicate captions tie in a column, and the earliest row
+    wins, as argmax picks."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(13, 4, generator=g), dim=-1)
+    text = image + 0.3 * torch.randn(13, 4, generator=g)
+    text[[3, 8]] = text[5].clone()  # three identical captions: tied rows and columns
+    image[9] = image[2].clone()  # two identical images
+    scores = image @ text.T
+    target = torch.arange(13)
+    naive_i2t = sum(int(max(range(13), key=lambda j: (scores[i, j], -j)) == i) for i in range(13)) / 13
+    naive_t2i = sum(int(max(range(13), key=lambda i: (scores[i, j], -i)) == j) for j in range(13)) / 13
+    i2t, t2i = in_batch_accuracy(image, text, block=block)
+    assert (float(i2t), float(t2i)) == pytest.approx((naive_i2t, naive_t2i), abs=1e-7)
+    assert float(t2i) == float((scores.argmax(0) == target).float().mean())
 
 
 def test_recall_at_k_counts_a_hit_when_any_positive_is_in_the_top_k() -> None:

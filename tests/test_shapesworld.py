@@ -221,7 +221,8 @@ def test_datamodule_eval_tasks_and_batches() -> None:
     assert batch["index"].tolist() == list(range(48))
     assert (batch["label"][:40] >= 0).all() and (batch["label"][40:] == -1).all()
     train = next(iter(datamodule.train_dataloader()))
-    assert train["image"].shape == (4, 3, 64, 64) and train["image"].dtype == torch.float32
+    # uint8 in the batch; the model normalises each micro-batch with the datamodule's transform
+    assert train["image"].shape == (4, 3, 64, 64) and train["image"].dtype == torch.uint8
     # training text is padded to the batch's longest caption, which ends in <end>
     length = train["text"].shape[1]
     assert length <= datamodule.context_length

@@ -27,7 +27,7 @@ from datamodules.shapesworld import (
 )
 from datamodules.shapesworld import captions as en
 from datamodules.shapesworld import captions_zh as zh
-from datamodules.shapesworld.datamodule import CONTEXT_LENGTH, normalize
+from datamodules.shapesworld.datamodule import CONTEXT_LENGTH
 from datamodules.shapesworld.world import Scene, Thing
 from datamodules.suites.shapesworld import shapesworld_probes, shapesworld_suites
 from datamodules.tokenizer import BertTokenizer
@@ -470,7 +470,9 @@ def test_validation_on_both_languages_logs_crosslingual_retrieval(tmp_path) -> N
     items = [pairs[i] for i in range(12)]
     module.eval()
     with torch.no_grad():
-        images = module.encode_image(normalize(torch.stack([x["image"] for x in items[::2]])))
+        images = module.encode_image(
+            datamodule.image_transform.normalize(torch.stack([x["image"] for x in items[::2]]))
+        )
         tokens = datamodule.tokenizer([x["caption"] for x in items])
         texts = module.encode_text(tokens)
     same_zh = (tokens[1::2, None] == tokens[None, 1::2]).all(-1)

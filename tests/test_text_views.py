@@ -276,7 +276,7 @@ def test_shapesworld_batches_carry_exactly_what_is_configured() -> None:
     assert (full.provides_views, full.provides_text_view, full.provides_mlm) == (True, True, True)
     batch = next(iter(full.train_dataloader()))
     assert set(batch) == {"image", "text", "index", "views", "text_view", "mlm_labels"}
-    assert batch["views"].shape == (8, 2, 3, 32, 32) and batch["views"].dtype == torch.float32
+    assert batch["views"].shape == (8, 2, 3, 32, 32) and batch["views"].dtype == torch.uint8  # the model normalises
     assert batch["mlm_labels"].shape == batch["text"].shape and batch["text_view"].dtype == torch.int64
     assert (batch["text"] == full.tokenizer.mask_id).any() and not (batch["text_view"] == full.tokenizer.mask_id).any()
     assert (batch["text_view"][:, -1] != full.tokenizer.pad_id).any()  # padded to its own longest row

@@ -21,12 +21,29 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> tor
     return (topk == labels[:, None]).any(dim=1).float().mean()
 
 
-def in_batch_accuracy(image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def in_batch_accuracy(image: torch.Tensor, text: torch.Tensor, block: int = 2**24) -> tuple[torch.Tensor, torch.Tensor]:
     """(image->text, text->image) top-1 accuracy of a batch's pairs [B, D] among the batch, by
-    cosine: how often row i's best match is its own pair (the training log's train/acc_*)."""
-    scores = image.float() @ text.float().T
-    target = torch.arange(scores.shape[0], device=scores.device)
-    return (scores.argmax(1) == target).float().mean(), (scores.argmax(0) == target).float().mean()
+    cosine: how often row i's best match is its own pair (the training log's train/acc_*).
+
+    Computed over blocks of rows of about ``block`` scores each, so a large batch never holds its
+    B x B matrix (8 GiB in bf16 at B = 65,536, more than the whole cached step needs); each
+    column's best row is kept across blocks, the earliest on ties, as ``argmax`` picks.
+    """
+    n = image.shape[0]
+    target = torch.arange(n, device=image.device)
+    texts = text.float().T
+    rows = max(1, block // max(n, 1))
+    hits = torch.zeros((), device=image.device)
+    best = torch.full((n,), float("-inf"), device=image.device)
+    best_row = torch.zeros(n, dtype=torch.long, device=image.device)
+    for start in range(0, n, rows):
+        scores = image[start : start + rows].float() @ texts  # [rows, n], in autocast's dtype if on
+        hits += (scores.argmax(1) == target[start : start + rows]).sum()
+        block_best, block_row = scores.max(0)
+        better = block_best.float() > best  # strict: an earlier block keeps a tie
+        best = torch.where(better, block_best.float(), best)
+        best_row = torch.where(better, block_row + start, best_row)
+    return hits / n, (best_row == target).float().mean()
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int = 1) -> torch.Tensor:

@@ -176,6 +176,27 @@ class ContrastiveModule(pl.LightningModule):
         """[B, L] token ids -> [B, D] L2-normalised text embeddings."""
         return present(self.text_record(token_ids), "text")
 
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch's images as the tower's input. A datamodule may hand them as uint8 [..., 3, H, W]
+        (ShapesWorld does: a quarter of float32's bytes in the batch, through the loader worker and to
+        the device); they are normalised here by the datamodule's ``image_transform.normalize``, one
+        micro-batch at a time under gradient caching, so the float copy of a large batch never
+        exists whole. Float images are already the tower's input and pass unchanged."""
+        if images.is_floating_point():
+            return images
+        data = getattr(self._trainer, "datamodule", None)
+        normalize = getattr(getattr(data, "image_transform", None), "normalize", None)
+        if normalize is None:
+            raise UserError(
+                f"the batch holds {images.dtype} images but the data {type(data).__name__} has no "
+                "image_transform.normalize to turn them into the tower's input: normalise them in the "
+                "collate, or give the datamodule's image_transform a normalize(images) method"
+            )
+        floats = normalize(images)
+        plugin = getattr(getattr(self._trainer, "strategy", None), "precision_plugin", None)
+        # What Lightning does to a float batch before the step (bf16-true / 16-true cast it).
+        return plugin.convert_input(floats) if plugin is not None else floats
+
     def image_record(self, images: torch.Tensor, tokens: bool = False) -> Encoded:
         """Image side of an :class:`Encoded`: embeddings and, if asked, patch tokens."""
         out = self.vision_tower(images, return_tokens=tokens)
@@ -210,15 +231,15 @@ class ContrastiveModule(pl.LightningModule):
         if "image_views" in needs:
             # DeCLIP: the two augmented views replace the image (one pass each, each with its own
             # BatchNorm statistics, as the official code encodes them); the first is "the image".
-            first, tokens = self.vision_tower.project(batch["views"][:, 0], return_tokens=image_tokens)
-            second, _ = self.vision_tower.project(batch["views"][:, 1])
+            first, tokens = self.vision_tower.project(self.pixels(batch["views"][:, 0]), return_tokens=image_tokens)
+            second, _ = self.vision_tower.project(self.pixels(batch["views"][:, 1]))
             image_views = torch.stack([first, second], dim=1)
             images = Encoded(image=F.normalize(first, dim=-1), image_tokens=tokens)
         else:
-            images = self.image_record(batch["image"], tokens=image_tokens)
+            images = self.image_record(self.pixels(batch["image"]), tokens=image_tokens)
         if "views" in needs:
             b = batch["views"].shape[0]
-            views = self.vision_tower.pooled(batch["views"].flatten(0, 1)).view(b, 2, -1)
+            views = self.vision_tower.pooled(self.pixels(batch["views"].flatten(0, 1))).view(b, 2, -1)
         texts = self.text_record(batch["text"], tokens="text_tokens" in needs)
         text_view = None
         if "text_view" in needs:
@@ -475,7 +496,7 @@ class ContrastiveModule(pl.LightningModule):
         if "task" not in batch or not getattr(self, "_encode_items", True):
             return  # a datamodule without eval tasks, or no task evaluator due in this pass
         needs = self.scoring_needs
-        images = self.image_record(batch["image"], tokens="image_tokens" in needs)
+        images = self.image_record(self.pixels(batch["image"]), tokens="image_tokens" in needs)
         texts = self.text_record(batch["text"], tokens="text_tokens" in needs)
         outputs = self._eval_outputs
         for record in (images, texts):
