@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from common.batch import Batch
@@ -15,8 +13,9 @@ class Collate:
     """Dataset items (dicts with "image", and "caption", "index", "views", "text_view",
     "mask_seed", "task", "label", "skipped" where the data has them) -> one :class:`~common.batch.Batch`.
 
-    Images (and views) are stacked and passed through ``normalize`` once per batch (None: the
-    items are already normalised float tensors); captions are tokenised in one call, text views
+    Images (and views) are stacked as the items hold them: uint8 from ShapesWorld, which the model
+    normalises per micro-batch (``ContrastiveModule.pixels``), or float tensors an image-text
+    dataset already normalised; captions are tokenised in one call, text views
     in another (each padded to its own longest row in training). An evaluation item without a
     caption (a zero-shot image) gets the empty caption. With ``masking`` and items carrying a
     "mask_seed", "text" is masked row by row from each item's seed and "mlm_labels" added.
@@ -26,19 +25,13 @@ class Collate:
         self,
         tokenizer: TextTokenizer,
         pad_to_context: bool,
-        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         masking: TokenMasking | None = None,
     ) -> None:
-        self.tokenizer, self.pad_to_context, self.normalize = tokenizer, pad_to_context, normalize
-        self.masking = masking
-
-    def _images(self, images: list[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack(images)
-        return stacked if self.normalize is None else self.normalize(stacked)
+        self.tokenizer, self.pad_to_context, self.masking = tokenizer, pad_to_context, masking
 
     def __call__(self, items: list[dict]) -> Batch:
         first = items[0]
-        batch: Batch = {"image": self._images([item["image"] for item in items])}
+        batch: Batch = {"image": torch.stack([item["image"] for item in items])}
         if "caption" in first or "task" in first:
             text = self.tokenizer([item.get("caption", "") for item in items], pad_to_context=self.pad_to_context)
             if self.masking is not None and "mask_seed" in first:
@@ -51,7 +44,7 @@ class Collate:
         if "index" in first:
             batch["index"] = torch.tensor([item["index"] for item in items])
         if "views" in first:
-            batch["views"] = self._images([item["views"] for item in items])
+            batch["views"] = torch.stack([item["views"] for item in items])
         if "task" in first:
             batch["task"] = torch.tensor([item["task"] for item in items])
             batch["label"] = torch.tensor([item.get("label", -1) for item in items])
